@@ -1,0 +1,207 @@
+"""Data sets, offline-first: training reads only from a staged cache and never downloads.
+
+Images stay uint8 in memory (4x smaller than float32); scaling to 0..1 and resizing
+happen per batch inside the tf.data graph, so there is no per-step Python work.
+"""
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpccnn.errors import UserError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+GALAXY10_CLASSES = [
+    "Disk, Face-on, No Spiral", "Smooth, Completely round", "Smooth, in-between round", "Smooth, Cigar shaped",
+    "Disk, Edge-on, Rounded Bulge", "Disk, Edge-on, Boxy Bulge", "Disk, Edge-on, No Bulge",
+    "Disk, Face-on, Tight Spiral", "Disk, Face-on, Medium Spiral", "Disk, Face-on, Loose Spiral",
+]
+DIGIT_CLASSES = [str(i) for i in range(10)]
+# SHA-256 of the real Galaxy10.h5, as astroNN checks it.
+GALAXY10_SHA256 = "969a6b1cefcc36e09fffa86febd2f699a4aa19b837ba0427f01b0bc6ded458af"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("HPCCNN_DATA", Path.home() / ".cache" / "hpccnn" / "data"))
+
+
+@dataclass
+class Raw:
+    """A data set as loaded: uint8 or float images (N, H, W, C), int labels, scale to 0..1."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None  # None where the data set has no test set of its own
+    y_test: np.ndarray | None
+    classes: list
+    scale: float = 1 / 255
+
+
+@dataclass
+class Splits:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list
+    scale: float
+
+    @property
+    def shape(self):
+        return self.x_train.shape[1:]
+
+
+def _require(path: Path, dataset: str, data_dir: Path) -> Path:
+    if not path.exists():
+        raise UserError(
+            f"data set {dataset!r} is not staged: {path} is missing; stage it first (on a login node) with: "
+            f"python -m hpccnn.stage {dataset} --data-dir {data_dir}"
+        )
+    return path
+
+
+def cifar10_folder(data_dir: Path) -> Path:
+    return data_dir / "cifar10" / "cifar-10-batches-py"
+
+
+def load_cifar10(data_dir: Path, **_) -> Raw:
+    from keras.src.datasets.cifar import load_batch  # Keras' own parser of the pickled batches
+
+    folder = cifar10_folder(data_dir)
+    parts = [load_batch(str(_require(folder / f"data_batch_{i}", "cifar10", data_dir))) for i in range(1, 6)]
+    x_test, y_test = load_batch(str(_require(folder / "test_batch", "cifar10", data_dir)))
+    classes = CIFAR10_CLASSES
+    if (folder / "batches.meta").exists():
+        with open(folder / "batches.meta", "rb") as f:
+            meta = pickle.load(f, encoding="bytes")
+        classes = [n.decode() if isinstance(n, bytes) else n for n in meta.get(b"label_names", classes)]
+    x_train = np.concatenate([x for x, _ in parts]).transpose(0, 2, 3, 1)
+    y_train = np.concatenate([y for _, y in parts])
+    return Raw(x_train, y_train.astype(np.int64), x_test.transpose(0, 2, 3, 1), np.asarray(y_test, np.int64), classes)
+
+
+def mnist_file(data_dir: Path) -> Path:
+    return data_dir / "mnist" / "mnist.npz"
+
+
+def load_mnist(data_dir: Path, **_) -> Raw:
+    with np.load(_require(mnist_file(data_dir), "mnist", data_dir)) as f:  # the file keras.datasets.mnist reads
+        return Raw(f["x_train"][..., None], f["y_train"].astype(np.int64),
+                   f["x_test"][..., None], f["y_test"].astype(np.int64), DIGIT_CLASSES)
+
+
+def galaxy10_file(data_dir: Path) -> Path:
+    return data_dir / "galaxy10" / "Galaxy10.h5"
+
+
+def astronn_galaxy10_file() -> Path:
+    from astroNN.config import astroNN_CACHE_DIR
+
+    return Path(astroNN_CACHE_DIR) / "datasets" / "Galaxy10.h5"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_galaxy10(data_dir: Path, **_) -> Raw:
+    import h5py
+
+    staged = galaxy10_file(data_dir)
+    if not staged.exists():
+        cached = astronn_galaxy10_file()
+        if cached.exists() and sha256(cached) == GALAXY10_SHA256:
+            # astroNN's loader re-checks the checksum and never downloads when it matches.
+            from astroNN.datasets import galaxy10sdss
+
+            images, labels = galaxy10sdss.load_data()
+            return Raw(images, labels.astype(np.int64), None, None, GALAXY10_CLASSES)
+    with h5py.File(_require(staged, "galaxy10", data_dir), "r") as f:
+        for key in ("images", "ans"):
+            if key not in f:
+                raise UserError(f"{staged} has no {key!r} data set; a Galaxy10 file holds 'images' and 'ans'")
+        return Raw(f["images"][()], f["ans"][()].astype(np.int64), None, None, GALAXY10_CLASSES)
+
+
+def load_digits(data_dir: Path, **_) -> Raw:
+    from sklearn.datasets import load_digits as sk_digits
+
+    digits = sk_digits()  # ships inside scikit-learn: 1,797 8x8 images with values 0..16
+    return Raw(digits.images.astype(np.uint8)[..., None], digits.target.astype(np.int64),
+               None, None, DIGIT_CLASSES, scale=1 / 16)
+
+
+def load_synthetic(data_dir: Path, shape=(32, 32, 3), size=2048, classes=10, seed=0, **_) -> Raw:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(size, *shape), dtype=np.uint8)
+    y = rng.integers(0, classes, size=size).astype(np.int64)
+    return Raw(x, y, None, None, [f"class{i}" for i in range(classes)])
+
+
+DATASETS = {
+    "cifar10": load_cifar10,
+    "mnist": load_mnist,
+    "galaxy10": load_galaxy10,
+    "digits": load_digits,
+    "synthetic": load_synthetic,
+}
+
+
+def split(raw: Raw, validation="split", val_fraction=0.2, test_fraction=0.2, seed=0) -> Splits:
+    """The seeds' splits, seeded so that every rank computes the same ones.
+
+    Data sets without a test set lose test_fraction to it first (seed 000's
+    train_test_split); validation is then val_fraction of what is left, or the test set.
+    """
+    from sklearn.model_selection import train_test_split
+
+    x, y, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+    if x_test is None:
+        x, x_test, y, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed)
+    if validation == "test":
+        x_val, y_val = x_test, y_test
+    else:
+        x, x_val, y, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed)
+    labels = np.concatenate([y, y_test])
+    if labels.size and (labels.min() < 0 or labels.max() >= len(raw.classes)):
+        raise UserError(f"labels outside 0..{len(raw.classes) - 1} in the data set; re-stage it")
+    return Splits(x, y, x_val, y_val, x_test, y_test, list(raw.classes), raw.scale)
+
+
+def load(name: str, data_dir=None, **options) -> Raw:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name](Path(data_dir) if data_dir else default_data_dir(), **options)
+
+
+def shard(x, rank, size):
+    """Rank's share of an array: every size-th element from rank on (disjoint, covers all)."""
+    return x[rank::size]
+
+
+def pipeline(x, y, batch, scale, image_size=0, training=False, seed=0):
+    """A tf.data pipeline: (shuffled, repeated) batches scaled to 0..1 and resized, prefetched."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if training:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(batch, drop_remainder=training)
+
+    def prepare(images, labels):
+        images = tf.cast(images, tf.float32) * scale
+        if image_size and image_size != images.shape[1]:
+            images = tf.image.resize(images, (image_size, image_size), method="bilinear")
+        return images, labels
+
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,126 @@
+"""Experiments are data: one frozen dataclass per run, the seeds' settings as named defaults."""
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+
+from hpccnn.errors import UserError
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    model: str
+    dataset: str
+    image_size: int = 0  # square side the images are resized to; 0 keeps the dataset's own size
+    activation: str = "relu"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 32  # global: split evenly between the ranks unless batch_per_rank
+    batch_per_rank: bool = False  # batch_size is per rank, so the global batch grows with the ranks
+    scale_lr: bool = False  # multiply learning_rate by the world size (linear scaling rule)
+    warmup_epochs: int = 0  # ramp the learning rate up from learning_rate/size over these epochs
+    epochs: int = 10
+    validation: str = "split"  # "split": val_fraction of the training set; "test": the test set
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2  # for data sets without their own test set (galaxy10, digits)
+    reduce_lr_monitor: str = ""  # ReduceLROnPlateau on this metric when set (seed 000)
+    reduce_lr_factor: float = 0.1
+    reduce_lr_patience: int = 1
+    reduce_lr_min_delta: float = 1e-4
+    seed: int = 0
+    reported: str = ""  # the figure the seed reports for this experiment
+    description: str = ""
+
+
+EXPERIMENTS = {e.name: e for e in [
+    Experiment("digits_cnn", "mnist_cnn", "digits", epochs=15, batch_size=32, learning_rate=1e-3,
+               description="seed 002's MNIST CNN on scikit-learn's 8x8 digits: the offline demo"),
+    Experiment("galaxy10_alexnet", "alexnet_galaxy10", "galaxy10", optimizer="adam", learning_rate=1e-3,
+               batch_size=32, epochs=10, reduce_lr_monitor="accuracy", reduce_lr_factor=0.001,
+               reduce_lr_patience=1, reduce_lr_min_delta=0.01, reported="val accuracy 0.7513",
+               description="seed 000: AlexNet with BatchNorm on Galaxy10 SDSS 69x69"),
+    Experiment("cifar_cnn_v1", "cnn_v1", "cifar10", optimizer="sgd", learning_rate=0.01, epochs=20,
+               reported="test accuracy 0.60", description="seed 001: small CNN v1 on CIFAR-10"),
+    Experiment("cifar_cnn_v2", "cnn_v2", "cifar10", optimizer="sgd", learning_rate=0.01, epochs=20,
+               reported="test accuracy 0.63", description="seed 001: small CNN v2 on CIFAR-10"),
+    Experiment("cifar_cnn_v3", "cnn_v3", "cifar10", optimizer="sgd", learning_rate=0.01, epochs=20,
+               reported="test accuracy 0.67", description="seed 001: small CNN v3 on CIFAR-10"),
+    Experiment("mnist_cnn", "mnist_cnn", "mnist", optimizer="adadelta", learning_rate=1.0, batch_size=128,
+               epochs=12, validation="test", reported="test accuracy 0.991",
+               description="seed 002: Keras' MNIST CNN with Adadelta"),
+    Experiment("cifar_alexnet64", "alexnet64", "cifar10", image_size=64, optimizer="sgd", learning_rate=1e-3,
+               batch_size=32, epochs=50, validation="test", reported="test accuracy 0.708",
+               description="seed 003: AlexNet variant on CIFAR-10 resized to 64x64"),
+    Experiment("cifar_alexnet227", "alexnet227", "cifar10", image_size=227, optimizer="adam", learning_rate=1e-4,
+               batch_size=64, epochs=10, reported="best: lr 1e-4 with 5 epochs (curves only)",
+               description="seed 004: classic AlexNet on CIFAR-10 resized to 227x227"),
+    Experiment("cifar_alexnet227_extra_dense", "alexnet227_extra_dense", "cifar10", image_size=227,
+               optimizer="adam", learning_rate=1e-4, batch_size=64, epochs=10,
+               reported="(curves only)", description="seed 004: AlexNet with one extra Dense4096 block"),
+]}
+
+_SETTABLE = [f for f in dataclasses.fields(Experiment) if f.name not in ("name", "reported", "description")]
+SETTABLE = {f.name: f for f in _SETTABLE}
+_TYPES = typing.get_type_hints(Experiment)
+CHOICES = {
+    "activation": ("relu", "sigmoid", "tanh", "elu"),
+    "optimizer": ("sgd", "adam", "adadelta", "rmsprop"),
+    "validation": ("split", "test"),
+}
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise UserError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)} (see --list)")
+    return EXPERIMENTS[name]
+
+
+def parse_value(key: str, text: str):
+    """A command-line string as the type of Experiment.<key>, or a UserError naming the problem."""
+    if key not in SETTABLE:
+        raise UserError(f"unknown setting {key!r}; valid settings: {', '.join(SETTABLE)}")
+    kind = _TYPES[key]
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            value = text.lower() in ("true", "1", "yes")
+        else:
+            value = kind(text)
+    except ValueError:
+        raise UserError(f"--{key.replace('_', '-')} must be {kind.__name__}, got {text!r}") from None
+    return value
+
+
+def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
+    """exp with overrides applied (values already typed) and checked."""
+    for key in overrides:
+        if key not in SETTABLE:
+            raise UserError(f"unknown setting {key!r}; valid settings: {', '.join(SETTABLE)}")
+    exp = dataclasses.replace(exp, **overrides)
+    validate(exp)
+    return exp
+
+
+def validate(exp: Experiment) -> None:
+    from hpccnn.data import DATASETS
+    from hpccnn.models import MODELS
+
+    if exp.model not in MODELS:
+        raise UserError(f"unknown model {exp.model!r}; choose one of: {', '.join(MODELS)}")
+    if exp.dataset not in DATASETS:
+        raise UserError(f"unknown dataset {exp.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    for key, allowed in CHOICES.items():
+        if getattr(exp, key) not in allowed:
+            raise UserError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(exp, key)!r}")
+    for key in ("batch_size", "epochs"):
+        if getattr(exp, key) <= 0:
+            raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(exp, key)}")
+    if not exp.learning_rate > 0:
+        raise UserError(f"--learning-rate must be positive, got {exp.learning_rate}")
+    if exp.image_size < 0 or exp.warmup_epochs < 0:
+        raise UserError("--image-size and --warmup-epochs must not be negative")
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 < getattr(exp, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be between 0 and 1, got {getattr(exp, key)}")

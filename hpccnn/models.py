@@ -1,0 +1,116 @@
+"""The seeds' networks, layer for layer. Input shape and class count come from the dataset.
+
+Every network takes images already scaled to 0..1 by the input pipeline, so seed
+001's ``Rescaling(1/255)`` (no parameters) lives there, as for every dataset.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from hpccnn.errors import UserError
+
+
+class Conv(NamedTuple):
+    filters: int
+    kernel: int
+    stride: int = 1
+    padding: str = "valid"
+    batchnorm: bool = False
+    pool: tuple[int, int] | None = None  # (size, stride) of a MaxPool2D after the block
+
+
+def alexnet(input_shape, classes, convs, dense, activation="relu"):
+    """The AlexNet family of seeds 000, 003 and 004: conv blocks, then Dense+Dropout(.5) blocks."""
+    from tensorflow import keras
+    from tensorflow.keras import layers
+
+    model = keras.Sequential([keras.Input(input_shape)])
+    for c in convs:
+        model.add(layers.Conv2D(c.filters, c.kernel, strides=c.stride, padding=c.padding, activation=activation))
+        if c.batchnorm:
+            model.add(layers.BatchNormalization())
+        if c.pool:
+            model.add(layers.MaxPool2D(pool_size=c.pool[0], strides=c.pool[1]))
+    model.add(layers.Flatten())
+    for units in dense:
+        model.add(layers.Dense(units, activation=activation))
+        model.add(layers.Dropout(0.5))
+    model.add(layers.Dense(classes, activation="softmax"))
+    return model
+
+
+def small_cnn(input_shape, classes, convs, dense, activation="relu", dropout=(), logits=True):
+    """Seed 001's three CNNs and seed 002's MNIST CNN: 3x3 convs, 2x2 pools, dense head.
+
+    ``convs`` lists filters, with "pool" marking a MaxPool2D(2); ``dropout`` maps a
+    position in the stack ("pool", "dense") to the rate that follows it.
+    """
+    from tensorflow import keras
+    from tensorflow.keras import layers
+
+    dropout = dict(dropout)
+    model = keras.Sequential([keras.Input(input_shape)])
+    for c in convs:
+        if c == "pool":
+            model.add(layers.MaxPooling2D(2))
+            if "pool" in dropout:
+                model.add(layers.Dropout(dropout["pool"]))
+        else:
+            model.add(layers.Conv2D(c, 3, activation=activation))
+    model.add(layers.Flatten())
+    for units in dense:
+        model.add(layers.Dense(units, activation=activation))
+        if "dense" in dropout:
+            model.add(layers.Dropout(dropout["dense"]))
+    model.add(layers.Dense(classes, activation=None if logits else "softmax"))
+    return model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    build: Callable
+    kwargs: dict
+    seed: str
+    logits: bool = False  # True where the seed's last layer has no softmax (from_logits=True)
+
+    def __call__(self, input_shape, classes, activation="relu"):
+        return self.build(tuple(input_shape), classes, activation=activation, **self.kwargs)
+
+
+_ALEXNET227 = [
+    Conv(96, 11, 4, batchnorm=True, pool=(3, 2)),
+    Conv(256, 5, 1, "same", batchnorm=True, pool=(3, 2)),
+    Conv(384, 3, 1, "same"),
+    Conv(384, 3, 1, "same"),
+    Conv(256, 3, 1, "same", batchnorm=True, pool=(3, 2)),
+]
+
+MODELS = {
+    "alexnet_galaxy10": ModelSpec(alexnet, dict(convs=[
+        Conv(96, 11, 4, batchnorm=True, pool=(3, 2)),
+        Conv(256, 5, 1, "same", batchnorm=True, pool=(3, 2)),
+        Conv(384, 3, 1, "same", batchnorm=True),
+        Conv(384, 3, 1, "same", batchnorm=True),
+        Conv(256, 3, 1, "same", batchnorm=True, pool=(3, 2)),
+    ], dense=[4096]), seed="000"),
+    "cnn_v1": ModelSpec(small_cnn, dict(convs=[16, "pool", 32], dense=[32]), seed="001", logits=True),
+    "cnn_v2": ModelSpec(small_cnn, dict(convs=[32, "pool", 64], dense=[64]), seed="001", logits=True),
+    "cnn_v3": ModelSpec(small_cnn, dict(convs=[32, "pool", 64, "pool", 64], dense=[64]), seed="001", logits=True),
+    "mnist_cnn": ModelSpec(small_cnn, dict(convs=[32, 64, "pool"], dense=[128], logits=False,
+                                           dropout={"pool": 0.25, "dense": 0.5}), seed="002"),
+    "alexnet64": ModelSpec(alexnet, dict(convs=[
+        Conv(128, 11, 4, batchnorm=True, pool=(2, 2)),
+        Conv(256, 5, 1, "same", batchnorm=True, pool=(3, 3)),
+        Conv(256, 3, 1, "same", batchnorm=True),
+        Conv(256, 1, 1, "same", batchnorm=True),
+        Conv(256, 1, 1, "same", batchnorm=True, pool=(2, 2)),
+    ], dense=[1024, 1024]), seed="003"),
+    "alexnet227": ModelSpec(alexnet, dict(convs=_ALEXNET227, dense=[4096, 4096]), seed="004"),
+    "alexnet227_extra_dense": ModelSpec(alexnet, dict(convs=_ALEXNET227, dense=[4096, 4096, 4096]), seed="004"),
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name]

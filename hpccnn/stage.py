@@ -1,0 +1,90 @@
+"""python -m hpccnn.stage DATASET: puts a data set into the cache that training reads.
+
+Run it where there is internet (a login node), or give --source, a copy you already
+have; compute nodes then train from the cache without ever downloading.
+"""
+
+import argparse
+import shutil
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from hpccnn import data
+from hpccnn.errors import UserError, cli
+
+ORIGINS = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
+    "galaxy10": "https://www.astro.utoronto.ca/~bovy/Galaxy10/Galaxy10.h5",
+}
+TARGETS = {"cifar10": data.cifar10_folder, "mnist": data.mnist_file, "galaxy10": data.galaxy10_file}
+SOURCE_HELP = {
+    "cifar10": "cifar-10-python.tar.gz or its extracted cifar-10-batches-py folder",
+    "mnist": "mnist.npz (keys x_train, y_train, x_test, y_test)",
+    "galaxy10": "Galaxy10.h5 (keys images, ans)",
+}
+
+
+def _download(name: str, folder: Path) -> Path:
+    import tensorflow as tf
+
+    try:  # Keras' downloader: resumes, and checks the file hash where Keras knows it
+        return Path(tf.keras.utils.get_file(Path(ORIGINS[name]).name, ORIGINS[name], cache_dir=str(folder),
+                                            cache_subdir="download"))
+    except Exception as err:
+        raise UserError(f"could not download {name} from {ORIGINS[name]} ({type(err).__name__}); on a machine "
+                        f"without internet copy {SOURCE_HELP[name]} here and pass it with --source") from None
+
+
+def stage(name: str, data_dir: Path, source: Path | None = None, force=False) -> Path:
+    """Copies (or downloads) name into data_dir; returns the staged path. Never half-staged."""
+    if name in ("digits", "synthetic"):
+        raise UserError(f"{name} needs no staging: it ships with scikit-learn / is generated")
+    if name not in TARGETS:
+        raise UserError(f"unknown dataset {name!r}; stageable: {', '.join(TARGETS)}")
+    target = TARGETS[name](data_dir)
+    if target.exists() and not force:
+        raise UserError(f"{target} already exists; pass --force to replace it")
+    if source is not None and not source.exists():
+        raise UserError(f"--source {source} does not exist")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".staging-") as tmp:
+        tmp = Path(tmp)
+        source = source or _download(name, tmp)
+        staged = tmp / target.name
+        if name == "cifar10" and source.is_file():
+            with tarfile.open(source) as tar:
+                tar.extractall(tmp, filter="data")
+        elif source.is_dir():
+            shutil.copytree(source, staged)
+        else:
+            shutil.copyfile(source, staged)
+        check = tmp / "check"
+        check.mkdir()
+        TARGETS[name](check).parent.mkdir(parents=True, exist_ok=True)
+        TARGETS[name](check).symlink_to(staged.resolve())
+        raw = data.load(name, check)  # parse it before it counts as staged
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        staged.rename(target)
+    print(f"hpccnn: staged {name}: {len(raw.x_train)} training images of {raw.x_train.shape[1:]}"
+          f"{'' if raw.x_test is None else f', {len(raw.x_test)} test images'} in {target}")
+    return target
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hpccnn.stage", description=__doc__.split("\n\n")[0])
+    p.add_argument("dataset", help=", ".join(TARGETS))
+    p.add_argument("--data-dir", type=Path, default=data.default_data_dir())
+    p.add_argument("--source", type=Path, default=None, help="a local copy instead of downloading")
+    p.add_argument("--force", action="store_true", help="replace an already staged copy")
+    args = p.parse_args(argv)
+    stage(args.dataset, args.data_dir, args.source, args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Shared fixtures: small files in each real format, written by the tests themselves."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def write_cifar10(folder: Path, per_batch=20, test=30, seed=0):
+    """CIFAR-10's python version: pickled dicts with b'data' (N x 3072 uint8, channel-major) and b'labels'."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", test)]:
+        batch = {b"batch_label": name.encode(), b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"filenames": [f"{name}_{i}.png".encode() for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        images[name] = batch
+    meta = {b"label_names": [c.encode() for c in ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                                                   "horse", "ship", "truck"]], b"num_vis": 3072}
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return images
+
+
+def write_mnist(path: Path, train=50, test=20, seed=0):
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = dict(x_train=rng.integers(0, 256, (train, 28, 28), dtype=np.uint8), y_train=rng.integers(0, 10, train).astype(np.uint8),
+                  x_test=rng.integers(0, 256, (test, 28, 28), dtype=np.uint8), y_test=rng.integers(0, 10, test).astype(np.uint8))
+    np.savez_compressed(path, **arrays)
+    return arrays
+
+
+def write_galaxy10(path: Path, n=60, seed=0):
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, (n, 69, 69, 3), dtype=np.uint8)
+    ans = rng.integers(0, 10, n).astype(np.uint8)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=images)
+        f.create_dataset("ans", data=ans)
+    return images, ans
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A staged cache holding small CIFAR-10, MNIST and Galaxy10 files in their real formats."""
+    d = tmp_path / "data"
+    write_cifar10(d / "cifar10" / "cifar-10-batches-py")
+    write_mnist(d / "mnist" / "mnist.npz")
+    write_galaxy10(d / "galaxy10" / "Galaxy10.h5")
+    return d
+
+
+def run_module(module, *args, env=None, cwd=None, timeout=900):
+    """python -m module args, as a user runs it; returns the CompletedProcess."""
+    from hpccnn.launch import mpi_env
+
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          env=mpi_env(env), cwd=cwd or ROOT, timeout=timeout)
+
+
+def run_folders(results_dir: Path):
+    return sorted(p for p in results_dir.glob("*/*") if p.is_dir())
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())

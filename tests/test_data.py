@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from conftest import write_cifar10, write_galaxy10, write_mnist
+from hpccnn import data
+from hpccnn.errors import UserError
+
+
+def test_cifar10_pickled_batches_parse_into_nhwc_images(tmp_path):
+    batches = write_cifar10(tmp_path / "cifar10" / "cifar-10-batches-py", per_batch=4, test=3)
+    raw = data.load("cifar10", tmp_path)
+    assert raw.x_train.shape == (20, 32, 32, 3) and raw.x_test.shape == (3, 32, 32, 3)
+    # CIFAR stores each image as 1024 red, then green, then blue values, rows first.
+    flat = batches["data_batch_1"][b"data"][0]
+    assert raw.x_train[0, 0, 1, 0] == flat[1] and raw.x_train[0, 0, 0, 2] == flat[2048]
+    assert raw.x_train[0, 1, 0, 1] == flat[1024 + 32]
+    assert list(raw.y_train[:4]) == batches["data_batch_1"][b"labels"]
+    assert list(raw.y_train[16:]) == batches["data_batch_5"][b"labels"]
+    assert raw.classes[0] == "airplane" and len(raw.classes) == 10
+
+
+def test_mnist_npz_parses_with_a_channel_axis(tmp_path):
+    arrays = write_mnist(tmp_path / "mnist" / "mnist.npz", train=12, test=5)
+    raw = data.load("mnist", tmp_path)
+    assert raw.x_train.shape == (12, 28, 28, 1) and raw.x_test.shape == (5, 28, 28, 1)
+    np.testing.assert_array_equal(raw.x_test[..., 0], arrays["x_test"])
+    np.testing.assert_array_equal(raw.y_train, arrays["y_train"])
+
+
+def test_galaxy10_h5_is_read_directly_with_h5py(tmp_path):
+    images, ans = write_galaxy10(tmp_path / "galaxy10" / "Galaxy10.h5", n=10)
+    raw = data.load("galaxy10", tmp_path)
+    np.testing.assert_array_equal(raw.x_train, images)
+    np.testing.assert_array_equal(raw.y_train, ans)
+    assert raw.x_test is None and raw.classes[1] == "Smooth, Completely round"
+
+
+def test_galaxy10_file_without_its_keys_is_a_clear_error(tmp_path):
+    import h5py
+
+    (tmp_path / "galaxy10").mkdir()
+    with h5py.File(tmp_path / "galaxy10" / "Galaxy10.h5", "w") as f:
+        f.create_dataset("pictures", data=np.zeros((2, 69, 69, 3), np.uint8))
+    with pytest.raises(UserError, match="'images'"):
+        data.load("galaxy10", tmp_path)
+
+
+def test_digits_are_the_real_scikit_learn_data():
+    raw = data.load("digits")
+    assert raw.x_train.shape == (1797, 8, 8, 1) and raw.x_train.max() == 16
+    assert raw.scale == 1 / 16 and sorted(set(raw.y_train)) == list(range(10))
+
+
+@pytest.mark.parametrize("name,missing", [("cifar10", "data_batch_1"), ("mnist", "mnist.npz"),
+                                          ("galaxy10", "Galaxy10.h5")])
+def test_missing_data_names_the_file_and_the_staging_command(tmp_path, name, missing, monkeypatch):
+    monkeypatch.setattr(data, "astronn_galaxy10_file", lambda: tmp_path / "no-astronn" / "Galaxy10.h5")
+    with pytest.raises(UserError) as err:
+        data.load(name, tmp_path)
+    message = str(err.value)
+    assert missing in message and f"python -m hpccnn.stage {name} --data-dir {tmp_path}" in message
+    assert "\n" not in message
+
+
+def test_galaxy10_split_matches_seed_000_proportions():
+    raw = data.Raw(np.zeros((21785, 1, 1, 1), np.uint8), np.arange(21785) % 10, None, None, list(range(10)))
+    s = data.split(raw, "split", 0.2, 0.2, seed=0)
+    assert (len(s.x_train), len(s.x_val), len(s.x_test)) == (13942, 3486, 4357)
+
+
+def test_splits_are_seeded_so_every_rank_agrees_and_disjoint():
+    raw = data.load("digits")
+    a, b = data.split(raw, seed=3), data.split(data.load("digits"), seed=3)
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    assert len(a.x_train) + len(a.x_val) + len(a.x_test) == 1797
+    c = data.split(raw, seed=4)
+    assert not np.array_equal(a.y_train, c.y_train)
+
+
+def test_validation_on_the_test_set_for_seeds_that_did_so(tmp_path):
+    write_mnist(tmp_path / "mnist" / "mnist.npz", train=12, test=5)
+    s = data.split(data.load("mnist", tmp_path), validation="test")
+    assert len(s.x_train) == 12 and s.x_val is s.x_test
+
+
+def test_labels_outside_the_class_range_are_refused(tmp_path):
+    raw = data.Raw(np.zeros((20, 2, 2, 1), np.uint8), np.array([0] * 19 + [10]), None, None, list(range(10)))
+    with pytest.raises(UserError, match="labels outside 0..9"):
+        data.split(raw)
+
+
+def test_shards_are_disjoint_and_cover_everything():
+    x = np.arange(11)
+    shards = [data.shard(x, r, 3) for r in range(3)]
+    assert sorted(np.concatenate(shards)) == list(range(11))
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+
+
+def test_pipeline_scales_resizes_and_batches():
+    x = np.full((10, 8, 8, 1), 16, np.uint8)
+    y = np.arange(10)
+    batches = list(data.pipeline(x, y, 4, 1 / 16, image_size=32))
+    assert [b[0].shape[0] for b in batches] == [4, 4, 2]
+    images = batches[0][0].numpy()
+    assert images.shape == (4, 32, 32, 1) and images.dtype == np.float32
+    np.testing.assert_allclose(images, 1.0, atol=1e-6)
+
+
+def test_training_pipeline_repeats_full_batches_only():
+    x = np.zeros((10, 2, 2, 1), np.uint8)
+    ds = data.pipeline(x, np.arange(10), 4, 1 / 255, training=True)
+    shapes = [b[0].shape[0] for b in ds.take(7)]
+    assert shapes == [4] * 7
