@@ -108,11 +108,15 @@ def hvd():
 
 def allgather_object(obj):
     """Every rank's obj, in rank order (a list of length world size)."""
-    return hvd().allgather_object(obj)
+    import horovod.tensorflow as hvd_tf
+
+    return hvd_tf.allgather_object(obj)
 
 
 def broadcast_object(obj, root_rank: int = 0):
-    return hvd().broadcast_object(obj, root_rank=root_rank)
+    import horovod.tensorflow as hvd_tf
+
+    return hvd_tf.broadcast_object(obj, root_rank=root_rank)
 
 
 def host_and_rank(world: World) -> dict:

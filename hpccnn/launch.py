@@ -19,8 +19,12 @@ def train_command(train_args: list) -> list:
     return [sys.executable, "-m", "hpccnn.train", *train_args]
 
 
+def horovodrun_prefix(ranks: int) -> list:
+    return [_tool("horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}"]
+
+
 def horovodrun_command(ranks: int, train_args: list) -> list:
-    return [_tool("horovodrun"), "-np", str(ranks), "-H", f"localhost:{ranks}", *train_command(train_args)]
+    return [*horovodrun_prefix(ranks), *train_command(train_args)]
 
 
 def mpirun_command(ranks: int, train_args: list) -> list:

@@ -94,7 +94,7 @@ class RunWriter:
     def create(cls, results_dir, experiment: str, world) -> "RunWriter":
         if not world.is_main:
             raise RuntimeError("only rank 0 writes results")
-        return cls(create_run_folder(results_dir, experiment))
+        return cls(create_run_folder(Path(results_dir).resolve(), experiment))
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -116,7 +116,11 @@ class RunWriter:
 
     def model(self, name: str, model):
         # HDF5 without the optimizer: Horovod's optimizer wrapper is not needed to reload for inference.
-        _atomic(self.path(name), lambda tmp: model.save(tmp, save_format="h5", include_optimizer=False))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
+            _atomic(self.path(name), lambda tmp: model.save(tmp, save_format="h5", include_optimizer=False))
 
     def start(self, exp, world, hosts: list, argv: list):
         self.json("config.json", dataclasses.asdict(exp))
@@ -143,11 +147,11 @@ class RunWriter:
         current.update(fields, status=status)
         self.json("metrics.json", current)
 
-    def history(self, rows: list):
+    def history(self, rows: list, curves=False):
         import pandas as pd
 
         self.csv("history.csv", pd.DataFrame(rows))
-        if rows:
+        if curves and rows:
             self.figure("curves.png", plot_curves(rows))
 
     def evaluation(self, y_true, y_pred, classes):

@@ -65,7 +65,13 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
         check.mkdir()
         TARGETS[name](check).parent.mkdir(parents=True, exist_ok=True)
         TARGETS[name](check).symlink_to(staged.resolve())
-        raw = data.load(name, check)  # parse it before it counts as staged
+        try:  # parse it before it counts as staged
+            raw = data.load(name, check)
+        except UserError:
+            raise
+        except Exception as err:
+            raise UserError(f"{source} does not parse as {name} ({type(err).__name__}); "
+                            f"expected {SOURCE_HELP[name]}") from None
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         staged.rename(target)

@@ -110,7 +110,9 @@ class RankZeroRecorder:
         import tensorflow as tf
 
         class _Recorder(tf.keras.callbacks.Callback):
-            rows = []
+            def __init__(self):
+                super().__init__()
+                self.rows = []
 
             def on_epoch_end(self, epoch, logs=None):
                 self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
@@ -187,17 +189,19 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
             min_delta=exp.reduce_lr_min_delta, verbose=int(world.is_main)))
     callbacks.append(EpochStats(steps * batch * world.size))
     if world.is_main:
-        callbacks += [RankZeroRecorder(writer),
+        recorder = RankZeroRecorder(writer)
+        callbacks += [recorder,
                       tf.keras.callbacks.TensorBoard(log_dir=str(writer.path("tensorboard")), profile_batch=0)]
 
     started = time.time()
     try:
         model.fit(train_ds, steps_per_epoch=steps, epochs=exp.epochs, validation_data=val_ds,
-                  callbacks=callbacks, verbose=(1 if sys.stdout.isatty() else 2) if world.is_main else 0)
+                  callbacks=callbacks, verbose=2 if world.is_main else 0)  # a line per epoch, rank 0
         outputs = gather_predictions(model, splits, exp, world, batch)
         if not world.is_main:
             return None, None
         accuracy, loss, y_pred = test_metrics(outputs, splits.y_test, spec.logits)
+        writer.history(recorder.rows, curves=True)
         writer.evaluation(splits.y_test, y_pred, splits.classes)
         if save_model:
             writer.model("model.h5", model)

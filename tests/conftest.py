@@ -79,3 +79,20 @@ def run_folders(results_dir: Path):
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def slurm_env():
+    """A real one-node SLURM cluster (scripts/local_slurm.sh), started for the tests and stopped after."""
+    import shutil
+
+    if shutil.which("slurmctld") is None or os.geteuid() != 0:
+        pytest.skip("this machine has no SLURM daemons or is not root (scripts/install_system.sh installs them)")
+    was_running = subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0
+    script = ROOT / "scripts" / "local_slurm.sh"
+    proc = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    env = dict(os.environ, SLURM_CONF=os.environ.get("HPCCNN_SLURM_DIR", "/tmp/hpccnn-slurm") + "/slurm.conf")
+    yield env
+    if not was_running:
+        subprocess.run([str(script), "stop"], capture_output=True, timeout=60)

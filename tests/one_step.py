@@ -1,0 +1,30 @@
+"""One training step through hpccnn's distributed optimizer; rank 0 saves the weights.
+
+Run as one process it takes the whole batch; under horovodrun -np 2 each rank takes
+half of it (hpccnn's own sharding) and Horovod averages the gradients.
+"""
+
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from hpccnn import data, dist
+from hpccnn.experiments import get_experiment, with_overrides
+from hpccnn.train import compile_model
+
+out, batch = sys.argv[1], 64
+world = dist.init()
+# cnn_v3 has neither dropout nor batch norm, so one step is a deterministic function of the batch.
+exp = with_overrides(get_experiment("digits_cnn"), dict(model="cnn_v3", image_size=32, optimizer="sgd",
+                                                        learning_rate=0.5))
+tf.keras.utils.set_random_seed(0)
+model, _, _ = compile_model(exp, world, (32, 32, 1), 10)
+raw = data.load("digits")
+x, y = data.shard(raw.x_train[:batch], world.rank, world.size), data.shard(raw.y_train[:batch], world.rank, world.size)
+ds = data.pipeline(x, y, batch // world.size, raw.scale, image_size=32)
+before = [w.copy() for w in model.get_weights()]
+model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0,
+          callbacks=[dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0)])
+if world.is_main:
+    np.savez(out, *model.get_weights(), *before)

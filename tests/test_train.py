@@ -1,0 +1,150 @@
+"""python -m hpccnn.train as one process: the run folder holds everything, nothing is overwritten."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import read_json, run_folders, run_module
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds", "images_per_second"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    proc = run_module("hpccnn.train", "--experiment", "digits_cnn", "--epochs", "3", "--results-dir", results)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(results)
+    return folder, proc
+
+
+def test_run_folder_is_dated_and_named_after_the_experiment(digits_run):
+    import datetime
+
+    folder, proc = digits_run
+    assert folder.parent.name == datetime.date.today().isoformat()
+    assert folder.name.startswith("digits_cnn-")
+    assert f"results in {folder}" in proc.stdout
+
+
+def test_history_has_every_epoch_and_column(digits_run):
+    folder, _ = digits_run
+    history = pd.read_csv(folder / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert set(HISTORY_COLUMNS) <= set(history.columns)
+    assert (history["images_per_second"] > 0).all() and (history["epoch_seconds"] > 0).all()
+    assert history["lr"].iloc[0] == pytest.approx(1e-3)
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0]
+
+
+def test_predictions_confusion_matrix_and_report_cover_the_whole_test_set(digits_run):
+    folder, _ = digits_run
+    predictions = pd.read_csv(folder / "predictions.csv")
+    assert list(predictions.columns) == ["predict", "test"]
+    assert len(predictions) == 360  # 20% of scikit-learn's 1,797 digits
+    cm = pd.read_csv(folder / "confusion_matrix.csv", index_col=0)
+    assert list(cm.columns) == [str(i) for i in range(10)] and list(cm.index.astype(str)) == list(cm.columns)
+    assert cm.to_numpy().sum() == 360
+    assert np.trace(cm.to_numpy()) == (predictions["predict"] == predictions["test"]).sum()
+    report = pd.read_csv(folder / "classification_report.csv")
+    assert list(report.columns) == ["class", "precision", "recall", "f1-score", "support"]
+    assert len(report) == 10 and report["support"].sum() == 360
+    metrics = read_json(folder / "metrics.json")
+    assert metrics["status"] == "completed" and metrics["world_size"] == 1
+    assert metrics["test_accuracy"] == pytest.approx((predictions["predict"] == predictions["test"]).mean())
+    assert metrics["test_accuracy"] > 0.5 and metrics["test_loss"] > 0 and metrics["wall_seconds"] > 0
+
+
+def test_plots_are_png_files(digits_run):
+    folder, _ = digits_run
+    for name in ("curves.png", "confusion_matrix.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_and_provenance_record_how_the_run_was_made(digits_run):
+    folder, _ = digits_run
+    config = read_json(folder / "config.json")
+    assert config["name"] == "digits_cnn" and config["epochs"] == 3 and config["model"] == "mnist_cnn"
+    prov = read_json(folder / "provenance.json")
+    assert "hpccnn.train --experiment digits_cnn --epochs 3" in prov["command"]
+    assert prov["versions"]["tensorflow"] == "2.15.1" and prov["versions"]["horovod"] == "0.28.1"
+    assert prov["world_size"] == 1 and len(prov["ranks"]) == 1 and prov["hosts"]
+    assert prov["git_commit"] and len(prov["git_commit"].split("-")[0]) == 40
+
+
+def test_saved_model_reloads_and_reproduces_the_predictions(digits_run):
+    import tensorflow as tf
+
+    from hpccnn import data
+
+    folder, _ = digits_run
+    model = tf.keras.models.load_model(folder / "model.h5", compile=False)
+    splits = data.split(data.load("digits"))
+    x = splits.x_test.astype("float32") * splits.scale
+    predicted = model.predict(x, verbose=0).argmax(axis=1)
+    np.testing.assert_array_equal(predicted, pd.read_csv(folder / "predictions.csv")["predict"])
+
+
+def test_tensorboard_events_are_written(digits_run):
+    folder, _ = digits_run
+    assert list((folder / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_a_second_run_gets_its_own_folder(tmp_path):
+    from hpccnn.results import create_run_folder
+
+    import datetime
+
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    first, second = create_run_folder(tmp_path, "x", now), create_run_folder(tmp_path, "x", now)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.parent == second.parent == tmp_path / "2026-01-02"
+
+
+def test_only_rank_zero_may_create_a_writer(tmp_path):
+    from hpccnn.dist import World
+    from hpccnn.results import RunWriter
+
+    with pytest.raises(RuntimeError, match="only rank 0"):
+        RunWriter.create(tmp_path, "x", World(rank=1, local_rank=1, size=2, local_size=2, intra_op_threads=1))
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("experiment,extra", [
+    ("cifar_cnn_v3", ["--batch-size", "16"]),
+    ("cifar_alexnet64", ["--batch-size", "8"]),
+    ("mnist_cnn", ["--batch-size", "16"]),
+    ("galaxy10_alexnet", ["--batch-size", "8"]),
+])
+def test_seed_experiments_train_on_small_files_in_the_real_formats(data_dir, tmp_path, experiment, extra):
+    proc = run_module("hpccnn.train", "--experiment", experiment, "--epochs", "1", "--data-dir", data_dir,
+                      "--results-dir", tmp_path / "results", "--no-save-model", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(tmp_path / "results")
+    assert read_json(folder / "metrics.json")["status"] == "completed"
+    expected_test = {"cifar_cnn_v3": 30, "cifar_alexnet64": 30, "mnist_cnn": 20, "galaxy10_alexnet": 12}[experiment]
+    assert len(pd.read_csv(folder / "predictions.csv")) == expected_test
+
+
+def test_list_shows_the_experiments():
+    proc = run_module("hpccnn.train", "--list")
+    assert proc.returncode == 0
+    assert "digits_cnn" in proc.stdout and "cifar_alexnet64" in proc.stdout and "0.708" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--experiment", "nope"], "unknown experiment 'nope'"),
+    (["--epochs", "two"], "--epochs must be int"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--learning-rate", "-1"], "--learning-rate must be positive"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--epoch", "3"], "unrecognized arguments"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "python -m hpccnn.stage cifar10"),
+])
+def test_bad_input_gets_one_line_exit_2_and_no_results(tmp_path, args, message):
+    proc = run_module("hpccnn.train", *args, "--results-dir", tmp_path / "results", timeout=300)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("hpccnn:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()
