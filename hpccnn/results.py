@@ -69,6 +69,37 @@ def git_commit() -> str | None:
         return None
 
 
+def _ancestors(pid: int, limit=12):
+    names = []
+    for _ in range(limit):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            break
+        names.append(cmdline or stat[stat.index("(") + 1:stat.rindex(")")])
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if pid <= 1:
+            break
+    return names
+
+
+def launcher() -> str:
+    """What started this rank, read from its ancestors.
+
+    horovodrun execs mpirun (so no process is called horovodrun) with its own
+    ``-x NCCL_SOCKET_IFNAME=...`` option, which plain mpirun lines lack.
+    """
+    names = " ".join(_ancestors(os.getppid()))
+    if "horovodrun" in names or "NCCL_SOCKET_IFNAME=" in names:
+        return "horovodrun"
+    if any(tool in names for tool in ("mpirun", "orterun", "orted", "prterun")):
+        return "mpirun"
+    if "slurmstepd" in names or "SLURM_PROCID" in os.environ:
+        return "srun"
+    return "python"
+
+
 def versions() -> dict:
     import tensorflow as tf
 
@@ -122,6 +153,11 @@ class RunWriter:
             warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
             _atomic(self.path(name), lambda tmp: model.save(tmp, save_format="h5", include_optimizer=False))
 
+    def checkpoint(self, model, epoch: int):
+        """The weights after this epoch, replacing the previous epoch's only once complete."""
+        self.path("checkpoint").mkdir(exist_ok=True)
+        _atomic(self.path("checkpoint/weights.h5"), lambda tmp: model.save_weights(tmp, save_format="h5"))
+
     def start(self, exp, world, hosts: list, argv: list):
         self.json("config.json", dataclasses.asdict(exp))
         env = os.environ
@@ -135,8 +171,7 @@ class RunWriter:
             "hosts": sorted({h["host"] for h in hosts}),
             "ranks": hosts,
             "slurm": {k: env[k] for k in SLURM_VARIABLES if k in env},
-            "launcher": next((n for n, v in (("srun", "SLURM_STEP_ID"), ("mpirun", "OMPI_COMM_WORLD_SIZE"),
-                                             ("horovodrun", "HOROVOD_HOSTNAME")) if v in env), "python"),
+            "launcher": launcher(),
         })
         self.status("running", world_size=world.size)
 

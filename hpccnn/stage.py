@@ -82,7 +82,7 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hpccnn.stage", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hpccnn.stage", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("dataset", help=", ".join(TARGETS))
     p.add_argument("--data-dir", type=Path, default=data.default_data_dir())
     p.add_argument("--source", type=Path, default=None, help="a local copy instead of downloading")

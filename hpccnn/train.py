@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m hpccnn.train", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="python -m hpccnn.train", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--experiment", default="digits_cnn", help="a named experiment (see --list)")
     p.add_argument("--list", action="store_true", help="print the experiments and exit")
@@ -104,7 +104,7 @@ class EpochStats:
 
 
 class RankZeroRecorder:
-    """Rank 0: after every epoch, history.csv (and curves) so a killed job keeps its epochs."""
+    """Rank 0: after every epoch, history.csv and a checkpoint, so a killed job keeps its epochs."""
 
     def __new__(cls, writer):
         import tensorflow as tf
@@ -117,6 +117,7 @@ class RankZeroRecorder:
             def on_epoch_end(self, epoch, logs=None):
                 self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
                 writer.history(self.rows)
+                writer.checkpoint(self.model, epoch + 1)
                 writer.status("running", last_epoch=epoch + 1)
 
         return _Recorder()

@@ -1,0 +1,47 @@
+"""The rest of Horovod's recipe, shown on real runs: LR scaling with warm-up, rank-0 checkpoints."""
+
+import subprocess
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, read_json, run_folders, write_galaxy10
+from hpccnn import data
+from hpccnn.errors import UserError
+from hpccnn.launch import horovodrun_command, mpi_env
+
+
+def test_scaled_learning_rate_warms_up_to_size_times_the_base(tmp_path):
+    proc = subprocess.run(horovodrun_command(2, [
+        "--experiment", "digits_cnn", "--epochs", "3", "--batch-size", "16", "--batch-per-rank", "true",
+        "--scale-lr", "true", "--warmup-epochs", "2", "--no-save-model", "--results-dir", str(tmp_path)]),
+        capture_output=True, text=True, env=mpi_env(), cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(tmp_path)
+    lr = pd.read_csv(folder / "history.csv")["lr"].tolist()
+    # warm-up starts near lr/size and ends at lr*size; afterwards it stays there
+    assert lr[0] < lr[1] < 2e-3 * 1.0001 and lr[2] == pytest.approx(2e-3)
+    config = read_json(folder / "config.json")
+    assert config["batch_per_rank"] is True and config["scale_lr"] is True
+
+
+def test_checkpoint_of_the_last_epoch_is_kept_by_rank_zero(tmp_path):
+    proc = subprocess.run(horovodrun_command(2, ["--experiment", "digits_cnn", "--epochs", "2", "--no-save-model",
+                                                 "--results-dir", str(tmp_path)]),
+                          capture_output=True, text=True, env=mpi_env(), cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(tmp_path)
+    assert (folder / "checkpoint" / "weights.h5").stat().st_size > 100_000
+    assert read_json(folder / "metrics.json")["last_epoch"] == 2
+    assert not list(folder.rglob(".*.tmp*"))
+
+
+def test_galaxy10_in_astronn_cache_with_a_wrong_checksum_is_not_trusted(tmp_path, monkeypatch):
+    # The real Galaxy10.h5 (200 MB) cannot be downloaded here, so only the refusal is shown:
+    # a file in astroNN's cache whose SHA-256 differs is ignored rather than handed to astroNN
+    # (which would try to download it again from inside the job).
+    fake = tmp_path / "astronn" / "datasets" / "Galaxy10.h5"
+    write_galaxy10(fake, n=4)
+    monkeypatch.setattr(data, "astronn_galaxy10_file", lambda: fake)
+    with pytest.raises(UserError, match="python -m hpccnn.stage galaxy10"):
+        data.load("galaxy10", tmp_path / "cache")
