@@ -78,51 +78,6 @@ def per_rank_batch(exp, world) -> int:
     return exp.batch_size // world.size
 
 
-class EpochStats:
-    """Adds learning rate, epoch seconds and training images/s to each epoch's logs."""
-
-    def __new__(cls, images_per_epoch):
-        import tensorflow as tf
-
-        class _EpochStats(tf.keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.start = time.perf_counter()
-                self.train_seconds = None
-
-            def on_test_begin(self, logs=None):
-                if self.train_seconds is None:  # validation starts: training for this epoch is done
-                    self.train_seconds = time.perf_counter() - self.start
-
-            def on_epoch_end(self, epoch, logs=None):
-                seconds = time.perf_counter() - self.start
-                train_seconds = self.train_seconds or seconds
-                logs["lr"] = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
-                logs["epoch_seconds"] = seconds
-                logs["images_per_second"] = images_per_epoch / train_seconds
-
-        return _EpochStats()
-
-
-class RankZeroRecorder:
-    """Rank 0: after every epoch, history.csv and a checkpoint, so a killed job keeps its epochs."""
-
-    def __new__(cls, writer):
-        import tensorflow as tf
-
-        class _Recorder(tf.keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.rows = []
-
-            def on_epoch_end(self, epoch, logs=None):
-                self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
-                writer.history(self.rows)
-                writer.checkpoint(self.model, epoch + 1)
-                writer.status("running", last_epoch=epoch + 1)
-
-        return _Recorder()
-
-
 def gather_predictions(model, splits, exp, world, batch):
     """Each rank predicts its shard of the test set; rank 0 gets all of it, in test-set order."""
     index = data.shard(np.arange(len(splits.x_test)), world.rank, world.size)
@@ -136,7 +91,7 @@ def gather_predictions(model, splits, exp, world, batch):
     return outputs
 
 
-def test_metrics(outputs, y_true, logits: bool):
+def score(outputs, y_true, logits: bool):
     import tensorflow as tf
 
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
@@ -148,6 +103,8 @@ def test_metrics(outputs, y_true, logits: bool):
 def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=True):
     """Trains exp on this rank; returns (run folder or None on other ranks, test accuracy)."""
     import tensorflow as tf
+
+    from hpccnn.callbacks import EpochStats, RankZeroRecorder
 
     hvd = dist.hvd()
     tf.keras.utils.set_random_seed(exp.seed)
@@ -201,7 +158,7 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
         outputs = gather_predictions(model, splits, exp, world, batch)
         if not world.is_main:
             return None, None
-        accuracy, loss, y_pred = test_metrics(outputs, splits.y_test, spec.logits)
+        accuracy, loss, y_pred = score(outputs, splits.y_test, spec.logits)
         writer.history(recorder.rows, curves=True)
         writer.evaluation(splits.y_test, y_pred, splits.classes)
         if save_model:
