@@ -174,6 +174,25 @@ class RunWriter:
             "launcher": launcher(),
         })
         self.status("running", world_size=world.size)
+        self.link_slurm_logs()
+
+    def link_slurm_logs(self):
+        """slurm.out (and slurm.err) in the run folder, pointing at the job's own log files."""
+        job = os.environ.get("SLURM_JOB_ID")
+        if not job:
+            return
+        try:
+            info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                                  timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return
+        fields = dict(f.split("=", 1) for f in info.split() if "=" in f)
+        for key, name in (("StdOut", "slurm.out"), ("StdErr", "slurm.err")):
+            target = fields.get(key)
+            if target and Path(target).exists() and not self.path(name).exists():
+                if key == "StdErr" and target == fields.get("StdOut"):
+                    continue
+                self.path(name).symlink_to(target)
 
     def status(self, status: str, **fields):
         current = {}

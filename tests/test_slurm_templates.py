@@ -1,0 +1,51 @@
+"""sbatch slurm/*.sbatch, submitted for real to the local one-node SLURM cluster."""
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, read_json, run_folders
+
+
+def sbatch(env, template, *options, args=()):
+    proc = subprocess.run(["sbatch", "--parsable", *options, template, *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def wait_for(env, job, timeout=900):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                               env=env).stdout
+        match = re.search(r"JobState=(\S+)", state)
+        if match and match.group(1) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+            return match.group(1)
+        time.sleep(2)
+    pytest.fail(f"job {job} did not finish in {timeout} s")
+
+
+@pytest.mark.parametrize("template", ["slurm/alexnet_cpu.sbatch", "slurm/alexnet_gpu.sbatch"])
+def test_template_runs_two_ranks_on_the_local_cluster(slurm_env, tmp_path, template):
+    results = tmp_path / "results"
+    # The node here has 2 cores and about 20 GB; the #SBATCH defaults are for real nodes,
+    # so the test scales them down on the sbatch command line as a user would.
+    job = sbatch(dict(slurm_env, EXPERIMENT="digits_cnn", EPOCHS="1", RESULTS_DIR=str(results)), template,
+                 "--export=ALL", "--cpus-per-task=1", "--mem=4G", "--time=15",
+                 f"--output={tmp_path}/slurm-%j.out", args=["--no-save-model"])
+    state = wait_for(slurm_env, job)
+    log = (tmp_path / f"slurm-{job}.out").read_text()
+    assert state == "COMPLETED", log[-3000:]
+    (folder,) = run_folders(results)
+    prov = read_json(folder / "provenance.json")
+    assert prov["world_size"] == 2 and prov["launcher"] == "srun"
+    assert prov["slurm"]["SLURM_JOB_ID"] == job and prov["slurm"]["SLURM_NTASKS"] == "2"
+    assert read_json(folder / "metrics.json")["status"] == "completed"
+    assert (folder / "slurm.out").resolve() == (tmp_path / f"slurm-{job}.out").resolve()
+    # The GPUs are fake GRES devices (this machine has none), but SLURM schedules and grants
+    # them for real: the GPU job gets both, the CPU job none. TensorFlow then runs on the CPU.
+    expected = "gpus=0,1" if "gpu" in template else "gpus=none"
+    assert expected in log, log[:2000]
