@@ -1,8 +1,13 @@
-"""hpccnn's Keras callbacks: per-epoch statistics (every rank) and the rank-0 recorder."""
+"""hpccnn's Keras callbacks: per-epoch statistics, stopping on a signal, and the rank-0 recorder."""
 
+import signal
 import time
 
 import tensorflow as tf
+
+# SIGUSR2: SLURM's warning before a time limit or preemption (submitit's and the templates'
+# --signal=USR2@...), so the job is requeued; SIGTERM: scancel or preemption, the job just stops.
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 
 class EpochStats(tf.keras.callbacks.Callback):
@@ -27,16 +32,109 @@ class EpochStats(tf.keras.callbacks.Callback):
         logs["images_per_second"] = self.images_per_epoch / (self.train_seconds or seconds)
 
 
-class RankZeroRecorder(tf.keras.callbacks.Callback):
-    """Rank 0: after every epoch, history.csv and a checkpoint, so a killed job keeps its epochs."""
+class ReseedRandomLayers(tf.keras.callbacks.Callback):
+    """Dropout masks that depend only on (seed, epoch, step), so a resumed run repeats them exactly.
 
-    def __init__(self, writer):
+    Needs Keras' tf.random.Generator-backed layers (enable_tf_random_generator(), set before
+    the model is built); each epoch restarts every random layer's generator from its own seed.
+    """
+
+    def __init__(self, seed):
         super().__init__()
-        self.writer = writer
-        self.rows = []
+        self.seed = seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for index, layer in enumerate(self.model.layers):
+            rng = getattr(layer, "_random_generator", None)
+            if rng is None:
+                continue
+            rng._maybe_init()
+            if getattr(rng, "_generator", None) is not None:
+                rng._generator.reset_from_seed(hash((*self.seed, epoch, index)) % (2 ** 62))
+
+
+class StopOnSignal(tf.keras.callbacks.Callback):
+    """Stops training soon after SIGUSR2 or SIGTERM reaches any rank, with every rank agreeing when.
+
+    The handler only notes the signal. Every ``every`` steps (the same steps on every rank) the
+    ranks take the maximum of their notes with an allreduce, so all of them stop after the same
+    step and none is left waiting in a collective. An epoch cut short is not recorded: the run
+    resumes from the checkpoint of the last finished epoch.
+    """
+
+    def __init__(self, steps_per_epoch: int, every: int = 0):
+        super().__init__()
+        self.steps = steps_per_epoch
+        self.every = every or max(1, min(20, steps_per_epoch // 4))
+        self.received = 0  # the signal number noted by this rank's handler
+        self.signal = 0  # the signal all ranks agreed on (the largest number any rank received)
+        self.partial_epoch = None  # the epoch cut short, if one was
+        self.previous = {}
+
+    def install(self):
+        for sig in STOP_SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def uninstall(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _note(self, signum, frame):
+        self.received = signum
+
+    def _agree(self) -> int:
+        import horovod.tensorflow as hvd_tf
+
+        return int(hvd_tf.allreduce(tf.constant(self.received, tf.int32), op=hvd_tf.Max, name="hpccnn_stop").numpy())
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.signal)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % self.every and batch + 1 != self.steps:
+            return
+        agreed = self._agree()
+        if agreed:
+            self.signal = agreed
+            self.model.stop_training = True
+            if batch + 1 < self.steps:
+                self.partial_epoch = self._epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def finished(self, epoch) -> bool:
+        return epoch != self.partial_epoch
+
+
+class RankZeroRecorder(tf.keras.callbacks.Callback):
+    """Rank 0: after every finished epoch, history.csv and a checkpoint to resume from."""
+
+    def __init__(self, writer, stopper=None, rows=None, stateful=()):
+        super().__init__()
+        self.writer, self.stopper = writer, stopper
+        self.rows = list(rows or [])
+        self.stateful = stateful  # callbacks whose state goes into the checkpoint (ReduceLROnPlateau)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.stopper is not None and not self.stopper.finished(epoch):
+            return  # cut short by a signal: not an epoch
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
         self.writer.history(self.rows)
-        self.writer.checkpoint(self.model, epoch + 1)
+        self.writer.checkpoint(self.model, epoch + 1, history=self.rows,
+                               callbacks=[callback_state(c) for c in self.stateful])
         self.writer.status("running", last_epoch=epoch + 1)
+
+
+CALLBACK_STATE = ("wait", "best", "cooldown_counter")
+
+
+def callback_state(callback) -> dict:
+    return {k: float(getattr(callback, k)) for k in CALLBACK_STATE if hasattr(callback, k)}
+
+
+def restore_callback_state(callback, state: dict):
+    for key, value in state.items():
+        setattr(callback, key, int(value) if key != "best" else value)

@@ -178,10 +178,18 @@ def split(raw: Raw, validation="split", val_fraction=0.2, test_fraction=0.2, see
     return Splits(x, y, x_val, y_val, x_test, y_test, list(raw.classes), raw.scale)
 
 
-def load(name: str, data_dir=None, **options) -> Raw:
+def check_dataset(name: str) -> None:
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    return DATASETS[name](Path(data_dir) if data_dir else default_data_dir(), **options)
+
+
+def resolve_data_dir(data_dir=None) -> Path:
+    return Path(data_dir).resolve() if data_dir else default_data_dir()
+
+
+def load(name: str, data_dir=None, **options) -> Raw:
+    check_dataset(name)
+    return DATASETS[name](resolve_data_dir(data_dir), **options)
 
 
 def shard(x, rank, size):
@@ -189,14 +197,8 @@ def shard(x, rank, size):
     return x[rank::size]
 
 
-def pipeline(x, y, batch, scale, image_size=0, training=False, seed=0):
-    """A tf.data pipeline: (shuffled, repeated) batches scaled to 0..1 and resized, prefetched."""
+def _prepare(scale, image_size):
     import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if training:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(batch, drop_remainder=training)
 
     def prepare(images, labels):
         images = tf.cast(images, tf.float32) * scale
@@ -204,4 +206,34 @@ def pipeline(x, y, batch, scale, image_size=0, training=False, seed=0):
             images = tf.image.resize(images, (image_size, image_size), method="bilinear")
         return images, labels
 
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return prepare
+
+
+def pipeline(x, y, batch, scale, image_size=0):
+    """Evaluation batches, in order, scaled to 0..1 and resized inside tf.data, prefetched."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    return ds.map(_prepare(scale, image_size), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_order(n: int, seed, epoch: int, count: int) -> np.ndarray:
+    """The first count of n images, shuffled for this epoch: a function of (seed, epoch) alone."""
+    return np.random.default_rng([*np.atleast_1d(seed), epoch]).permutation(n)[:count].astype(np.int64)
+
+
+def train_pipeline(x, y, batch, steps, scale, image_size=0, seed=0, first_epoch=0, epochs=1):
+    """Training batches for epochs first_epoch..epochs-1, steps per epoch.
+
+    Each epoch's order depends only on (seed, epoch), never on how many epochs this process
+    has run, so a run resumed at epoch k sees exactly the batches it would have seen. Images
+    stay uint8 in memory; each batch is gathered, scaled and resized inside the tf.data graph.
+    """
+    import tensorflow as tf
+
+    orders = [epoch_order(len(x), seed, e, steps * batch) for e in range(first_epoch, epochs)]
+    order = np.concatenate(orders) if orders else np.zeros(0, np.int64)
+    images, labels = tf.constant(x), tf.constant(y)
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch, drop_remainder=True)
+    ds = ds.map(lambda i: (tf.gather(images, i), tf.gather(labels, i)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(_prepare(scale, image_size), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

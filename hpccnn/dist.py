@@ -7,6 +7,7 @@ the training code never cares how it was started.
 
 import os
 import socket
+from pathlib import Path
 from dataclasses import dataclass
 
 from hpccnn.errors import UserError
@@ -122,3 +123,34 @@ def broadcast_object(obj, root_rank: int = 0):
 def host_and_rank(world: World) -> dict:
     return {"host": socket.gethostname(), "rank": world.rank, "local_rank": world.local_rank,
             "pid": os.getpid(), "intra_op_threads": world.intra_op_threads}
+
+
+def _ancestors(pid: int, limit=12):
+    names = []
+    for _ in range(limit):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            break
+        names.append(cmdline or stat[stat.index("(") + 1:stat.rindex(")")])
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if pid <= 1:
+            break
+    return names
+
+
+def launcher() -> str:
+    """What started this rank, read from its ancestors.
+
+    horovodrun execs mpirun (so no process is called horovodrun) with its own
+    ``-x NCCL_SOCKET_IFNAME=...`` option, which plain mpirun lines lack.
+    """
+    names = " ".join(_ancestors(os.getppid()))
+    if "horovodrun" in names or "NCCL_SOCKET_IFNAME=" in names:
+        return "horovodrun"
+    if any(tool in names for tool in ("mpirun", "orterun", "orted", "prterun")):
+        return "mpirun"
+    if "slurmstepd" in names or "SLURM_PROCID" in os.environ:
+        return "srun"
+    return "python"

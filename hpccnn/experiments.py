@@ -104,13 +104,11 @@ def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
 
 
 def validate(exp: Experiment) -> None:
-    from hpccnn.data import DATASETS
-    from hpccnn.models import MODELS
+    from hpccnn.data import check_dataset
+    from hpccnn.models import get_model
 
-    if exp.model not in MODELS:
-        raise UserError(f"unknown model {exp.model!r}; choose one of: {', '.join(MODELS)}")
-    if exp.dataset not in DATASETS:
-        raise UserError(f"unknown dataset {exp.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    get_model(exp.model)
+    check_dataset(exp.dataset)
     for key, allowed in CHOICES.items():
         if getattr(exp, key) not in allowed:
             raise UserError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(exp, key)!r}")

@@ -71,10 +71,19 @@ class ModelSpec:
     build: Callable
     kwargs: dict
     seed: str
+    input_side: int = 32  # the side of the seed's square input images
     logits: bool = False  # True where the seed's last layer has no softmax (from_logits=True)
 
     def __call__(self, input_shape, classes, activation="relu"):
         return self.build(tuple(input_shape), classes, activation=activation, **self.kwargs)
+
+    def fits(self, side: int, channels: int, classes: int) -> bool:
+        """Whether images side x side are large enough for this model's convolutions and pools."""
+        try:
+            self((side, side, channels), classes)
+        except ValueError:  # "Negative dimension size": the images shrink to nothing
+            return False
+        return True
 
 
 _ALEXNET227 = [
@@ -92,21 +101,22 @@ MODELS = {
         Conv(384, 3, 1, "same", batchnorm=True),
         Conv(384, 3, 1, "same", batchnorm=True),
         Conv(256, 3, 1, "same", batchnorm=True, pool=(3, 2)),
-    ], dense=[4096]), seed="000"),
+    ], dense=[4096]), seed="000", input_side=69),
     "cnn_v1": ModelSpec(small_cnn, dict(convs=[16, "pool", 32], dense=[32]), seed="001", logits=True),
     "cnn_v2": ModelSpec(small_cnn, dict(convs=[32, "pool", 64], dense=[64]), seed="001", logits=True),
     "cnn_v3": ModelSpec(small_cnn, dict(convs=[32, "pool", 64, "pool", 64], dense=[64]), seed="001", logits=True),
     "mnist_cnn": ModelSpec(small_cnn, dict(convs=[32, 64, "pool"], dense=[128], logits=False,
-                                           dropout={"pool": 0.25, "dense": 0.5}), seed="002"),
+                                           dropout={"pool": 0.25, "dense": 0.5}), seed="002", input_side=28),
     "alexnet64": ModelSpec(alexnet, dict(convs=[
         Conv(128, 11, 4, batchnorm=True, pool=(2, 2)),
         Conv(256, 5, 1, "same", batchnorm=True, pool=(3, 3)),
         Conv(256, 3, 1, "same", batchnorm=True),
         Conv(256, 1, 1, "same", batchnorm=True),
         Conv(256, 1, 1, "same", batchnorm=True, pool=(2, 2)),
-    ], dense=[1024, 1024]), seed="003"),
-    "alexnet227": ModelSpec(alexnet, dict(convs=_ALEXNET227, dense=[4096, 4096]), seed="004"),
-    "alexnet227_extra_dense": ModelSpec(alexnet, dict(convs=_ALEXNET227, dense=[4096, 4096, 4096]), seed="004"),
+    ], dense=[1024, 1024]), seed="003", input_side=64),
+    "alexnet227": ModelSpec(alexnet, dict(convs=_ALEXNET227, dense=[4096, 4096]), seed="004", input_side=227),
+    "alexnet227_extra_dense": ModelSpec(alexnet, dict(convs=_ALEXNET227, dense=[4096, 4096, 4096]), seed="004",
+                                        input_side=227),
 }
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpccnn import dist
+
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME",
                    "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
                    "SLURM_CPUS_PER_TASK", "SLURM_JOB_PARTITION", "SLURM_SUBMIT_DIR")
@@ -69,37 +71,6 @@ def git_commit() -> str | None:
         return None
 
 
-def _ancestors(pid: int, limit=12):
-    names = []
-    for _ in range(limit):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            break
-        names.append(cmdline or stat[stat.index("(") + 1:stat.rindex(")")])
-        pid = int(stat[stat.rindex(")") + 2:].split()[1])
-        if pid <= 1:
-            break
-    return names
-
-
-def launcher() -> str:
-    """What started this rank, read from its ancestors.
-
-    horovodrun execs mpirun (so no process is called horovodrun) with its own
-    ``-x NCCL_SOCKET_IFNAME=...`` option, which plain mpirun lines lack.
-    """
-    names = " ".join(_ancestors(os.getppid()))
-    if "horovodrun" in names or "NCCL_SOCKET_IFNAME=" in names:
-        return "horovodrun"
-    if any(tool in names for tool in ("mpirun", "orterun", "orted", "prterun")):
-        return "mpirun"
-    if "slurmstepd" in names or "SLURM_PROCID" in os.environ:
-        return "srun"
-    return "python"
-
-
 def versions() -> dict:
     import tensorflow as tf
 
@@ -120,12 +91,38 @@ class RunWriter:
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        self.metrics = {}  # metrics.json's fields, kept here so each update is one write
 
     @classmethod
-    def create(cls, results_dir, experiment: str, world) -> "RunWriter":
+    def create(cls, results_dir, experiment: str, world, run_dir=None) -> "RunWriter":
+        """A new dated folder under results_dir, or exactly run_dir (which must not exist yet)."""
         if not world.is_main:
             raise RuntimeError("only rank 0 writes results")
-        return cls(create_run_folder(Path(results_dir).resolve(), experiment))
+        if run_dir is None:
+            return cls(create_run_folder(Path(results_dir).resolve(), experiment))
+        folder = Path(run_dir).resolve()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir()  # atomic: fails if another run has it
+        except FileExistsError:
+            from hpccnn.errors import UserError
+
+            raise UserError(f"run folder {folder} already exists; hpccnn never writes into an existing run folder") from None
+        return cls(folder)
+
+    @classmethod
+    def reopen(cls, folder) -> "RunWriter":
+        """A run folder being resumed: its metrics so far are kept and updated."""
+        writer = cls(folder)
+        writer.metrics = json.loads(writer.path("metrics.json").read_text())
+        return writer
+
+    def guard(self):
+        """Starts hpccnn.guard, which marks this run failed if this process dies without saying so
+        (SIGKILL, out of memory, or the launcher killing it after another rank died)."""
+        subprocess.Popen([sys.executable, "-m", "hpccnn.guard", str(os.getpid()), str(self.folder)],
+                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -153,12 +150,36 @@ class RunWriter:
             warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
             _atomic(self.path(name), lambda tmp: model.save(tmp, save_format="h5", include_optimizer=False))
 
-    def checkpoint(self, model, epoch: int):
-        """The weights after this epoch, replacing the previous epoch's only once complete."""
-        self.path("checkpoint").mkdir(exist_ok=True)
-        _atomic(self.path("checkpoint/weights.h5"), lambda tmp: model.save_weights(tmp, save_format="h5"))
+    def checkpoint(self, model, epoch: int, **state):
+        """Everything needed to resume after this epoch: weights, optimizer state, learning rate,
+        history and callback state, in checkpoint/epoch-NNNN/, then pointed at by checkpoint/latest.json.
 
-    def start(self, exp, world, hosts: list, argv: list):
+        The folder is written under a temporary name and renamed, and latest.json is replaced
+        atomically after it, so a job killed at any moment leaves the previous checkpoint usable.
+        """
+        import shutil
+
+        import tensorflow as tf
+
+        root = self.path("checkpoint")
+        root.mkdir(exist_ok=True)
+        tmp = root / f".epoch-{epoch:04d}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        model.save_weights(tmp / "weights.h5", save_format="h5")
+        with open(tmp / "optimizer.npz", "wb") as f:
+            np.savez(f, *model.optimizer.get_weights())
+        lr = float(tf.keras.backend.get_value(model.optimizer.learning_rate))
+        (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "learning_rate": lr, **state}, default=float))
+        final = root / f"epoch-{epoch:04d}"
+        shutil.rmtree(final, ignore_errors=True)  # a stale copy from an attempt that died before latest.json
+        os.replace(tmp, final)
+        self.json("checkpoint/latest.json", {"epoch": epoch, "folder": final.name})
+        for old in root.glob("epoch-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def start(self, exp, world, hosts: list, argv: list, data_dir=None):
         self.json("config.json", dataclasses.asdict(exp))
         env = os.environ
         self.json("provenance.json", {
@@ -171,9 +192,25 @@ class RunWriter:
             "hosts": sorted({h["host"] for h in hosts}),
             "ranks": hosts,
             "slurm": {k: env[k] for k in SLURM_VARIABLES if k in env},
-            "launcher": launcher(),
+            "launcher": dist.launcher(),
+            "data_dir": str(data_dir) if data_dir else None,
         })
         self.status("running", world_size=world.size)
+        self.link_slurm_logs()
+
+    def resumed(self, epoch: int, argv: list, hosts: list):
+        """Notes a resume in metrics.json and provenance.json (which keeps every attempt's command)."""
+        before = self.metrics.get("wall_seconds", 0) if self.metrics.get("status") != "completed" else 0
+        provenance = json.loads(self.path("provenance.json").read_text())
+        provenance.setdefault("resumes", []).append({
+            "after_epoch": epoch, "command": shlex.join([sys.executable, *argv]),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "hosts": sorted({h["host"] for h in hosts}),
+            "slurm": {k: os.environ[k] for k in (*SLURM_VARIABLES, "SLURM_RESTART_COUNT") if k in os.environ}})
+        self.json("provenance.json", provenance)
+        self.metrics.pop("reason", None)
+        self.status("running", resumed_after_epoch=epoch, resumes=len(provenance["resumes"]),
+                    wall_seconds_before=before)
         self.link_slurm_logs()
 
     def link_slurm_logs(self):
@@ -181,12 +218,9 @@ class RunWriter:
         job = os.environ.get("SLURM_JOB_ID")
         if not job:
             return
-        try:
-            info = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
-                                  timeout=30).stdout
-        except (OSError, subprocess.SubprocessError):
-            return
-        fields = dict(f.split("=", 1) for f in info.split() if "=" in f)
+        from hpccnn.slurm import job_fields
+
+        fields = job_fields(job)
         for key, name in (("StdOut", "slurm.out"), ("StdErr", "slurm.err")):
             target = fields.get(key)
             if target and Path(target).exists() and not self.path(name).exists():
@@ -195,11 +229,8 @@ class RunWriter:
                 self.path(name).symlink_to(target)
 
     def status(self, status: str, **fields):
-        current = {}
-        if self.path("metrics.json").exists():
-            current = json.loads(self.path("metrics.json").read_text())
-        current.update(fields, status=status)
-        self.json("metrics.json", current)
+        self.metrics.update(fields, status=status)
+        self.json("metrics.json", self.metrics)
 
     def history(self, rows: list, curves=False):
         import pandas as pd
@@ -208,8 +239,8 @@ class RunWriter:
         if curves and rows:
             self.figure("curves.png", plot_curves(rows))
 
-    def evaluation(self, y_true, y_pred, classes):
-        """predictions.csv, confusion matrix (CSV and PNG) and the per-class report."""
+    def evaluation(self, y_true, y_pred, classes, images=None, examples=32):
+        """predictions.csv, confusion matrix (CSV and PNG), the per-class report, misclassified examples."""
         import pandas as pd
         from sklearn.metrics import classification_report, confusion_matrix
 
@@ -223,7 +254,23 @@ class RunWriter:
                                        output_dict=True, zero_division=0)
         rows = [{"class": name, **report[name]} for name in classes]
         self.csv("classification_report.csv", pd.DataFrame(rows))
+        if images is not None:
+            self.misclassified(images, y_true, y_pred, classes, examples)
         return cm
+
+    def misclassified(self, images, y_true, y_pred, classes, examples=32):
+        """The first misclassified test images (uint8, test-set order) with true and predicted labels."""
+        wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))[:examples]
+
+        def save(tmp):
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, images=np.asarray(images)[wrong], index=wrong,
+                                    true=np.asarray(y_true)[wrong], predicted=np.asarray(y_pred)[wrong],
+                                    classes=np.asarray(classes))
+
+        _atomic(self.path("misclassified.npz"), save)
+        self.figure("misclassified.png", plot_misclassified(np.asarray(images)[wrong], np.asarray(y_true)[wrong],
+                                                            np.asarray(y_pred)[wrong], classes))
 
 
 def plot_curves(rows):
@@ -261,4 +308,25 @@ def plot_confusion(cm, classes):
         for j in range(len(classes)):
             ax.text(j, i, int(cm[i, j]), ha="center", va="center",
                     color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+    return fig
+
+
+def plot_misclassified(images, true, predicted, classes, columns=8):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, t, p in zip(axes.flat, images, true, predicted):
+        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 or image.ndim == 2 else None,
+                  interpolation="nearest")
+        ax.set_title(f"true: {classes[t]}\npred: {classes[p]}", fontsize=7, color="darkred")
+    if n == 0:
+        axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
+    fig.tight_layout()
     return fig

@@ -9,8 +9,11 @@ across ranks, and only then anything that reads metrics or sets the learning rat
 """
 
 import argparse
+import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -34,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="print the experiments and exit")
     p.add_argument("--data-dir", default=None, help="staged data cache (default $HPCCNN_DATA or ~/.cache/hpccnn/data)")
     p.add_argument("--results-dir", default="results", help="run folders go to RESULTS_DIR/<date>/<run>")
+    p.add_argument("--run-dir", default=None,
+                   help="create exactly this run folder instead (must not exist; hpccnn.submit sets it per grid point)")
     p.add_argument("--no-save-model", action="store_true", help="skip writing model.h5")
+    p.add_argument("--resume", metavar="RUN_FOLDER", default=None,
+                   help="continue a run from its last finished epoch (its own settings; --epochs may grow)")
     group = p.add_argument_group("experiment settings (override the experiment's defaults)")
     for name, field in SETTABLE.items():
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar=field.type.__name__.upper())
@@ -69,6 +76,23 @@ def compile_model(exp, world, input_shape, classes):
     return model, spec, lr
 
 
+def fit_image_size(exp, splits, world):
+    """exp, with its images resized to the model's seed size when the data set's are too small for it.
+
+    Only when no --image-size was given: cnn_v3 (seed 001, 32x32 CIFAR-10) on 8x8 digits
+    would shrink them to nothing, so digits are resized to 32x32 for it.
+    """
+    import dataclasses
+
+    spec = get_model(exp.model)
+    if exp.image_size or spec.fits(splits.shape[0], splits.shape[2], len(splits.classes)):
+        return exp
+    if world.is_main:
+        print(f"hpccnn: {exp.dataset}'s {splits.shape[0]}x{splits.shape[1]} images are too small for {exp.model}; "
+              f"resized to its {spec.input_side}x{spec.input_side} (set --image-size to choose)", flush=True)
+    return dataclasses.replace(exp, image_size=spec.input_side)
+
+
 def per_rank_batch(exp, world) -> int:
     if exp.batch_per_rank:
         return exp.batch_size
@@ -100,93 +124,257 @@ def score(outputs, y_true, logits: bool):
     return float((y_pred == y_true).mean()), loss, y_pred
 
 
-def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=True):
-    """Trains exp on this rank; returns (run folder or None on other ranks, test accuracy)."""
+class Interrupted(Exception):
+    """Training stopped on SIGUSR2/SIGTERM after saving its last finished epoch; resume from the folder."""
+
+    def __init__(self, signal_name, folder, last_epoch, requeued):
+        self.folder, self.last_epoch, self.requeued = folder, last_epoch, requeued
+        then = "the job was requeued and will resume" if requeued else f"resume with --resume {folder}"
+        super().__init__(f"stopped by {signal_name} after epoch {last_epoch}; {then}")
+
+
+def restart_count() -> int:
+    value = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def find_resumable(results_dir, experiment: str, run_dir=None):
+    """The run folder a requeued SLURM job should resume: its --run-dir, or the one with its job id."""
+    from hpccnn.results import job_tag
+
+    if run_dir is not None:
+        return Path(run_dir).resolve() if Path(run_dir).is_dir() else None
+    found = sorted(Path(results_dir).resolve().glob(f"*/{experiment}-*-{job_tag()}"))
+    return found[-1] if found else None
+
+
+def load_checkpoint(folder: Path):
+    """(epoch, checkpoint folder, state) of a run's latest checkpoint, or (0, None, {}) before the first."""
+    latest = folder / "checkpoint" / "latest.json"
+    if not latest.exists():
+        return 0, None, {}
+    info = json.loads(latest.read_text())
+    path = folder / "checkpoint" / info["folder"]
+    return int(info["epoch"]), str(path), json.loads((path / "state.json").read_text())
+
+
+def restore(model, checkpoint: str, state: dict):
+    """Weights, optimizer slots and iteration count, and learning rate as they were after that epoch."""
     import tensorflow as tf
 
-    from hpccnn.callbacks import EpochStats, RankZeroRecorder
+    model.load_weights(str(Path(checkpoint) / "weights.h5"))
+    with np.load(Path(checkpoint) / "optimizer.npz") as saved:
+        weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    optimizer = model.optimizer
+    optimizer._create_all_weights(model.trainable_variables)  # slots exist only after the first step otherwise
+    optimizer.set_weights(weights)
+    tf.keras.backend.set_value(optimizer.learning_rate, state["learning_rate"])
+
+
+def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=True, run_dir=None, resume=None):
+    """Trains exp on this rank; returns (run folder or None on other ranks, test accuracy).
+
+    resume: a run folder to continue from its latest checkpoint. A SLURM job that was requeued
+    (SLURM_RESTART_COUNT > 0) resumes its own run folder by itself. Rank 0 decides and every
+    rank follows (broadcast), so all of them start from the same epoch.
+    """
+    import tensorflow as tf
+
+    from hpccnn.callbacks import (EpochStats, RankZeroRecorder, ReseedRandomLayers, StopOnSignal,
+                                  restore_callback_state)
 
     hvd = dist.hvd()
+    stopper = StopOnSignal(1).install()  # noted from now on; acted on once training runs
     tf.keras.utils.set_random_seed(exp.seed)
+    tf.keras.backend.experimental.enable_tf_random_generator()  # dropout reseedable per epoch
+    decision = None
+    if world.is_main:
+        target = Path(resume).resolve() if resume else (
+            find_resumable(results_dir, exp.name, run_dir) if restart_count() > 0 else None)
+        decision = (str(target), *load_checkpoint(target)) if target else None
+    decision = dist.broadcast_object(decision)
+    first_epoch, checkpoint, state = (decision[1], decision[2], decision[3]) if decision else (0, None, {})
+
     batch = per_rank_batch(exp, world)
     splits = data.split(data.load(exp.dataset, data_dir), exp.validation, exp.val_fraction,
                         exp.test_fraction, exp.seed)
+    exp = fit_image_size(exp, splits, world)
     x_train = data.shard(splits.x_train, world.rank, world.size)
     y_train = data.shard(splits.y_train, world.rank, world.size)
     steps = (len(splits.x_train) // world.size) // batch  # the same on every rank: allreduce needs it
     if steps == 0:
         raise UserError(f"batch of {batch} per rank is larger than the {len(splits.x_train) // world.size} "
                         f"training images each of the {world.size} ranks has; use a smaller --batch-size")
-    train_ds = data.pipeline(x_train, y_train, batch, splits.scale, exp.image_size, training=True,
-                             seed=exp.seed + world.rank)
+    train_ds = data.train_pipeline(x_train, y_train, batch, steps, splits.scale, exp.image_size,
+                                   seed=(exp.seed, world.rank), first_epoch=first_epoch, epochs=exp.epochs)
     val_ds = data.pipeline(data.shard(splits.x_val, world.rank, world.size),
                            data.shard(splits.y_val, world.rank, world.size), batch, splits.scale, exp.image_size)
     side = exp.image_size or splits.shape[0]
     model, spec, lr = compile_model(exp, world, (side, side, splits.shape[2]), len(splits.classes))
+    if checkpoint:
+        restore(model, checkpoint, state)
 
     hosts = dist.allgather_object(dist.host_and_rank(world))
     writer = None
     if world.is_main:
         from hpccnn.results import RunWriter
 
-        writer = RunWriter.create(results_dir, exp.name, world)
-        writer.start(exp, world, hosts, list(argv))
+        if decision:
+            writer = RunWriter.reopen(decision[0])
+            writer.resumed(first_epoch, list(argv), hosts)
+        else:
+            writer = RunWriter.create(results_dir, exp.name, world, run_dir)
+            try:
+                writer.start(exp, world, hosts, list(argv), data.resolve_data_dir(data_dir))
+            except BaseException as err:
+                writer.status("failed", reason=f"{type(err).__name__}: {err}")
+                raise
+        writer.guard()
         print(f"hpccnn: {exp.name} on {world.size} rank(s), {batch} images per rank per step, "
-              f"{steps} steps per epoch; results in {writer.folder}", flush=True)
+              f"{steps} steps per epoch; results in {writer.folder}"
+              + (f"; resuming after epoch {first_epoch}" if decision else ""), flush=True)
 
+    stopper.steps, stopper.every = steps, max(1, min(20, steps // 4))
     callbacks = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # every rank starts from rank 0's weights
         hvd.callbacks.MetricAverageCallback(),  # metrics averaged over ranks before anyone reads them
+        stopper,  # before anything that records an epoch: a cut-short epoch is not one
+        ReseedRandomLayers((exp.seed, world.rank)),
     ]
     if exp.warmup_epochs:  # ramps lr from lr/size up to lr: large effective batches diverge otherwise
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=lr, warmup_epochs=exp.warmup_epochs, steps_per_epoch=steps, verbose=0))
+    stateful = []
     if exp.reduce_lr_monitor:
-        callbacks.append(tf.keras.callbacks.ReduceLROnPlateau(
+        plateau = tf.keras.callbacks.ReduceLROnPlateau(
             monitor=exp.reduce_lr_monitor, factor=exp.reduce_lr_factor, patience=exp.reduce_lr_patience,
-            min_delta=exp.reduce_lr_min_delta, verbose=int(world.is_main)))
+            min_delta=exp.reduce_lr_min_delta, verbose=int(world.is_main))
+        callbacks.append(plateau)
+        stateful.append(plateau)
+        if state.get("callbacks"):  # after its on_train_begin, which resets it
+            callbacks.append(tf.keras.callbacks.LambdaCallback(
+                on_train_begin=lambda logs: restore_callback_state(plateau, state["callbacks"][0])))
     callbacks.append(EpochStats(steps * batch * world.size))
     if world.is_main:
-        recorder = RankZeroRecorder(writer)
+        recorder = RankZeroRecorder(writer, stopper, rows=state.get("history"), stateful=stateful)
         callbacks += [recorder,
                       tf.keras.callbacks.TensorBoard(log_dir=str(writer.path("tensorboard")), profile_batch=0)]
 
     started = time.time()
     try:
-        model.fit(train_ds, steps_per_epoch=steps, epochs=exp.epochs, validation_data=val_ds,
-                  callbacks=callbacks, verbose=2 if world.is_main else 0)  # a line per epoch, rank 0
+        if first_epoch < exp.epochs:
+            model.fit(train_ds, steps_per_epoch=steps, epochs=exp.epochs, initial_epoch=first_epoch,
+                      validation_data=val_ds, callbacks=callbacks, verbose=2 if world.is_main else 0)
+        if stopper.stopped:
+            raise stopped(stopper, writer, started)
         outputs = gather_predictions(model, splits, exp, world, batch)
         if not world.is_main:
             return None, None
         accuracy, loss, y_pred = score(outputs, splits.y_test, spec.logits)
         writer.history(recorder.rows, curves=True)
-        writer.evaluation(splits.y_test, y_pred, splits.classes)
+        writer.evaluation(splits.y_test, y_pred, splits.classes, images=splits.x_test)
         if save_model:
             writer.model("model.h5", model)
         writer.status("completed", test_accuracy=accuracy, test_loss=loss, test_images=int(len(y_pred)),
-                      wall_seconds=round(time.time() - started, 3), world_size=world.size)
+                      wall_seconds=round(writer.metrics.get("wall_seconds_before", 0) + time.time() - started, 3),
+                      world_size=world.size)
         print(f"hpccnn: test accuracy {accuracy:.4f} (loss {loss:.4f}) on {len(y_pred)} test images", flush=True)
         print(f"hpccnn: results in {writer.folder}", flush=True)
         return writer.folder, accuracy
+    except Interrupted:
+        raise
     except BaseException as err:
         if writer is not None:
             writer.status("failed", reason=f"{type(err).__name__}: {err}",
                           wall_seconds=round(time.time() - started, 3))
         raise
+    finally:
+        stopper.uninstall()
+
+
+def stopped(stopper, writer, started) -> Interrupted:
+    """After a stop signal: rank 0 records it and, for SLURM's warning signal, requeues the job."""
+    import signal
+
+    name = signal.Signals(stopper.signal).name
+    requeue = stopper.signal == signal.SIGUSR2 and "SLURM_JOB_ID" in os.environ
+    folder = writer.folder if writer else None
+    last = writer.metrics.get("last_epoch", 0) if writer else None
+    if writer is not None:
+        writer.status("interrupted", reason=f"stopped by {name}", last_epoch=last, requeued=requeue,
+                      wall_seconds=round(writer.metrics.get("wall_seconds_before", 0) + time.time() - started, 3))
+        if requeue:  # the requeued job finds this folder (SLURM_RESTART_COUNT) and resumes it
+            import subprocess
+
+            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True, timeout=60)
+    return Interrupted(name, folder, last, requeue)
+
+
+def parse(argv):
+    """(options, Experiment) from hpccnn.train's command line; a UserError if anything is wrong."""
+    args = build_parser().parse_args(argv)
+    overrides = {k: parse_value(k, getattr(args, k)) for k in SETTABLE if getattr(args, k) is not None}
+    if args.resume is not None:
+        return args, resumed_experiment(args, overrides)
+    exp = with_overrides(get_experiment(args.experiment), overrides)
+    if args.run_dir is not None:
+        check_run_dir(args.run_dir)
+    return args, exp
+
+
+def resumed_experiment(args, overrides):
+    """The experiment a run folder was started with (only --epochs may change, to train longer)."""
+    from hpccnn.experiments import Experiment
+
+    folder = Path(args.resume)
+    if ".." in folder.parts:
+        raise UserError(f"--resume {args.resume!r} contains '..'; give the run folder's path without it")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        json.loads((folder / "metrics.json").read_text())
+        exp = Experiment(**config)
+    except (OSError, ValueError, TypeError):
+        raise UserError(f"--resume {args.resume}: not a run folder made by hpccnn.train (no readable config.json "
+                        f"and metrics.json)") from None
+    changed = sorted(set(overrides) - {"epochs"})
+    if changed or args.run_dir:
+        what = f"--{changed[0].replace('_', '-')}" if changed else "--run-dir"
+        raise UserError(f"--resume continues a run with its own settings; only --epochs may change, not {what}")
+    return with_overrides(exp, overrides)
+
+
+def check_run_dir(run_dir) -> None:
+    path = Path(run_dir)
+    if ".." in path.parts:
+        raise UserError(f"--run-dir {run_dir!r} contains '..'; give the run folder's path without it")
+    if path.exists() and restart_count() == 0:  # a requeued job resumes its own folder
+        raise UserError(f"--run-dir {run_dir} already exists; hpccnn never writes into an existing run folder "
+                        f"(to continue that run: --resume {run_dir})")
+
+
+def train(argv):
+    """Everything python -m hpccnn.train does, in this process: (run folder or None off rank 0, accuracy)."""
+    args, exp = parse(argv)
+    world = dist.init()
+    return run(exp, world, args.data_dir, args.results_dir, ["-m", "hpccnn.train", *argv],
+               not args.no_save_model, args.run_dir, args.resume)
 
 
 @cli
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    if args.list:
+    if build_parser().parse_args(argv).list:
         print(list_experiments())
         return 0
-    overrides = {k: parse_value(k, getattr(args, k)) for k in SETTABLE if getattr(args, k) is not None}
-    exp = with_overrides(get_experiment(args.experiment), overrides)
-    world = dist.init()
-    run(exp, world, args.data_dir, args.results_dir, ["-m", "hpccnn.train", *argv], not args.no_save_model)
+    try:
+        train(argv)
+    except Interrupted as stop:
+        print(f"hpccnn: {stop}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     return 0
+
+
+EXIT_INTERRUPTED = 3  # stopped by a signal after saving its last finished epoch
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages hpccnn needs: Open MPI (Horovod and mpi4py build against it),
-# SLURM and munge (the local test cluster). Quick when everything is installed.
+# SLURM and munge (the local test cluster), and a headless Chromium with its WebDriver
+# (the tests open hpccnn's HTML reports in it). Quick when everything is installed.
 set -euo pipefail
 packages=(openmpi-bin libopenmpi-dev slurm-wlm munge)
+browser=(chromium chromium-driver)  # installed without Recommends: a headless browser needs none
 missing=()
-for p in "${packages[@]}"; do
+for p in "${packages[@]}" "${browser[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -15,4 +17,9 @@ fi
 echo "hpccnn: installing Debian packages: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq "${missing[@]}" >/dev/null
+main=() extra=()
+for p in "${missing[@]}"; do
+  if [[ " ${browser[*]} " == *" $p "* ]]; then extra+=("$p"); else main+=("$p"); fi
+done
+[ ${#main[@]} -eq 0 ] || apt-get install -y -qq "${main[@]}" >/dev/null
+[ ${#extra[@]} -eq 0 ] || apt-get install -y -qq --no-install-recommends "${extra[@]}" >/dev/null

@@ -74,7 +74,9 @@ def run_module(module, *args, env=None, cwd=None, timeout=900):
 
 
 def run_folders(results_dir: Path):
-    return sorted(p for p in results_dir.glob("*/*") if p.is_dir())
+    from hpccnn.demo import run_folders as folders
+
+    return sorted(folders(results_dir))
 
 
 def read_json(path: Path):
@@ -96,3 +98,18 @@ def slurm_env():
     yield env
     if not was_running:
         subprocess.run([str(script), "stop"], capture_output=True, timeout=60)
+
+
+GRID_ARGS = ["--grid", "cifar_hparams", "--dataset", "digits", "--epochs", "1",
+             "--cpus-per-task", "1", "--mem-gb", "3", "--time-min", "15"]  # sized for the 2-core local node
+
+
+@pytest.fixture(scope="session")
+def digits_grid(slurm_env, tmp_path_factory):
+    """seed 001's cifar_hparams grid on digits, 1 epoch, submitted once for real: (results dir, dry run, run)."""
+    results = tmp_path_factory.mktemp("grid") / "results"
+    args = [*GRID_ARGS, "--results-dir", results]
+    dry = run_module("hpccnn.submit", *args, "--dry-run", env=slurm_env, timeout=120)
+    dry_results_existed = results.exists()
+    proc = run_module("hpccnn.submit", *args, "--wait", env=slurm_env, timeout=1500)
+    return results, dry, dry_results_existed, proc

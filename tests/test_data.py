@@ -107,8 +107,16 @@ def test_pipeline_scales_resizes_and_batches():
     np.testing.assert_allclose(images, 1.0, atol=1e-6)
 
 
-def test_training_pipeline_repeats_full_batches_only():
-    x = np.zeros((10, 2, 2, 1), np.uint8)
-    ds = data.pipeline(x, np.arange(10), 4, 1 / 255, training=True)
-    shapes = [b[0].shape[0] for b in ds.take(7)]
-    assert shapes == [4] * 7
+def test_training_pipeline_gives_full_batches_in_an_order_fixed_by_seed_and_epoch():
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    y = np.arange(10)
+    labels = [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 4, 2, 1.0, seed=3, first_epoch=0, epochs=3)]
+    assert [len(b) for b in labels] == [4] * 6  # 3 epochs x 2 steps, full batches only
+    epochs = [sum(labels[2 * e:2 * e + 2], []) for e in range(3)]
+    assert all(len(set(e)) == 8 for e in epochs)  # no image twice within an epoch
+    assert epochs[0] != epochs[1]  # reshuffled every epoch
+    # a run resumed at epoch 2 sees exactly the batches the uninterrupted run saw in epoch 2
+    resumed = [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 4, 2, 1.0, seed=3, first_epoch=2, epochs=3)]
+    assert sum(resumed, []) == epochs[2]
+    other = [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 4, 2, 1.0, seed=4, first_epoch=2, epochs=3)]
+    assert sum(other, []) != epochs[2]

@@ -1,0 +1,161 @@
+"""Named hyperparameter grids: an experiment and the settings to sweep, one point per combination.
+
+A grid point is an experiment with a few settings changed; each point becomes one SLURM array
+task running ``python -m hpccnn.train`` with those settings as command-line options, so a point
+can always be rerun by hand with the command ``python -m hpccnn.submit --dry-run`` prints.
+"""
+
+import itertools
+import re
+from dataclasses import dataclass, field
+
+from hpccnn.errors import UserError
+from hpccnn.experiments import get_experiment, parse_value, with_overrides
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    experiment: str
+    axes: dict  # setting -> the values it takes, swept in this order (last axis fastest)
+    fixed: dict = field(default_factory=dict)  # settings every point shares
+    description: str = ""
+
+    def points(self, overrides=None) -> list:
+        """One dict of settings per point: the grid's fixed settings, the axes' values, then overrides.
+
+        An override of a swept setting is refused: it would make every point the same.
+        """
+        overrides = dict(overrides or {})
+        clash = sorted(set(overrides) & set(self.axes))
+        if clash:
+            raise UserError(f"--{clash[0].replace('_', '-')} is swept by grid {self.name!r}; "
+                            f"it can't also be overridden (drop the option or use --experiment)")
+        keys = list(self.axes)
+        return [{**self.fixed, **dict(zip(keys, values)), **overrides}
+                for values in itertools.product(*(self.axes[k] for k in keys))]
+
+
+GRIDS = {g.name: g for g in [
+    Grid("cifar_hparams", "cifar_cnn_v3",
+         axes={"activation": ["relu", "sigmoid"], "batch_size": [32, 64, 128], "optimizer": ["sgd", "adam"]},
+         fixed={"epochs": 10},
+         description="seed 001, Table 1: cnn_v3, activation x batch size x optimizer, 10 epochs each"),
+    Grid("alexnet227_lr", "cifar_alexnet227", axes={"learning_rate": [1e-3, 1e-4, 5e-5]},
+         description="seed 004: classic AlexNet at 227x227, three learning rates"),
+]}
+
+
+def get_grid(name: str) -> Grid:
+    if name not in GRIDS:
+        raise UserError(f"unknown grid {name!r}; choose one of: {', '.join(GRIDS)}")
+    return GRIDS[name]
+
+
+def parse_sweep(specs) -> dict:
+    """--sweep KEY=V1,V2,... options as {setting: [typed values]}, for ad-hoc grids."""
+    axes = {}
+    for spec in specs or ():
+        key, sep, values = spec.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key or not values:
+            raise UserError(f"--sweep wants SETTING=VALUE1,VALUE2,..., got {spec!r}")
+        if key in axes:
+            raise UserError(f"--sweep {key} is given twice; list all its values in one option")
+        axes[key] = [parse_value(key, v.strip()) for v in values.split(",")]
+    return axes
+
+
+def label(settings: dict, keys) -> str:
+    """A folder-safe label for a point from its swept values: relu_b32_sgd."""
+    parts = []
+    for key in keys:
+        value = settings[key]
+        text = f"b{value}" if key == "batch_size" else f"lr{value:g}" if key == "learning_rate" else str(value)
+        parts.append(re.sub(r"[^A-Za-z0-9.+-]", "-", text))
+    return "_".join(parts)
+
+
+def resolve(grid: Grid, overrides: dict) -> list:
+    """[(label, settings, Experiment)] for every point, each one validated before anything is submitted."""
+    base = get_experiment(grid.experiment)
+    resolved = []
+    for index, settings in enumerate(grid.points(overrides)):
+        exp = with_overrides(base, settings)
+        name = label(settings, grid.axes) if grid.axes else exp.name
+        resolved.append((f"{index:02d}_{name}", settings, exp))
+    return resolved
+
+
+def train_args(experiment: str, settings: dict) -> list:
+    """hpccnn.train's command-line options for a point."""
+    args = ["--experiment", experiment]
+    for key, value in settings.items():
+        args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+def grid_record(grid: Grid, points: list, folder, cluster: str, job_ids=None, logs=None) -> dict:
+    """grid.json: what hpccnn.submit --collect needs to sum a grid up."""
+    import datetime
+
+    return {"grid": grid.name, "experiment": grid.experiment, "axes": grid.axes, "cluster": cluster,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "points": [{"label": label, "settings": settings, "run_dir": str(folder / label),
+                        **({"job_id": job_ids[i]} if job_ids else {}), **({"log": logs[i]} if logs else {})}
+                       for i, (label, settings, _) in enumerate(points)]}
+
+
+def _array_point(argv=None) -> int:
+    """python -m hpccnn.grids GRID --task N [settings]: hpccnn.train's options for one array task.
+
+    Used by slurm/grid_array.sbatch: prints one option per line, and the first task to run
+    writes the grid folder's grid.json so that ``python -m hpccnn.submit --collect`` can sum it up.
+    """
+    import argparse
+    import datetime
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    from hpccnn import slurm
+    from hpccnn.experiments import SETTABLE
+
+    p = argparse.ArgumentParser(prog="python -m hpccnn.grids", description=_array_point.__doc__.split("\n")[0])
+    p.add_argument("grid")
+    p.add_argument("--task", type=int, required=True, help="the array task id: which point")
+    p.add_argument("--results-dir", default="results")
+    for name in SETTABLE:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
+    args = p.parse_args(argv)
+    grid = get_grid(args.grid)
+    overrides = {k: parse_value(k, getattr(args, k)) for k in SETTABLE if getattr(args, k) is not None}
+    points = resolve(grid, overrides)
+    if not 0 <= args.task < len(points):
+        raise UserError(f"array task {args.task} is outside grid {grid.name!r}'s {len(points)} points; "
+                        f"submit with --array=0-{len(points) - 1}")
+    array_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or str(os.getpid())
+    day = slurm.submit_date(os.environ.get("SLURM_JOB_ID")) or datetime.date.today()
+    folder = Path(args.results_dir).resolve() / day.isoformat() / f"{grid.name}-job{array_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = grid_record(grid, points, folder, "slurm", job_ids=[f"{array_id}_{i}" for i in range(len(points))])
+    tmp = folder / f".grid.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    try:
+        os.link(tmp, folder / "grid.json")  # atomic, and never replaces the one another task wrote
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    label, settings, exp = points[args.task]
+    print("\n".join(train_args(exp.name, settings) + ["--run-dir", str(folder / label)]))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from hpccnn.errors import cli
+
+    sys.exit(cli(_array_point)())

@@ -1,0 +1,351 @@
+"""python -m hpccnn.report PATH: the seeds' tables and figures from hpccnn's result folders.
+
+PATH is a run folder, a grid folder (from hpccnn.submit) or a date folder (``results/<date>``).
+The report goes into PATH as ``report.html`` (self-contained: images embedded) and
+``report.md`` (images beside it in ``report_files/``). For each run: its settings, final
+metrics next to the figure the seed reports, accuracy and loss curves, the confusion matrix,
+per-class precision/recall/F1 with the best and worst classes, and misclassified test images.
+For a grid: every point in one table (best first, best marked), the points' validation curves
+in one plot, and the best point's model reloaded from disk and evaluated again.
+"""
+
+import argparse
+import base64
+import html
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hpccnn.errors import UserError, cli
+
+SETTINGS = ["model", "dataset", "image_size", "activation", "optimizer", "learning_rate", "batch_size",
+            "batch_per_rank", "epochs", "validation", "seed"]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_csv(path: Path, **options):
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **options)
+    except (OSError, ValueError):
+        return None
+
+
+def is_run(folder: Path) -> bool:
+    return (folder / "config.json").exists() and (folder / "metrics.json").exists()
+
+
+def is_grid(folder: Path) -> bool:
+    return (folder / "grid.json").exists()
+
+
+class Figure:
+    """A matplotlib figure as PNG bytes, with a file name for report.md."""
+
+    def __init__(self, fig, name: str, alt: str):
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        self.png, self.name, self.alt = buffer.getvalue(), name, alt
+
+    def html(self) -> str:
+        data = base64.b64encode(self.png).decode()
+        return f'<img src="data:image/png;base64,{data}" alt="{html.escape(self.alt)}">'
+
+
+class Report:
+    """Collects blocks as HTML and Markdown side by side."""
+
+    def __init__(self, title: str):
+        self.title, self.html, self.md, self.figures = title, [], [f"# {title}\n"], []
+
+    def heading(self, text: str, level=2, anchor=None):
+        ident = f' id="{html.escape(anchor)}"' if anchor else ""
+        self.html.append(f"<h{level}{ident}>{html.escape(text)}</h{level}>")
+        self.md.append(f"{'#' * level} {text}\n")
+
+    def paragraph(self, text: str, css=None):
+        cls = f' class="{css}"' if css else ""
+        self.html.append(f"<p{cls}>{html.escape(text)}</p>")
+        self.md.append(f"{text}\n")
+
+    def table(self, header, rows, ident=None, marked=None, css=None):
+        """rows: lists of cells; marked: the index of the row to mark as best."""
+        attrs = (f' id="{ident}"' if ident else "") + (f' class="{css}"' if css else "")
+        out = [f"<table{attrs}><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+               + "</tr></thead><tbody>"]
+        md = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+        for i, row in enumerate(rows):
+            mark = ' class="best"' if i == marked else ""
+            out.append(f"<tr{mark}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+            md.append("| " + " | ".join(str(c) for c in row) + " |")
+        out.append("</tbody></table>")
+        self.html.append("".join(out))
+        self.md.append("\n".join(md) + "\n")
+
+    def figure(self, fig: Figure):
+        self.figures.append(fig)
+        self.html.append(f"<figure>{fig.html()}<figcaption>{html.escape(fig.alt)}</figcaption></figure>")
+        self.md.append(f"![{fig.alt}](report_files/{fig.name})\n")
+
+    def write(self, folder: Path):
+        from hpccnn.results import RunWriter
+
+        writer = RunWriter(folder)
+        files = folder / "report_files"
+        files.mkdir(exist_ok=True)
+        for fig in self.figures:
+            tmp = files / f".{fig.name}.tmp"
+            tmp.write_bytes(fig.png)
+            tmp.replace(files / fig.name)
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+                 "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+                 "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f0f0f0}"
+                 "tr.best{background:#d9f2d9;font-weight:bold}img{max-width:100%}"
+                 "p.note{color:#555}p.ok{color:#070}p.bad{color:#a00}section{border-top:2px solid #ddd}")
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+                f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>"
+                + "\n".join(self.html) + "</body></html>\n")
+        writer.text("report.html", page)
+        writer.text("report.md", "\n".join(self.md))
+
+
+def _fmt(value, digits=4):
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def plot_curves(history, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for key, style in ((metric, "b-o"), (f"val_{metric}", "r-o")):
+            if key in history:
+                ax.plot(history["epoch"], history[key], style, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_xticks(list(history["epoch"])[:: max(1, len(history) // 12)])
+        ax.set_ylabel(metric)
+        ax.set_title(f"{title}: {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def plot_heatmap(frame):
+    from hpccnn.results import plot_confusion
+
+    return plot_confusion(frame.to_numpy(), [str(c) for c in frame.columns])
+
+
+def plot_grid_curves(runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, history in runs:
+        for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+            if history is not None and key in history:
+                ax.plot(history["epoch"], history[key], "-o", label=label, markersize=3)
+    for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].set_title("validation accuracy per point")
+    axes[1].set_title("validation loss per point")
+    return fig
+
+
+def run_section(report: Report, folder: Path, prefix: str):
+    """One run: settings, metrics against the seed, curves, confusion matrix, per-class table, mistakes."""
+    config = _read_json(folder / "config.json") or {}
+    metrics = _read_json(folder / "metrics.json") or {}
+    history = _read_csv(folder / "history.csv")
+    report.html.append("<section>")
+    report.heading(f"Run {folder.name}", 2, anchor=f"run-{folder.name}")
+    report.table(["setting", "value"], [[k, config.get(k)] for k in SETTINGS if k in config], css="settings")
+    last = history.iloc[-1].to_dict() if history is not None and len(history) else {}
+    report.table(["", "this run", "reported in the seed"], [
+        ["status", metrics.get("status", "-"), ""],
+        ["test accuracy", _fmt(metrics.get("test_accuracy")), config.get("reported") or "-"],
+        ["test loss", _fmt(metrics.get("test_loss")), ""],
+        ["final val accuracy", _fmt(last.get("val_accuracy")), ""],
+        ["epochs finished", _fmt(metrics.get("last_epoch")), _fmt(config.get("epochs"))],
+        ["ranks (world size)", _fmt(metrics.get("world_size")), ""],
+        ["training seconds", _fmt(metrics.get("wall_seconds"), 1), ""],
+    ], css="metrics")
+    if metrics.get("reason"):
+        report.paragraph(f"failed: {metrics['reason']}", css="bad")
+    if history is not None and len(history):
+        report.figure(Figure(plot_curves(history, config.get("name", folder.name)), f"{prefix}curves.png",
+                             f"{folder.name}: accuracy and loss per epoch"))
+    cm = _read_csv(folder / "confusion_matrix.csv", dtype={"true": str})
+    if cm is not None:
+        cm = cm.set_index(cm.columns[0])
+        report.heading("Confusion matrix (rows: true class, columns: predicted)", 3)
+        report.figure(Figure(plot_heatmap(cm), f"{prefix}confusion.png", f"{folder.name}: confusion matrix"))
+    per_class = _read_csv(folder / "classification_report.csv", dtype={"class": str})
+    if per_class is not None and len(per_class):
+        report.heading("Per class", 3)
+        report.table(["class", "precision", "recall", "f1-score", "support"],
+                     [[r["class"], _fmt(r["precision"], 3), _fmt(r["recall"], 3), _fmt(r["f1-score"], 3),
+                       int(r["support"])] for _, r in per_class.iterrows()], css="per-class")
+        ordered = per_class.sort_values("f1-score", kind="stable")
+        worst, best = ordered.iloc[0], ordered.iloc[-1]
+        report.paragraph(f"Best class: {best['class']} (F1 {best['f1-score']:.3f}); worst class: "
+                         f"{worst['class']} (F1 {worst['f1-score']:.3f}).", css="note")
+    mistakes = folder / "misclassified.npz"
+    if mistakes.exists():
+        from hpccnn.results import plot_misclassified
+
+        with np.load(mistakes) as m:
+            classes = [str(c) for c in m["classes"]]
+            fig = plot_misclassified(m["images"], m["true"], m["predicted"], classes)
+            count = len(m["true"])
+        report.heading(f"Misclassified test images (first {count})", 3)
+        report.figure(Figure(fig, f"{prefix}misclassified.png", f"{folder.name}: misclassified test images"))
+    report.html.append("</section>")
+
+
+def reevaluate(folder: Path, data_dir=None) -> float:
+    """The run's model.h5, reloaded from disk, evaluated again on the run's own test split."""
+    import tensorflow as tf
+
+    from hpccnn import data
+
+    config = _read_json(folder / "config.json")
+    prov = _read_json(folder / "provenance.json") or {}
+    model = tf.keras.models.load_model(folder / "model.h5", compile=False)
+    splits = data.split(data.load(config["dataset"], data_dir or prov.get("data_dir")), config["validation"],
+                        config["val_fraction"], config["test_fraction"], config["seed"])
+    outputs = model.predict(data.pipeline(splits.x_test, splits.y_test, 256, splits.scale, config["image_size"]),
+                            verbose=0)
+    return float((outputs.argmax(axis=1) == splits.y_test).mean())
+
+
+def _run_folder(grid: Path, row) -> Path:
+    """A point's run folder: beside grid.csv (so a copied grid folder still works), else as recorded."""
+    here = grid / str(row["point"])
+    return here if here.is_dir() else Path(str(row["run_folder"]))
+
+
+def grid_section(report: Report, folder: Path, data_dir=None, check_best=True):
+    import pandas as pd
+
+    record = _read_json(folder / "grid.json")
+    frame = _read_csv(folder / "grid.csv")
+    if frame is None:
+        raise UserError(f"{folder} has no grid.csv yet; run python -m hpccnn.submit --collect {folder} first")
+    axes = list(record.get("axes", {}))
+    frame = frame.sort_values("test_accuracy", ascending=False, na_position="last", kind="stable")
+    report.heading(f"Grid {record.get('grid', folder.name)}: {len(frame)} points", 2, anchor="grid")
+    report.paragraph(f"Experiment {record.get('experiment')}; swept: {', '.join(axes) or '(none)'}; "
+                     f"sorted by test accuracy, best row marked.", css="note")
+    header = ["", "point", *axes, "status", "test accuracy", "test loss", "seconds", "ranks", "note"]
+    rows = []
+    for i, (_, r) in enumerate(frame.iterrows()):
+        ranks = int(r["world_size"]) if pd.notna(r.get("world_size")) else None
+        note = str(r["reason"])[:90] if pd.notna(r.get("reason")) else ""
+        rows.append(["★" if i == 0 and r["status"] == "completed" else "", r["point"], *(r[a] for a in axes),
+                     r["status"], _fmt(r["test_accuracy"]), _fmt(r["test_loss"]), _fmt(r["wall_seconds"], 1),
+                     _fmt(ranks), note])
+    best_ok = len(frame) and frame.iloc[0]["status"] == "completed"
+    report.table(header, rows, ident="grid-table", marked=0 if best_ok else None)
+    frame["run_folder"] = [str(_run_folder(folder, r)) for _, r in frame.iterrows()]
+    curves = [(r["point"], _read_csv(Path(r["run_folder"]) / "history.csv")) for _, r in frame.iterrows()]
+    report.figure(Figure(plot_grid_curves(curves), "grid_validation_curves.png",
+                         "validation accuracy and loss of every point"))
+    if best_ok and check_best:
+        best = frame.iloc[0]
+        model = Path(best["run_folder"]) / "model.h5"
+        if model.exists():
+            again = reevaluate(Path(best["run_folder"]), data_dir)
+            recorded = float(best["test_accuracy"])
+            same = abs(again - recorded) < 1e-9
+            report.paragraph(f"Best model ({best['point']}) reloaded from {model} and evaluated again: test accuracy "
+                             f"{again:.4f}, recorded at training time {recorded:.4f}: "
+                             + ("the same." if same else "DIFFERENT."), css="ok" if same else "bad")
+        else:
+            report.paragraph(f"Best point {best['point']} saved no model.h5 (--no-save-model): not re-evaluated.",
+                             css="note")
+    return frame
+
+
+def build(path: Path, data_dir=None, check_best=True) -> Report:
+    if is_run(path):
+        report = Report(f"hpccnn report: {path.name}")
+        run_section(report, path, "")
+        return report
+    if is_grid(path):
+        report = Report(f"hpccnn report: grid {path.name}")
+        frame = grid_section(report, path, data_dir, check_best)
+        for i, (_, r) in enumerate(frame.iterrows()):
+            if is_run(Path(r["run_folder"])):
+                run_section(report, Path(r["run_folder"]), f"{r['point']}_")
+        return report
+    children = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+    grid_folders = [p for p in children if is_grid(p)]
+    runs = [p for p in children if is_run(p)]
+    if not grid_folders and not runs:
+        raise UserError(f"{path} is not a run folder, a grid folder or a folder holding them; "
+                        f"give a folder under results/")
+    report = Report(f"hpccnn report: {path.name}")
+    report.paragraph(f"{len(runs)} run(s) and {len(grid_folders)} grid(s) in {path}.", css="note")
+    for g in grid_folders:
+        if (g / "grid.csv").exists():
+            frame = grid_section(report, g, data_dir, check_best)
+            for _, r in frame.iterrows():
+                if is_run(Path(r["run_folder"])):
+                    run_section(report, Path(r["run_folder"]), f"{g.name}_{r['point']}_")
+        else:
+            report.paragraph(f"Grid {g.name} has no grid.csv yet (python -m hpccnn.submit --collect {g}).", css="bad")
+    for run in runs:
+        run_section(report, run, f"{run.name}_")
+    return report
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hpccnn.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("path", type=Path, help="a run folder, a grid folder or a date folder under results/")
+    p.add_argument("--data-dir", default=None, help="data cache for re-evaluating a grid's best model "
+                                                    "(default: the one the run used)")
+    p.add_argument("--no-reevaluate", action="store_true", help="don't reload and re-evaluate the best model")
+    args = p.parse_args(argv)
+    path = args.path.resolve()
+    if not path.is_dir():
+        raise UserError(f"{args.path} is not a folder; give a run, grid or date folder under results/")
+    report = build(path, args.data_dir, not args.no_reevaluate)
+    existed = (path / "report.html").exists()
+    try:
+        report.write(path)
+    except PermissionError:
+        raise UserError(f"{path} is not writable; copy the folder somewhere writable and report on the copy") from None
+    print(f"hpccnn: {'replaced' if existed else 'wrote'} {path / 'report.html'} and {path / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""python -m hpccnn.submit: a grid (or one experiment) as a SLURM job array through submitit.
+
+Every point of the grid is one array task, and every array task is a Horovod job: SLURM starts
+``--ntasks-per-node`` ranks per node with ``srun --mpi=pmix`` and each rank runs hpccnn.train's
+code. All points land in one dated grid folder (one run folder per point, submitit's logs in
+``submitit/``), and when the grid has ended ``grid.csv`` sums it up, one row per point: written
+by ``--wait``, by a small collector job that SLURM starts after the array (afterany), or by hand
+with ``python -m hpccnn.submit --collect GRID_FOLDER``.
+
+``--cluster local`` runs the points one after the other on this machine, each under
+``horovodrun -np <ranks>``; ``--cluster debug`` runs them inside this process as one rank
+(for pdb). Both wait for the grid.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from hpccnn import grids, slurm
+from hpccnn.errors import UserError, cli
+from hpccnn.experiments import SETTABLE, parse_value
+
+RESOURCES = {  # flag: (default, help). Defaults fit the seeds' CPU nodes: 8 cores, 56 GB.
+    "partition": (None, "SLURM partition (default: the cluster's default)"),
+    "account": (None, "SLURM account to charge"),
+    "nodes": (1, "nodes per point"),
+    "ntasks_per_node": (2, "Horovod ranks per node"),
+    "cpus_per_task": (4, "cores per rank (TensorFlow's intra-op threads)"),
+    "gpus_per_node": (0, "GPUs per node: one rank per GPU, so set --ntasks-per-node to the same"),
+    "mem_gb": (56, "memory per node, GB"),
+    "time_min": (480, "time limit per point, minutes"),
+    "array_parallelism": (None, "at most this many points run at once (default: all)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see python -m hpccnn.submit --help)")
+
+
+def build_parser():
+    p = _Parser(prog="python -m hpccnn.submit", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--grid", help=f"a named grid: {', '.join(grids.GRIDS)}")
+    what.add_argument("--experiment", help="one experiment (see python -m hpccnn.train --list)")
+    what.add_argument("--collect", metavar="GRID_FOLDER", help="write GRID_FOLDER/grid.csv from its runs and exit")
+    what.add_argument("--list", action="store_true", help="print the grids and exit")
+    p.add_argument("--sweep", action="append", metavar="SETTING=V1,V2",
+                   help="sweep a setting too (repeatable): --sweep learning-rate=1e-3,1e-4")
+    p.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
+                   help="submitit executor: slurm (sbatch), local (this machine, horovodrun), debug (in process)")
+    p.add_argument("--dry-run", action="store_true", help="print each job's resources and command; submit nothing")
+    p.add_argument("--wait", action="store_true", help="block until every point has ended, then print grid.csv")
+    p.add_argument("--results-dir", default="results", help="the grid folder goes to RESULTS_DIR/<date>/")
+    p.add_argument("--data-dir", default=None, help="staged data cache on the compute nodes")
+    p.add_argument("--no-save-model", action="store_true", help="skip writing each point's model.h5")
+    res = p.add_argument_group("resources per point (one array task)")
+    for name, (default, text) in RESOURCES.items():
+        res.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default,
+                         type=str if name in ("partition", "account") else int, help=f"{text} [{default}]")
+    group = p.add_argument_group("experiment settings, applied to every point")
+    for name, field in SETTABLE.items():
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar=field.type.__name__.upper())
+    return p
+
+
+def list_grids() -> str:
+    lines = []
+    for g in grids.GRIDS.values():
+        axes = " x ".join(f"{k} {'/'.join(map(str, v))}" for k, v in g.axes.items())
+        lines.append(f"{g.name:16} {len(g.points()):>3} points  {g.experiment}: {axes}  ({g.description})")
+    return "\n".join(lines)
+
+
+def check_resources(args):
+    for name in ("nodes", "ntasks_per_node", "cpus_per_task", "mem_gb", "time_min"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.gpus_per_node < 0 or (args.array_parallelism is not None and args.array_parallelism <= 0):
+        raise UserError("--gpus-per-node must not be negative and --array-parallelism must be positive")
+    for name in ("partition", "account"):
+        value = getattr(args, name)
+        if value is not None and not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise UserError(f"--{name} {value!r} is not a SLURM {name} name (letters, digits, - _ . only)")
+
+
+def slurm_parameters(args, name: str) -> dict:
+    """submitit SlurmExecutor parameters (sbatch's own names) for one point's array task."""
+    ranks_per_node = args.ntasks_per_node
+    params = dict(job_name=f"hpccnn-{name}", nodes=args.nodes, ntasks_per_node=ranks_per_node,
+                  cpus_per_task=args.cpus_per_task, mem=f"{args.mem_gb}GB", time=args.time_min,
+                  # pmix: Open MPI inside each rank finds its peers through SLURM (Horovod's MPI);
+                  # kill-on-bad-exit: a rank that dies ends the step instead of leaving the rest in allreduce.
+                  stderr_to_stdout=True,  # one log per rank, tracebacks included
+                  srun_args=["--mpi=pmix", "--kill-on-bad-exit=1", f"--cpus-per-task={args.cpus_per_task}"])
+    if args.gpus_per_node:
+        params["gpus_per_node"] = args.gpus_per_node
+    if args.partition:
+        params["partition"] = args.partition
+    if args.account:
+        params["account"] = args.account
+    if args.array_parallelism:
+        params["array_parallelism"] = args.array_parallelism
+    return params
+
+
+def sbatch_script(params: dict, folder: Path, points: int) -> str:
+    """The sbatch script submitit writes for these parameters (submitit's own template)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, map_count=points if points > 1 else None, **params)
+
+
+class TrainPoint:
+    """One grid point, pickled by submitit and called in every rank of its job.
+
+    Under SLURM each rank is a task srun started, so the point trains in this process
+    (hpccnn.train's code). Locally it runs ``horovodrun -np <ranks> python -m hpccnn.train``;
+    under the debug executor it trains in the submitting process as one rank.
+    """
+
+    def __init__(self, train_args: list, launcher: str, ranks: int):
+        self.train_args, self.launcher, self.ranks = list(train_args), launcher, ranks
+
+    def command(self) -> list:
+        from hpccnn.launch import horovodrun_command, train_command
+
+        if self.launcher == "horovodrun":
+            return horovodrun_command(self.ranks, self.train_args)
+        return train_command(self.train_args)
+
+    def __call__(self):
+        if self.launcher == "horovodrun":
+            import subprocess
+
+            from hpccnn.launch import mpi_env
+
+            status = subprocess.run(self.command(), env=mpi_env()).returncode
+            if status != 0:
+                raise RuntimeError(f"hpccnn.train under horovodrun exited with status {status}")
+            return None
+        from hpccnn import train
+
+        folder, _ = train.train(self.train_args)
+        return str(folder) if folder else None
+
+
+class Collect:
+    """The collector job: writes grid.csv once the array has ended."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def __call__(self):
+        collect(Path(self.folder))
+        return str(Path(self.folder) / "grid.csv")
+
+
+def plan(args):
+    """(name, experiment name, axes, [(label, settings, Experiment)]): everything validated, nothing written."""
+    overrides = {k: parse_value(k, getattr(args, k)) for k in SETTABLE if getattr(args, k) is not None}
+    sweep = grids.parse_sweep(args.sweep)
+    if args.grid:
+        base = grids.get_grid(args.grid)
+        grid = grids.Grid(base.name, base.experiment, {**base.axes, **sweep}, base.fixed, base.description)
+    else:
+        from hpccnn.experiments import get_experiment
+
+        get_experiment(args.experiment)
+        grid = grids.Grid(args.experiment, args.experiment, sweep)
+    return grid, grids.resolve(grid, overrides)
+
+
+def new_grid_folder(results_dir, name: str) -> Path:
+    from hpccnn.results import create_run_folder
+
+    try:
+        return create_run_folder(Path(results_dir).resolve(), name)
+    except PermissionError:
+        raise UserError(f"results folder {results_dir} is not writable; pass --results-dir") from None
+
+
+def point_args(args, exp_name, settings, run_dir) -> list:
+    extra = ["--run-dir", str(run_dir)]
+    if args.data_dir:
+        extra += ["--data-dir", str(Path(args.data_dir).resolve())]
+    if args.no_save_model:
+        extra.append("--no-save-model")
+    return grids.train_args(exp_name, settings) + extra
+
+
+def describe(args, grid, points, folder: Path) -> str:
+    ranks = args.nodes * args.ntasks_per_node
+    lines = [f"hpccnn: {grid.name}: {len(points)} point(s) on --cluster {args.cluster}; grid folder {folder}"]
+    if args.cluster == "slurm":
+        lines.append(f"each point: {args.nodes} node(s) x {args.ntasks_per_node} rank(s) x {args.cpus_per_task} "
+                     f"core(s), {args.gpus_per_node} GPU(s)/node, {args.mem_gb} GB/node, {args.time_min} min, "
+                     f"partition {args.partition or '(default)'}; {ranks * len(points) * args.time_min / 60:.1f} "
+                     f"rank-hours at most")
+    elif args.cluster == "local":
+        lines.append(f"each point: horovodrun -np {ranks} on this machine, one point at a time")
+    else:
+        lines.append("each point: one rank inside this process, one point at a time")
+    return "\n".join(lines)
+
+
+def submit(args) -> int:
+    grid, points = plan(args)
+    check_resources(args)
+    ranks = args.nodes * args.ntasks_per_node
+    if args.cluster == "slurm":
+        if not args.dry_run and not slurm.available():
+            raise UserError("sbatch is not on PATH: this is not a SLURM login node; use --cluster local "
+                            "to run the grid on this machine")
+        limit = slurm.max_array_size() if slurm.available() else None
+        if limit is not None and len(points) > limit:
+            raise UserError(f"{len(points)} points exceed this cluster's MaxArraySize of {limit}; "
+                            f"submit the grid in parts (fewer --sweep values)")
+    if args.dry_run:
+        from hpccnn.results import job_tag
+
+        folder = (Path(args.results_dir).resolve() / datetime.date.today().isoformat()
+                  / f"{grid.name}-<HHMMSS>-{job_tag()}")
+        print(describe(args, grid, points, folder) + "\n")
+        for index, (label, settings, exp) in enumerate(points):
+            command = TrainPoint(point_args(args, exp.name, settings, folder / label),
+                                 "horovodrun" if args.cluster == "local" else "python", ranks).command()
+            where = f"array task {index}" if args.cluster == "slurm" else f"point {index}"
+            print(f"[{where}] {label}: {shlex.join(command)}")
+        if args.cluster == "slurm":
+            script = sbatch_script(slurm_parameters(args, grid.name), folder / "submitit", len(points))
+            print("\nsbatch script (submitit); every rank then runs the command above for its array task:\n")
+            print(script)
+        print("hpccnn: dry run: nothing was submitted or written")
+        return 0
+
+    folder = new_grid_folder(args.results_dir, grid.name)
+    print(describe(args, grid, points, folder), flush=True)
+    try:
+        jobs = _submit_points(args, grid, points, folder, ranks)
+    except Exception:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)  # nothing ran: leave no half-made grid behind
+        raise
+    if args.cluster == "slurm":
+        print(f"hpccnn: submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} task(s))")
+        if not args.wait:
+            collector = _submit_collector(args, folder, jobs)
+            print(f"hpccnn: grid.csv will be written by job {collector.job_id} when the array has ended "
+                  f"(or now: python -m hpccnn.submit --collect {folder})")
+            return 0
+        wait_for_slurm(jobs)
+    rows = collect(folder)
+    print(format_table(rows))
+    print(f"hpccnn: {folder / 'grid.csv'}")
+    failed = [r for r in rows if r["status"] != "completed"]
+    if failed:
+        print(f"hpccnn: {len(failed)} of {len(rows)} point(s) did not complete; logs: "
+              + ", ".join(r["log"] for r in failed if r["log"]), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _write_grid_json(folder: Path, record: dict):
+    from hpccnn.results import RunWriter
+
+    RunWriter(folder).json("grid.json", record)
+
+
+def _submit_points(args, grid, points, folder: Path, ranks: int):
+    import submitit
+
+    record = grids.grid_record(grid, points, folder, args.cluster)
+    record["command"] = shlex.join([sys.executable, "-m", "hpccnn.submit", *sys.argv[1:]])
+    record["resources"] = {k: getattr(args, k) for k in RESOURCES}
+    for p, (label, settings, exp) in zip(record["points"], points):
+        p["train_args"] = point_args(args, exp.name, settings, folder / label)
+    from hpccnn.launch import mpi_env
+
+    os.environ.update(mpi_env())  # sbatch exports this environment to the ranks (root may run Open MPI)
+    if args.cluster == "slurm":
+        executor = submitit.SlurmExecutor(folder=folder / "submitit")
+        executor.update_parameters(**slurm_parameters(args, grid.name))
+        with executor.batch():
+            jobs = [executor.submit(TrainPoint(p["train_args"], "python", ranks)) for p in record["points"]]
+        for p, job in zip(record["points"], jobs):
+            p.update(job_id=job.job_id, log=str(job.paths.stdout).replace("%t", "0"))
+        _write_grid_json(folder, record)
+        return jobs
+    # local and debug: one point at a time, each job awaited before the next starts
+    executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=args.cluster)
+    executor.update_parameters(timeout_min=args.time_min, tasks_per_node=1, nodes=1)
+    launcher = "horovodrun" if args.cluster == "local" else "python"
+    _write_grid_json(folder, record)
+    jobs = []
+    for p in record["points"]:
+        job = executor.submit(TrainPoint(p["train_args"], launcher, ranks))
+        print(f"hpccnn: point {p['label']}: job {job.job_id}", flush=True)
+        try:
+            job.result()
+            p["state"] = "COMPLETED"
+        except Exception as err:  # the point failed; its run folder and log say why
+            p["state"] = "FAILED"
+            p["reason"] = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+        p.update(job_id=str(job.job_id), log=str(job.paths.stdout).replace("%t", "0"))
+        jobs.append(job)
+        _write_grid_json(folder, record)
+    return jobs
+
+
+def _submit_collector(args, folder: Path, jobs):
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=folder / "submitit")
+    params = dict(job_name="hpccnn-collect", nodes=1, ntasks_per_node=1, cpus_per_task=1, mem="1GB", time=10,
+                  dependency=f"afterany:{jobs[0].job_id.split('_')[0]}")
+    for key in ("partition", "account"):
+        if getattr(args, key):
+            params[key] = getattr(args, key)
+    executor.update_parameters(**params)
+    return executor.submit(Collect(folder))
+
+
+def wait_for_slurm(jobs, poll=5.0):
+    """Blocks until every array task has left SLURM's active states; prints progress when it changes."""
+    array_id = jobs[0].job_id.split("_")[0]
+    last = None
+    while True:
+        states = slurm.job_states(array_id)
+        mine = [states.get(j.job_id, states.get(array_id, "UNKNOWN")) for j in jobs]
+        summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(_count(mine).items()))
+        if summary != last:
+            print(f"hpccnn: {datetime.datetime.now():%H:%M:%S} array {array_id}: {summary}", flush=True)
+            last = summary
+        if not any(s in slurm.ACTIVE for s in mine):
+            return dict(zip((j.job_id for j in jobs), mine))
+        time.sleep(poll)
+
+
+def _count(values):
+    counts = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return counts
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def point_row(point: dict, state: str | None) -> dict:
+    """One grid.csv row: the point's settings, its metrics, and a status SLURM and metrics.json agree on."""
+    metrics = _read_json(Path(point["run_dir"]) / "metrics.json") or {}
+    status, reason = metrics.get("status"), metrics.get("reason", "")
+    log = point.get("log") or _slurm_log(point)
+    if state is not None and state not in slurm.ACTIVE and state not in ("COMPLETED", "UNKNOWN"):
+        if status == "completed":  # rank 0 finished but the job did not: another rank failed
+            reason = f"job ended {state} although rank 0 finished"
+        status = "failed"
+        reason = reason or f"job ended {state}"
+    elif status in (None, "running"):
+        if state in slurm.ACTIVE:
+            status = state.lower()
+        elif status is None and state is None and not point.get("state") and not Path(log or "/nonexistent").exists():
+            status, reason = "not run", "no job ran this point (not in the submitted --array?)"
+        else:  # the job has ended (or SLURM has forgotten it) and the run never finished
+            status = "failed"
+            reason = reason or point.get("reason") or (
+                f"job ended {state}" if state and state != "UNKNOWN" else "no finished run in the run folder")
+    if point.get("state") == "FAILED" and status == "completed":
+        status, reason = "failed", point.get("reason", "the job failed")
+    if status == "failed" and not metrics.get("reason"):
+        reason = last_error(log) or reason
+    return {"point": point["label"], **point["settings"], "status": status,
+            "test_accuracy": metrics.get("test_accuracy"), "test_loss": metrics.get("test_loss"),
+            "wall_seconds": metrics.get("wall_seconds"), "world_size": metrics.get("world_size"),
+            "last_epoch": metrics.get("last_epoch"), "job_id": point.get("job_id"), "reason": reason,
+            "run_folder": point["run_dir"], "log": log}
+
+
+def _slurm_log(point: dict) -> str:
+    """A point's log when grid.json has none (slurm/grid_array.sbatch): its run folder's link, else SLURM's."""
+    link = Path(point["run_dir"]) / "slurm.out"
+    if link.exists():
+        return str(link.resolve())
+    return slurm.job_fields(point["job_id"]).get("StdOut", "") if point.get("job_id") else ""
+
+
+def last_error(log) -> str | None:
+    """The last exception line in a point's log ('UserError: batch of ...'), if it has one."""
+    import re
+
+    try:
+        text = Path(log).read_text(errors="replace") if log else ""
+    except OSError:
+        return None
+    found = re.findall(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt)): (.+)$", text, re.M)
+    return f"{found[-1][0]}: {found[-1][1]}"[:300] if found else None
+
+
+def collect(folder: Path) -> list:
+    """Writes folder/grid.csv from grid.json, the run folders and SLURM's job states; returns the rows."""
+    import pandas as pd
+
+    from hpccnn.results import RunWriter
+
+    record = _read_json(folder / "grid.json")
+    if record is None:
+        raise UserError(f"{folder} has no readable grid.json: not a grid folder made by python -m hpccnn.submit")
+    states = {}
+    if record.get("cluster") == "slurm" and record["points"]:
+        states = slurm.job_states(record["points"][0]["job_id"].split("_")[0])
+    for p in record["points"]:  # a grid folder copied elsewhere still finds its runs beside grid.json
+        if (folder / p["label"]).is_dir():
+            p["run_dir"] = str(folder / p["label"])
+    rows = [point_row(p, states.get(p.get("job_id")) if record.get("cluster") == "slurm" else None)
+            for p in record["points"]]
+    frame = pd.DataFrame(rows)
+    for key in ("world_size", "last_epoch"):
+        frame[key] = frame[key].astype("Int64")
+    RunWriter(folder).csv("grid.csv", frame)
+    return rows
+
+
+def format_table(rows) -> str:
+    """grid.csv as a fixed-width table, best test accuracy first (like seed 001's Table 1)."""
+    if not rows:
+        return "(no points)"
+    settings = [k for k in rows[0] if k not in ("point", "status", "test_accuracy", "test_loss", "wall_seconds",
+                                                 "world_size", "last_epoch", "job_id", "reason", "run_folder", "log")]
+    header = ["point", *settings, "status", "test_acc", "test_loss", "seconds", "ranks"]
+    ordered = sorted(rows, key=lambda r: -(r["test_accuracy"] if r["test_accuracy"] is not None else -1))
+    table = [header]
+    for r in ordered:
+        def num(v, fmt):
+            return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+        table.append([r["point"], *(str(r[k]) for k in settings), r["status"], num(r["test_accuracy"], ".4f"),
+                      num(r["test_loss"], ".4f"), num(r["wall_seconds"], ".0f"), num(r["world_size"], "d")])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table)
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.list:
+        print(list_grids())
+        return 0
+    if args.collect:
+        folder = Path(args.collect)
+        rows = collect(folder)
+        print(format_table(rows))
+        print(f"hpccnn: {folder / 'grid.csv'}")
+        return 1 if any(r["status"] != "completed" for r in rows) else 0
+    return submit(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

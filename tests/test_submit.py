@@ -1,0 +1,213 @@
+"""python -m hpccnn.submit and slurm/grid_array.sbatch, submitted for real to the local SLURM cluster."""
+
+import csv
+import itertools
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, read_json, run_module
+from test_slurm_templates import sbatch, wait_for
+
+from hpccnn import slurm
+from hpccnn.submit import point_row
+
+SMALL = ["--cpus-per-task", "1", "--mem-gb", "3", "--time-min", "15"]  # the 2-core local node, not a real one
+
+
+def grid_folder(results: Path) -> Path:
+    (folder,) = [p for p in results.glob("*/*") if (p / "grid.json").exists()]
+    return folder
+
+
+def read_grid(folder: Path):
+    with open(folder / "grid.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cifar_hparams_grid_runs_every_point_as_a_two_rank_array_task(digits_grid):
+    results, dry, dry_results_existed, proc = digits_grid
+    assert dry.returncode == 0, dry.stderr
+    assert not dry_results_existed, "a dry run must not write anything"
+    planned = re.findall(r"^\[array task (\d+)\] (\S+): (.+)$", dry.stdout, re.M)
+
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = grid_folder(results)
+    assert str(folder) in proc.stdout and re.search(r"submitted job array \d+ \(12 task", proc.stdout)
+    rows = read_grid(folder)
+    expected = list(itertools.product(["relu", "sigmoid"], ["32", "64", "128"], ["sgd", "adam"]))
+    assert [(r["activation"], r["batch_size"], r["optimizer"]) for r in rows] == expected
+    record = read_json(folder / "grid.json")
+    array_id = record["points"][0]["job_id"].split("_")[0]
+    for index, (row, point) in enumerate(zip(rows, record["points"])):
+        assert row["status"] == "completed", row
+        run = Path(row["run_folder"])
+        assert run.parent == folder and run.name == point["label"]
+        metrics, prov = read_json(run / "metrics.json"), read_json(run / "provenance.json")
+        assert float(row["test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
+        assert prov["world_size"] == 2 and int(row["world_size"]) == 2
+        assert prov["slurm"]["SLURM_ARRAY_JOB_ID"] == array_id and prov["slurm"]["SLURM_ARRAY_TASK_ID"] == str(index)
+        assert prov["slurm"]["SLURM_NTASKS"] == "2" and prov["slurm"]["SLURM_NNODES"] == "1"
+        config = read_json(run / "config.json")
+        assert (config["activation"], str(config["batch_size"]), config["optimizer"]) == expected[index]
+        assert config["epochs"] == 1 and config["dataset"] == "digits" and config["model"] == "cnn_v3"
+        # the dry run showed the very command each array task ran (its folder's time aside)
+        task, label, command = planned[index]
+        assert int(task) == index and label == point["label"]
+        shown = shlex.split(command)[1:]
+        ran = ["-m", "hpccnn.train", *point["train_args"]]
+        assert [a.split("/")[-1] for a in shown] == [a.split("/")[-1] for a in ran]
+        assert Path(row["log"]).exists()
+    # the table printed at the end, best row first
+    table = proc.stdout[proc.stdout.index("point "):]
+    assert len([line for line in table.splitlines() if re.match(r"\d\d_", line)]) == 12
+
+
+def test_a_failing_point_is_failed_in_grid_csv_and_in_the_exit_status(slurm_env, tmp_path):
+    results = tmp_path / "results"
+    # batch 4000 is more than digits' 1,149 training images: that point fails at run time, in the job
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", "batch-size=32,4000", "--epochs", "1",
+                      "--results-dir", results, "--no-save-model", "--wait", *SMALL, env=slurm_env, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = read_grid(grid_folder(results))
+    assert [r["status"] for r in rows] == ["completed", "failed"]
+    failed = rows[1]
+    assert "batch of 2000 per rank is larger" in failed["reason"]
+    assert "batch of 2000 per rank is larger" in Path(failed["log"]).read_text()
+    assert failed["log"] in proc.stderr
+
+
+def test_without_wait_a_collector_job_writes_grid_csv_after_the_array(slurm_env, tmp_path):
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--epochs", "1", "--results-dir", results,
+                      "--no-save-model", *SMALL, env=slurm_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    collector = re.search(r"written by job (\d+)", proc.stdout).group(1)
+    assert wait_for(slurm_env, collector, timeout=600) == "COMPLETED"
+    (row,) = read_grid(grid_folder(results))
+    assert row["status"] == "completed" and row["world_size"] == "2"
+
+
+def test_array_template_runs_grid_points_and_collects(slurm_env, tmp_path):
+    results = tmp_path / "results"
+    job = sbatch(dict(slurm_env, DATASET="digits", EPOCHS="1", RESULTS_DIR=str(results)), "slurm/grid_array.sbatch",
+                 "--export=ALL", "--array=0-1", "--cpus-per-task=1", "--mem=3G", "--time=15",
+                 f"--output={tmp_path}/slurm-%A_%a.out", args=["--no-save-model"])
+    for task in (0, 1):
+        assert wait_for(slurm_env, f"{job}_{task}") == "COMPLETED", (tmp_path / f"slurm-{job}_{task}.out").read_text()
+    folder = grid_folder(results)
+    assert folder.name == f"cifar_hparams-job{job}"
+    proc = run_module("hpccnn.submit", "--collect", folder, env=slurm_env, timeout=120)
+    assert proc.returncode == 1  # only 2 of the 12 points were in --array
+    rows = read_grid(folder)
+    assert [r["status"] for r in rows] == ["completed"] * 2 + ["not run"] * 10
+    for task, row in enumerate(rows[:2]):
+        prov = read_json(Path(row["run_folder"]) / "provenance.json")
+        assert prov["world_size"] == 2 and prov["slurm"]["SLURM_ARRAY_TASK_ID"] == str(task)
+        assert Path(row["log"]) == tmp_path / f"slurm-{job}_{task}.out"
+
+
+@pytest.mark.parametrize("cluster, ranks", [("local", 2), ("debug", 1)])
+def test_local_and_debug_executors_run_and_wait(tmp_path, cluster, ranks):
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--epochs", "1", "--cluster", cluster,
+                      "--results-dir", results, "--no-save-model", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (row,) = read_grid(grid_folder(results))
+    assert row["status"] == "completed" and int(row["world_size"]) == ranks
+    prov = read_json(Path(row["run_folder"]) / "provenance.json")
+    assert prov["launcher"] == ("horovodrun" if cluster == "local" else "python")
+
+
+def test_dry_run_shows_the_sbatch_resources(tmp_path):
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--grid", "alexnet227_lr", "--dry-run", "--partition", "gpu", "--account",
+                      "proj1", "--gpus-per-node", "2", "--ntasks-per-node", "2", "--cpus-per-task", "6",
+                      "--mem-gb", "90", "--time-min", "120", "--results-dir", results, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for line in ["#SBATCH --array=0-2%3", "#SBATCH --partition=gpu", "#SBATCH --account=proj1",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=6",
+                 "#SBATCH --mem=90GB", "#SBATCH --time=120"]:
+        assert line in out.splitlines(), line
+    assert re.search(r"^srun .*--mpi=pmix --kill-on-bad-exit=1 --cpus-per-task=6 ", out, re.M)
+    commands = re.findall(r"^\[array task \d\] \S+: (.+)$", out, re.M)
+    assert [re.search(r"--learning-rate (\S+)", c).group(1) for c in commands] == ["0.001", "0.0001", "5e-05"]
+    assert all("--experiment cifar_alexnet227" in c for c in commands)
+    assert "12.0 rank-hours at most" in out  # 3 points x 2 ranks x 2 h
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "nope"], "unknown grid 'nope'; choose one of: cifar_hparams, alexnet227_lr"),
+    (["--grid", "cifar_hparams", "--optimizer", "adam"], "--optimizer is swept by grid 'cifar_hparams'"),
+    (["--experiment", "digits_cnn", "--sweep", "batch-size"], "--sweep wants SETTING=VALUE1,VALUE2"),
+    (["--experiment", "digits_cnn", "--sweep", "batch-size=32,x"], "--batch-size must be int, got 'x'"),
+    (["--experiment", "digits_cnn", "--sweep", "colour=1,2"], "unknown setting 'colour'"),
+    (["--experiment", "digits_cnn", "--sweep", "epochs=1,0"], "--epochs must be a positive integer, got 0"),
+    (["--experiment", "digits_cnn", "--cpus-per-task", "0"], "--cpus-per-task must be a positive integer"),
+    (["--experiment", "digits_cnn", "--partition", "gpu;rm -rf ~"], "is not a SLURM partition name"),
+    (["--experiment", "nope"], "unknown experiment 'nope'"),
+    (["--grid", "cifar_hparams", "--experiment", "digits_cnn"], "not allowed with argument"),
+])
+def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(tmp_path, args, message):
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", *args, "--results-dir", results, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not results.exists()
+
+
+def test_no_sbatch_on_path_says_use_local(tmp_path):
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--results-dir", tmp_path / "r", env=env)
+    assert proc.returncode == 2 and "sbatch is not on PATH" in proc.stderr and "--cluster local" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_grid_larger_than_max_array_size_is_refused(slurm_env, tmp_path):
+    seeds = ",".join(str(i) for i in range(1002))  # scripts/local_slurm.sh sets MaxArraySize=1001
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", f"seed={seeds}",
+                      "--results-dir", tmp_path / "r", env=slurm_env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "1002 points exceed this cluster's MaxArraySize of 1001" in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+# How SLURM's own output reads, and how a point's status is decided from it.
+
+def test_job_states_parse_sacct_and_scontrol_output():
+    sacct = "40_0|COMPLETED\n40_1|FAILED\n40_2|CANCELLED by 0\n40_[3-5%2]|PENDING\n41|RUNNING\n"
+    assert slurm.parse_sacct(sacct) == {"40_0": "COMPLETED", "40_1": "FAILED", "40_2": "CANCELLED",
+                                        "40_3": "PENDING", "40_4": "PENDING", "40_5": "PENDING", "41": "RUNNING"}
+    scontrol = ("JobId=42 ArrayJobId=40 ArrayTaskId=0 JobName=x JobState=TIMEOUT Reason=TimeLimit\n"
+                "JobId=40 ArrayJobId=40 ArrayTaskId=1-3,5 JobName=x JobState=PENDING Reason=Resources\n"
+                "JobId=50 JobName=y JobState=COMPLETED Reason=None\n")
+    assert slurm.parse_scontrol(scontrol) == {"40_0": "TIMEOUT", "40_1": "PENDING", "40_2": "PENDING",
+                                              "40_3": "PENDING", "40_5": "PENDING", "50": "COMPLETED"}
+
+
+@pytest.mark.parametrize("metrics, state, status, reason", [
+    ({"status": "completed", "test_accuracy": 0.9}, "COMPLETED", "completed", ""),
+    ({"status": "completed", "test_accuracy": 0.9}, "FAILED", "failed", "job ended FAILED although rank 0 finished"),
+    ({"status": "running", "last_epoch": 3}, "TIMEOUT", "failed", "job ended TIMEOUT"),
+    ({"status": "running", "last_epoch": 3}, "RUNNING", "running", ""),
+    ({"status": "failed", "reason": "ValueError: x"}, "FAILED", "failed", "ValueError: x"),
+    (None, "PENDING", "pending", ""),
+    (None, "NODE_FAIL", "failed", "job ended NODE_FAIL"),
+    (None, None, "not run", "no job ran this point"),
+])
+def test_point_status_combines_metrics_and_slurm_state(tmp_path, metrics, state, status, reason):
+    import json
+
+    run = tmp_path / "00_x"
+    if metrics is not None:
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    row = point_row({"label": "00_x", "settings": {"epochs": 1}, "run_dir": str(run)}, state)
+    assert row["status"] == status and row["reason"].startswith(reason), row
