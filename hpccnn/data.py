@@ -172,9 +172,6 @@ def split(raw: Raw, validation="split", val_fraction=0.2, test_fraction=0.2, see
         x_val, y_val = x_test, y_test
     else:
         x, x_val, y, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed)
-    labels = np.concatenate([y, y_test])
-    if labels.size and (labels.min() < 0 or labels.max() >= len(raw.classes)):
-        raise UserError(f"labels outside 0..{len(raw.classes) - 1} in the data set; re-stage it")
     return Splits(x, y, x_val, y_val, x_test, y_test, list(raw.classes), raw.scale)
 
 
@@ -187,9 +184,42 @@ def resolve_data_dir(data_dir=None) -> Path:
     return Path(data_dir).resolve() if data_dir else default_data_dir()
 
 
+# The image shape each staged data set must have (height, width, channels).
+SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "galaxy10": (69, 69, 3)}
+
+
 def load(name: str, data_dir=None, **options) -> Raw:
+    """The data set from the staged cache, checked: a missing, truncated or malformed file is a UserError."""
+    import pickle
+    import zipfile
+
     check_dataset(name)
-    return DATASETS[name](resolve_data_dir(data_dir), **options)
+    data_dir = resolve_data_dir(data_dir)
+    try:
+        raw = DATASETS[name](data_dir, **options)
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as err:
+        raise UserError(f"data set {name!r} in {data_dir} is unreadable ({type(err).__name__}: {err}); "
+                        f"stage it again with: python -m hpccnn.stage {name} --data-dir {data_dir} --force") from None
+    check(raw, name, data_dir)
+    return raw
+
+
+def check(raw: Raw, name: str, data_dir) -> None:
+    """Shapes and labels as the data set defines them, or a UserError saying what is wrong."""
+    fix = f"stage it again with: python -m hpccnn.stage {name} --data-dir {data_dir} --force"
+    for part, x, y in (("training", raw.x_train, raw.y_train), ("test", raw.x_test, raw.y_test)):
+        if x is None:
+            continue
+        if x.ndim != 4 or len(x) != len(y) or (name in SHAPES and tuple(x.shape[1:]) != SHAPES[name]):
+            want = "x".join(map(str, SHAPES.get(name, ("H", "W", "C"))))
+            raise UserError(f"data set {name!r} has {part} images of shape {tuple(x.shape)} with {len(y)} labels; "
+                            f"expected N images of {want} and N labels; {fix}")
+        if len(y) and (y.min() < 0 or y.max() >= len(raw.classes)):
+            raise UserError(f"data set {name!r} has {part} labels outside 0..{len(raw.classes) - 1} "
+                            f"(found {y.min()}..{y.max()}); {fix}")
 
 
 def shard(x, rank, size):

@@ -72,7 +72,7 @@ def label(settings: dict, keys) -> str:
     for key in keys:
         value = settings[key]
         text = f"b{value}" if key == "batch_size" else f"lr{value:g}" if key == "learning_rate" else str(value)
-        parts.append(re.sub(r"[^A-Za-z0-9.+-]", "-", text))
+        parts.append(re.sub(r"[^A-Za-z0-9.+-]", "-", text).strip(".") or "-")  # never '.', '..' or a path
     return "_".join(parts)
 
 

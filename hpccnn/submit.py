@@ -182,8 +182,9 @@ def new_grid_folder(results_dir, name: str) -> Path:
 
     try:
         return create_run_folder(Path(results_dir).resolve(), name)
-    except PermissionError:
-        raise UserError(f"results folder {results_dir} is not writable; pass --results-dir") from None
+    except OSError as err:
+        raise UserError(f"--results-dir {results_dir} is not writable ({err.strerror}); choose another "
+                        f"--results-dir") from None
 
 
 def point_args(args, exp_name, settings, run_dir) -> list:

@@ -319,7 +319,23 @@ def parse(argv):
     exp = with_overrides(get_experiment(args.experiment), overrides)
     if args.run_dir is not None:
         check_run_dir(args.run_dir)
+    check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.results_dir), "--results-dir")
     return args, exp
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """A UserError unless folder exists and is writable or can be made; leaves nothing behind."""
+    import tempfile
+
+    existing = folder.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{option} {folder}: {existing} is a file, not a folder; choose another {option}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hpccnn-probe-", dir=existing))
+    except OSError as err:
+        raise UserError(f"{option} {folder} is not writable ({err.strerror}); choose another {option}") from None
 
 
 def resumed_experiment(args, overrides):

@@ -22,6 +22,8 @@ start() {
 ClusterName=hpccnn-local
 SlurmctldHost=$host
 AuthType=auth/munge
+# a requeued job may start again after cred_expire seconds (default 120): short on this test cluster
+AuthInfo=cred_expire=10
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

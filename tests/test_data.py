@@ -87,7 +87,7 @@ def test_validation_on_the_test_set_for_seeds_that_did_so(tmp_path):
 def test_labels_outside_the_class_range_are_refused(tmp_path):
     raw = data.Raw(np.zeros((20, 2, 2, 1), np.uint8), np.array([0] * 19 + [10]), None, None, list(range(10)))
     with pytest.raises(UserError, match="labels outside 0..9"):
-        data.split(raw)
+        data.check(raw, "digits", "/cache")
 
 
 def test_shards_are_disjoint_and_cover_everything():

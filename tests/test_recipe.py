@@ -31,7 +31,13 @@ def test_checkpoint_of_the_last_epoch_is_kept_by_rank_zero(tmp_path):
                           capture_output=True, text=True, env=mpi_env(), cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = run_folders(tmp_path)
-    assert (folder / "checkpoint" / "weights.h5").stat().st_size > 100_000
+    latest = read_json(folder / "checkpoint" / "latest.json")
+    assert latest == {"epoch": 2, "folder": "epoch-0002"}
+    assert [p.name for p in (folder / "checkpoint").iterdir() if p.is_dir()] == ["epoch-0002"]  # older ones gone
+    saved = folder / "checkpoint" / "epoch-0002"
+    assert (saved / "weights.h5").stat().st_size > 100_000 and (saved / "optimizer.npz").stat().st_size > 100_000
+    state = read_json(saved / "state.json")
+    assert state["epoch"] == 2 and [row["epoch"] for row in state["history"]] == [1, 2]
     assert read_json(folder / "metrics.json")["last_epoch"] == 2
     assert not list(folder.rglob(".*.tmp*"))
 

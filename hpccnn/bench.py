@@ -1,0 +1,286 @@
+"""python -m hpccnn.bench: training throughput of hpccnn against plain Keras, in one run.
+
+For each model it measures, after warm-up, training images/second of
+  keras   the seeds' way: NumPy float arrays into model.fit, one process, all cores;
+  1 rank  hpccnn: uint8 images through hpccnn's tf.data pipeline, Horovod's optimizer;
+  N ranks hpccnn under horovodrun -np N on the same cores (each rank gets cores/N threads);
+then the ratios 1-rank/keras and N-ranks/1-rank, model FLOPs utilisation against a matmul
+peak measured in the same run, the time from launch to the first finished step, and peak
+memory (RSS) per rank. Each measurement runs in its own process. Writes bench.csv and bench.md.
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hpccnn.errors import UserError, cli
+
+# model: (input side, channels, default batch) as in the seeds
+MODELS = {
+    "cnn_v3": (32, 3, 32),
+    "mnist_cnn": (28, 1, 128),
+    "alexnet64": (64, 3, 32),
+    "alexnet_galaxy10": (69, 3, 32),
+    "alexnet227": (227, 3, 64),
+}
+
+
+def forward_macs(model) -> int:
+    """Multiply-adds of one forward pass: convolutions and dense layers (the rest is negligible)."""
+    import tensorflow as tf
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            total += kh * kw * cin * cout * layer.output.shape[1] * layer.output.shape[2]
+        elif isinstance(layer, tf.keras.layers.Dense):
+            total += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return int(total)
+
+
+def _images(side, channels, n, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, side, side, channels), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64)
+
+
+class _Timer:
+    """Keras callback: wall time of the first finished step and of the timed steps after warm-up."""
+
+    def __init__(self, warmup):
+        import tensorflow as tf
+
+        class Callback(tf.keras.callbacks.Callback):
+            def on_train_batch_end(cb, batch, logs=None):
+                now = time.perf_counter()
+                if self.first is None:
+                    self.first = time.time()
+                if batch + 1 == warmup:
+                    self.start = now
+                self.end = now
+
+        self.first = self.start = self.end = None
+        self.callback = Callback()
+
+
+def worker(args):
+    """One measurement, in this process: prints a JSON line (rank 0 only)."""
+    import numpy as np
+    import tensorflow as tf
+
+    side, channels, _ = MODELS[args.model]
+    batch, steps, warmup = args.batch, args.steps, args.warmup
+    total = warmup + steps
+    if args.kind == "keras":
+        from hpccnn.models import get_model
+
+        tf.keras.utils.set_random_seed(0)
+        spec = get_model(args.model)
+        model = spec((side, side, channels), 10)
+        model.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-3), metrics=["accuracy"],
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
+        x, y = _images(side, channels, batch * total)
+        x = x.astype(np.float32) / 255  # the seeds scale the whole array up front
+        timer = _Timer(warmup)
+        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer.callback])
+        ranks, size = [{"rss_mb": _rss_mb()}], 1
+    else:
+        from hpccnn import data, dist
+        from hpccnn.experiments import get_experiment, with_overrides
+        from hpccnn.train import compile_model
+
+        world = dist.init()
+        tf.keras.utils.set_random_seed(0)
+        exp = with_overrides(get_experiment("digits_cnn"), dict(model=args.model, optimizer="sgd"))
+        model, spec, _ = compile_model(exp, world, (side, side, channels), 10)
+        per_rank = max(1, batch // world.size)  # the global batch is split between the ranks
+        x, y = _images(side, channels, per_rank * total, seed=world.rank)
+        ds = data.train_pipeline(x, y, per_rank, total, 1 / 255, 0, seed=(0, world.rank), epochs=1)
+        timer = _Timer(warmup)
+        model.fit(ds, steps_per_epoch=total, epochs=1, verbose=0, callbacks=[
+            dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0), timer.callback])
+        ranks = dist.allgather_object({"rss_mb": _rss_mb(), "threads": world.intra_op_threads})
+        size = world.size
+        if not world.is_main:
+            return 0
+    seconds = timer.end - timer.start
+    print("BENCH " + json.dumps({
+        "images_per_second": batch * steps / seconds if args.kind == "keras" else
+        max(1, batch // size) * size * steps / seconds,
+        "first_step_seconds": timer.first - args.launched, "ranks": ranks,
+        "forward_macs": forward_macs(model), "params": int(model.count_params())}), flush=True)
+    return 0
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak(n=4096, repeats=10) -> float:
+    """GFLOP/s of a float32 n x n matmul on all cores: the practical peak for utilisation."""
+    code = (f"import time, tensorflow as tf\n"
+            f"a = tf.random.normal(({n}, {n})); b = tf.random.normal(({n}, {n}))\n"
+            f"(a @ b).numpy()\n"
+            f"t = time.perf_counter()\n"
+            f"for _ in range({repeats}): c = (a @ b)\n"
+            f"c.numpy(); print('PEAK', 2 * {n}**3 * {repeats} / (time.perf_counter() - t) / 1e9)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=600)
+    for line in out.stdout.splitlines():
+        if line.startswith("PEAK"):
+            return float(line.split()[1])
+    raise RuntimeError(f"matmul peak measurement failed: {out.stderr[-1000:]}")
+
+
+def _env():
+    from hpccnn.launch import mpi_env
+
+    return mpi_env()
+
+
+def measure(kind, model, ranks, batch, steps, warmup) -> dict:
+    from hpccnn.launch import horovodrun_prefix
+
+    cmd = [sys.executable, "-m", "hpccnn.bench", "--worker", kind, "--model", model, "--batch", str(batch),
+           "--steps", str(steps), "--warmup", str(warmup), "--launched", repr(time.time())]
+    if kind == "hpccnn" and ranks > 1:
+        cmd = [*horovodrun_prefix(ranks), *cmd]
+        cmd[cmd.index("--launched") + 1] = repr(time.time())
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=3600)
+    for line in out.stdout.splitlines():
+        if "BENCH " in line:
+            return json.loads(line.split("BENCH ", 1)[1])
+    raise RuntimeError(f"{kind} {model} on {ranks} rank(s) failed:\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}")
+
+
+def run(models, ranks, steps, warmup, batch_override, out_dir: Path, log=print):
+    peak = matmul_peak()
+    log(f"matmul peak (4096x4096 float32, all {os.cpu_count()} cores): {peak:.1f} GFLOP/s")
+    rows = []
+    for model in models:
+        batch = batch_override or MODELS[model][2]
+        keras = measure("keras", model, 1, batch, steps, warmup)
+        results = {1: measure("hpccnn", model, 1, batch, steps, warmup)}
+        for n in ranks:
+            if n != 1:
+                results[n] = measure("hpccnn", model, n, batch, steps, warmup)
+        flops = 3 * 2 * keras["forward_macs"]
+        for n, result in [(0, keras), *sorted(results.items())]:
+            ips = result["images_per_second"]
+            rows.append({
+                "model": model, "side": MODELS[model][0], "batch": batch,
+                "runner": "plain keras" if n == 0 else f"hpccnn {n} rank{'s' if n > 1 else ''}",
+                "ranks": max(n, 1), "images_per_second": round(ips, 1),
+                "vs_keras": round(ips / keras["images_per_second"], 3),
+                "vs_1_rank": round(ips / results[1]["images_per_second"], 3) if n else None,
+                "train_gflop_per_image": round(flops / 1e9, 4),
+                "gradient_mb": round(keras["params"] * 4 / 1e6, 2),
+                "step_seconds": round(batch / ips, 4),
+                "mfu": round(ips * flops / 1e9 / peak, 3),
+                "first_step_seconds": round(result["first_step_seconds"], 1),
+                "peak_rss_mb_per_rank": round(max(r["rss_mb"] for r in result["ranks"])),
+            })
+            log(format_row(rows[-1]))
+    out_dir.mkdir(parents=True, exist_ok=False)
+    with open(out_dir / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    md = markdown(rows, peak) + "\n" + scaling(rows)
+    (out_dir / "bench.md").write_text(md)
+    return rows, md
+
+
+def format_row(r) -> str:
+    return (f"{r['model']:17} {r['runner']:16} {r['images_per_second']:9.1f} img/s  x{r['vs_keras']:.2f} keras"
+            + (f"  x{r['vs_1_rank']:.2f} 1-rank" if r["vs_1_rank"] is not None else "")
+            + f"  MFU {r['mfu']:.0%}  first step {r['first_step_seconds']:.1f} s  {r['peak_rss_mb_per_rank']} MB/rank")
+
+
+def markdown(rows, peak) -> str:
+    head = ("| model | input | batch | runner | images/s | vs plain Keras | vs 1 rank | MFU | launch to first step (s) "
+            "| peak RSS per rank (MB) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {r['model']} | {r['side']}×{r['side']} | {r['batch']} | {r['runner']} | {r['images_per_second']:,.1f} | "
+        f"{r['vs_keras']:.2f}× | {'' if r['vs_1_rank'] is None else format(r['vs_1_rank'], '.2f') + '×'} | "
+        f"{r['mfu']:.0%} | {r['first_step_seconds']:.1f} | {r['peak_rss_mb_per_rank']:,} |\n" for r in rows)
+    return (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} cores; matmul peak "
+            f"{peak:.1f} GFLOP/s (4096² float32). MFU = images/s × 6 × forward MACs ÷ peak.\n\n" + head + body)
+
+
+def allreduce_seconds(gradient_mb: float, nodes: int, gbit_per_s: float) -> float:
+    """Ring allreduce: each node sends and receives 2 (N-1)/N of the gradient over its link."""
+    return 2 * (nodes - 1) / nodes * gradient_mb * 8e6 / (gbit_per_s * 1e9)
+
+
+def scaling(rows, nodes=(2, 4, 8, 16, 32, 64), links=(10, 25, 100)) -> str:
+    """Expected scaling efficiency past one machine, on paper, from this run's 1-rank step times.
+
+    efficiency = compute / (compute + allreduce), with no overlap of the two (Horovod overlaps
+    part of the allreduce with the backward pass, so this is a lower bound).
+    """
+    out = ["Scaling on paper: per-step compute time measured above (hpccnn, 1 rank, this machine), "
+           "float32 gradients in one ring allreduce per step, no overlap. Efficiency = compute / "
+           "(compute + allreduce).\n",
+           "| model | gradient (MB) | step (s) | link | " + " | ".join(f"{n} nodes" for n in nodes) + " |",
+           "|---|---|---|---|" + "---|" * len(nodes)]
+    for r in rows:
+        if r["runner"] != "hpccnn 1 rank":
+            continue
+        for link in links:
+            cells = []
+            for n in nodes:
+                comm = allreduce_seconds(r["gradient_mb"], n, link)
+                cells.append(f"{r['step_seconds'] / (r['step_seconds'] + comm):.0%} ({comm * 1000:.0f} ms)")
+            out.append(f"| {r['model']} | {r['gradient_mb']:.1f} | {r['step_seconds']:.3f} | {link} Gbit/s | "
+                       + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+@cli
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hpccnn.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="cnn_v3,mnist_cnn,alexnet64,alexnet_galaxy10,alexnet227",
+                   help=f"comma-separated, from: {', '.join(MODELS)}")
+    p.add_argument("--ranks", default="1,2", help="rank counts for hpccnn (horovodrun on this machine)")
+    p.add_argument("--steps", type=int, default=12, help="timed training steps per measurement")
+    p.add_argument("--warmup", type=int, default=4, help="steps run before timing (graph tracing, allocation)")
+    p.add_argument("--batch", type=int, default=0, help="global batch for every model (default: each seed's)")
+    p.add_argument("--out", type=Path, default=None, help="folder for bench.csv and bench.md "
+                                                          "(default results/bench-<date>-<time>)")
+    p.add_argument("--worker", choices=("keras", "hpccnn"), help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--launched", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        args.kind = args.worker
+        return worker(args)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise UserError(f"unknown model {unknown[0]!r} for the benchmark; choose from: {', '.join(MODELS)}")
+    try:
+        ranks = sorted({int(r) for r in args.ranks.split(",")})
+    except ValueError:
+        raise UserError(f"--ranks wants comma-separated integers, got {args.ranks!r}") from None
+    if args.steps <= 0 or args.warmup <= 0 or args.batch < 0 or min(ranks) < 1:
+        raise UserError("--steps and --warmup must be positive, --batch and --ranks not negative")
+    out = args.out or Path("results") / f"bench-{datetime.datetime.now():%Y-%m-%d-%H%M%S}"
+    if out.exists():
+        raise UserError(f"--out {out} already exists; hpccnn never overwrites results")
+    rows, md = run(models, ranks, args.steps, args.warmup, args.batch, out)
+    print("\n" + md)
+    print(f"hpccnn: {out / 'bench.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

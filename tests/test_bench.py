@@ -1,0 +1,23 @@
+"""python -m hpccnn.bench end to end at tiny size (the targets are checked by running it, not here)."""
+
+import csv
+
+from conftest import run_module
+
+
+def test_bench_writes_every_measure_for_each_runner(tmp_path):
+    out = tmp_path / "bench"
+    proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--steps", "3", "--warmup", "2", "--out", out,
+                      timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "bench.csv")))
+    assert [r["runner"] for r in rows] == ["plain keras", "hpccnn 1 rank", "hpccnn 2 ranks"]
+    for r in rows:
+        assert float(r["images_per_second"]) > 0 and 0 < float(r["mfu"]) < 1.5
+        assert float(r["first_step_seconds"]) > 0 and float(r["peak_rss_mb_per_rank"]) > 100
+        assert float(r["train_gflop_per_image"]) == 0.0273  # 3 x 2 x 4.55 MMAC, cnn_v3 at 32x32
+    assert rows[0]["vs_keras"] == "1.0" and rows[1]["vs_1_rank"] == "1.0"
+    table = (out / "bench.md").read_text()
+    assert table.count("| cnn_v3 |") == 3 and "matmul peak" in table
+    again = run_module("hpccnn.bench", "--models", "cnn_v3", "--out", out)
+    assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
