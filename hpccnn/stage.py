@@ -67,8 +67,13 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
         TARGETS[name](check).symlink_to(staged.resolve())
         try:  # parse it before it counts as staged
             raw = data.load(name, check)
-        except UserError:
-            raise
+        except UserError as err:  # load's own words name the temporary copy; say it of the source
+            import re
+
+            found = re.search(r"is unreadable \((.*)\); stage it|has (.*?); stage it", str(err))
+            problem = next((g for g in found.groups() if g), "") if found else str(err)
+            raise UserError(f"{source} does not parse as {name} ({problem}); expected {SOURCE_HELP[name]}; "
+                            f"nothing was staged") from None
         except Exception as err:
             raise UserError(f"{source} does not parse as {name} ({type(err).__name__}); "
                             f"expected {SOURCE_HELP[name]}") from None

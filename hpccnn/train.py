@@ -293,20 +293,29 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
 
 
 def stopped(stopper, writer, started) -> Interrupted:
-    """After a stop signal: rank 0 records it and, for SLURM's warning signal, requeues the job."""
+    """After a stop signal, on every rank: rank 0 records it and, for SLURM's warning signal,
+    requeues the job; the other ranks wait for rank 0 before leaving, because a rank that exits
+    first makes srun (--kill-on-bad-exit) or mpirun kill rank 0 before it has done either."""
     import signal
 
     name = signal.Signals(stopper.signal).name
     requeue = stopper.signal == signal.SIGUSR2 and "SLURM_JOB_ID" in os.environ
-    folder = writer.folder if writer else None
-    last = writer.metrics.get("last_epoch", 0) if writer else None
+    outcome = None
     if writer is not None:
+        last = writer.metrics.get("last_epoch", 0)
         writer.status("interrupted", reason=f"stopped by {name}", last_epoch=last, requeued=requeue,
                       wall_seconds=round(writer.metrics.get("wall_seconds_before", 0) + time.time() - started, 3))
-        if requeue:  # the requeued job finds this folder (SLURM_RESTART_COUNT) and resumes it
+        if requeue:  # SLURM stops every rank now; the requeued job finds this folder and resumes it
             import subprocess
 
-            subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True, timeout=60)
+            done = subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True,
+                                  text=True, timeout=60)
+            requeue = done.returncode == 0
+            if not requeue:
+                writer.status("interrupted", requeued=False, reason=f"stopped by {name}; scontrol requeue "
+                                                                    f"failed: {done.stderr.strip()[:200]}")
+        outcome = (str(writer.folder), last, requeue)
+    folder, last, requeue = dist.broadcast_object(outcome)  # the others wait here for rank 0
     return Interrupted(name, folder, last, requeue)
 
 
@@ -385,7 +394,8 @@ def main(argv=None):
     try:
         train(argv)
     except Interrupted as stop:
-        print(f"hpccnn: {stop}", file=sys.stderr, flush=True)
+        if dist.init().is_main:
+            print(f"hpccnn: {stop}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     return 0
 

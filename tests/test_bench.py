@@ -18,6 +18,7 @@ def test_bench_writes_every_measure_for_each_runner(tmp_path):
         assert float(r["train_gflop_per_image"]) == 0.0273  # 3 x 2 x 4.55 MMAC, cnn_v3 at 32x32
     assert rows[0]["vs_keras"] == "1.0" and rows[1]["vs_1_rank"] == "1.0"
     table = (out / "bench.md").read_text()
-    assert table.count("| cnn_v3 |") == 3 and "matmul peak" in table
+    assert table.count("| cnn_v3 | 32×32 | 32 |") == 3 and "matmul peak" in table
+    assert table.count("Gbit/s |") == 3  # scaling on paper: one row per link speed
     again = run_module("hpccnn.bench", "--models", "cnn_v3", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
