@@ -1,6 +1,7 @@
 """Preemption, time limits and dead ranks: real signals, real launchers, nothing lost."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -187,3 +188,20 @@ def test_resume_refuses_changed_settings(tmp_path):
     proc = run_module("hpccnn.train", "--resume", folder, "--learning-rate", "0.5")
     assert proc.returncode == 2 and "only --epochs may change, not --learning-rate" in proc.stderr
     assert before == {p: p.stat().st_mtime_ns for p in folder.rglob("*")}  # nothing touched
+
+
+def test_a_submitit_grid_point_requeues_itself_on_the_warning_signal_and_resumes(slurm_env, tmp_path):
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--image-size", "32", "--epochs", "6",
+                      "--no-save-model", "--results-dir", results, "--cpus-per-task", "1", "--mem-gb", "3",
+                      "--time-min", "20", env=slurm_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    job = re.search(r"submitted job array (\d+)", proc.stdout).group(1)
+    folder = wait_until(lambda: next(iter(results.glob("*/*/00_digits_cnn")), None), 300, "the point's run folder")
+    wait_until(lambda: metrics(folder).get("last_epoch", 0) >= 2, 300, "two finished epochs")
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, env=slurm_env)
+    wait_until(lambda: job_field(slurm_env, job, "Restarts") == "1", 120, "the requeue")
+    assert wait_for(slurm_env, job) == "COMPLETED"
+    done = metrics(folder)
+    assert done["status"] == "completed" and done["resumes"] == 1 and done["resumed_after_epoch"] >= 2
+    assert pd.read_csv(folder / "history.csv")["epoch"].tolist() == list(range(1, 7))
