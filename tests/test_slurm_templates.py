@@ -7,6 +7,7 @@ import time
 import pytest
 
 from conftest import ROOT, read_json, run_folders
+from hpccnn.slurm import ACTIVE
 
 
 def sbatch(env, template, *options, args=()):
@@ -22,7 +23,7 @@ def wait_for(env, job, timeout=900):
         state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
                                env=env).stdout
         match = re.search(r"JobState=(\S+)", state)
-        if match and match.group(1) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+        if match and match.group(1) not in ACTIVE:  # REQUEUED too: a requeued job runs again
             return match.group(1)
         time.sleep(2)
     pytest.fail(f"job {job} did not finish in {timeout} s")
