@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from hpccnn.errors import UserError, cli
+from hpccnn.errors import Parser, UserError, cli
 
 # model: (input side, channels, default batch) as in the seeds
 MODELS = {
@@ -54,7 +54,10 @@ def _images(side, channels, n, seed=0):
 
 
 class _Timer:
-    """Keras callback: wall time of the first finished step and of the timed steps after warm-up."""
+    """Keras callback: wall time of the first finished step, and (step, time) once past warm-up.
+
+    With steps_per_execution > 1 Keras calls it once per execution, so the timed span runs from
+    the first call at or past the warm-up to the last, whatever the steps in between."""
 
     def __init__(self, warmup):
         import tensorflow as tf
@@ -64,16 +67,28 @@ class _Timer:
                 now = time.perf_counter()
                 if self.first is None:
                     self.first = time.time()
-                if batch + 1 == warmup:
-                    self.start = now
-                self.end = now
+                if batch + 1 >= warmup:
+                    if self.start is None:
+                        self.start = (batch + 1, now)
+                    self.end = (batch + 1, now)
 
         self.first = self.start = self.end = None
         self.callback = Callback()
 
+    def steps_per_second(self) -> float:
+        return (self.end[0] - self.start[0]) / (self.end[1] - self.start[1])
+
 
 def worker(args):
     """One measurement, in this process: prints a JSON line (rank 0 only)."""
+    from hpccnn.experiments import get_experiment, parse_value, with_overrides
+    from hpccnn.train import use_xla
+
+    settings = dict(model=args.model, optimizer="sgd")
+    settings.update((k, parse_value(k, v)) for k, v in (item.split("=", 1) for item in args.set))
+    exp = with_overrides(get_experiment("digits_cnn"), settings)
+    use_xla(exp.xla)  # before TensorFlow starts
+
     import numpy as np
     import tensorflow as tf
 
@@ -95,13 +110,11 @@ def worker(args):
         ranks, size = [{"rss_mb": _rss_mb()}], 1
     else:
         from hpccnn import data, dist
-        from hpccnn.experiments import get_experiment, with_overrides
         from hpccnn.train import compile_model
 
         world = dist.init()
         tf.keras.utils.set_random_seed(0)
-        exp = with_overrides(get_experiment("digits_cnn"), dict(model=args.model, optimizer="sgd"))
-        model, spec, _ = compile_model(exp, world, (side, side, channels), 10)
+        model, spec, _, _ = compile_model(exp, world, (side, side, channels), 10)
         per_rank = max(1, batch // world.size)  # the global batch is split between the ranks
         x, y = _images(side, channels, per_rank * total, seed=world.rank)
         ds = data.train_pipeline(x, y, per_rank, total, 1 / 255, 0, seed=(0, world.rank), epochs=1)
@@ -112,10 +125,8 @@ def worker(args):
         size = world.size
         if not world.is_main:
             return 0
-    seconds = timer.end - timer.start
     print("BENCH " + json.dumps({
-        "images_per_second": batch * steps / seconds if args.kind == "keras" else
-        max(1, batch // size) * size * steps / seconds,
+        "images_per_second": timer.steps_per_second() * (batch if args.kind == "keras" else max(1, batch // size) * size),
         "first_step_seconds": timer.first - args.launched, "ranks": ranks,
         "forward_macs": forward_macs(model), "params": int(model.count_params())}), flush=True)
     return 0
@@ -146,20 +157,82 @@ def _env():
     return mpi_env()
 
 
-def measure(kind, model, ranks, batch, steps, warmup) -> dict:
+def measure(kind, model, ranks, batch, steps, warmup, settings=None, env=None) -> dict:
+    """One measurement in its own process(es): settings are hpccnn.train settings, env extra variables."""
     from hpccnn.launch import horovodrun_prefix
 
     cmd = [sys.executable, "-m", "hpccnn.bench", "--worker", kind, "--model", model, "--batch", str(batch),
            "--steps", str(steps), "--warmup", str(warmup), "--launched", repr(time.time())]
+    cmd += [f"--set={k}={v}" for k, v in (settings or {}).items()]
     if kind == "hpccnn" and ranks > 1:
         cmd = [*horovodrun_prefix(ranks), *cmd]
         cmd[cmd.index("--launched") + 1] = repr(time.time())
-    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=3600)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), **(env or {})}, timeout=3600)
     for line in out.stdout.splitlines():
         if "BENCH " in line:
             # horovodrun interleaves the ranks' output: take the first JSON value on the line
             return json.JSONDecoder().raw_decode(line.split("BENCH ", 1)[1])[0]
     raise RuntimeError(f"{kind} {model} on {ranks} rank(s) failed:\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}")
+
+
+# What --variants tries, each against hpccnn's defaults on the same rank count, measured back to back:
+# name: (ranks, hpccnn.train settings, environment variables)
+VARIANTS = {
+    "xla": (1, {"xla": "on"}, {}),
+    "mixed precision": (1, {"mixed_precision": "on"}, {}),
+    "steps_per_execution 8": (1, {"steps_per_execution": 8}, {}),
+    "oneDNN off": (1, {}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "fp16 allreduce": (2, {"fp16_allreduce": "true"}, {}),
+    "Horovod cycle 10 ms": (2, {}, {"HOROVOD_CYCLE_TIME": "10"}),
+    "Horovod fusion 256 MB": (2, {}, {"HOROVOD_FUSION_THRESHOLD": str(256 * 2 ** 20)}),
+    "no MPI yield": (2, {}, {"OMPI_MCA_mpi_yield_when_idle": "0"}),
+}
+
+
+def run_variants(models, variants, steps, warmup, batch_override, out_dir: Path, repeats=2, log=print):
+    """Each variant against the defaults on the same ranks, alternating (default, variant) repeats times;
+    the ratio is the median of the per-pair ratios, so slow drift of a shared machine cancels."""
+    import statistics
+
+    rows = []
+    for model in models:
+        batch = batch_override or MODELS[model][2]
+        for name in variants:
+            ranks, settings, env = VARIANTS[name]
+            pairs = []
+            for _ in range(repeats):
+                base = measure("hpccnn", model, ranks, batch, steps, warmup)["images_per_second"]
+                try:
+                    tried = measure("hpccnn", model, ranks, batch, steps, warmup, settings, env)["images_per_second"]
+                except RuntimeError as err:
+                    log(f"{model:17} {name:22} failed: {str(err).strip().splitlines()[-1][:200]}")
+                    tried = None
+                pairs.append((base, tried))
+                if tried is None:
+                    break
+            ratio = None if pairs[-1][1] is None else statistics.median(t / b for b, t in pairs)
+            rows.append({"model": model, "batch": batch, "ranks": ranks, "variant": name,
+                         "default_images_per_second": round(statistics.median(b for b, _ in pairs), 1),
+                         "variant_images_per_second": None if ratio is None else
+                         round(statistics.median(t for _, t in pairs), 1),
+                         "ratio": None if ratio is None else round(ratio, 3), "pairs": len(pairs)})
+            log(f"{model:17} {name:22} {ranks} rank(s)  default {rows[-1]['default_images_per_second']:8.1f} img/s  "
+                + ("failed" if ratio is None else f"variant {rows[-1]['variant_images_per_second']:8.1f} img/s  "
+                                                  f"x{ratio:.2f}"))
+    out_dir.mkdir(parents=True, exist_ok=False)
+    with open(out_dir / "variants.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    md = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} cores: each variant against "
+          f"hpccnn's defaults on the same ranks, {repeats} alternating pairs, median ratio.\n\n"
+          "| model | batch | ranks | variant | default images/s | variant images/s | variant / default |\n"
+          "|---|---|---|---|---|---|---|\n" + "".join(
+              f"| {r['model']} | {r['batch']} | {r['ranks']} | {r['variant']} | {r['default_images_per_second']:,.1f} | "
+              + ("failed | |" if r["ratio"] is None else f"{r['variant_images_per_second']:,.1f} | {r['ratio']:.2f}× |")
+              + "\n" for r in rows))
+    (out_dir / "variants.md").write_text(md)
+    return rows, md
 
 
 def run(models, ranks, steps, warmup, batch_override, out_dir: Path, log=print):
@@ -248,18 +321,23 @@ def scaling(rows, nodes=(2, 4, 8, 16, 32, 64), links=(10, 25, 100)) -> str:
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hpccnn.bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m hpccnn.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="cnn_v3,mnist_cnn,alexnet64,alexnet_galaxy10,alexnet227",
                    help=f"comma-separated, from: {', '.join(MODELS)}")
     p.add_argument("--ranks", default="1,2", help="rank counts for hpccnn (horovodrun on this machine)")
     p.add_argument("--steps", type=int, default=12, help="timed training steps per measurement")
     p.add_argument("--warmup", type=int, default=4, help="steps run before timing (graph tracing, allocation)")
     p.add_argument("--batch", type=int, default=0, help="global batch for every model (default: each seed's)")
+    p.add_argument("--variants", default=None, metavar="NAMES",
+                   help="instead of the comparison with Keras, measure these speed options against hpccnn's "
+                        f"defaults (comma-separated, or 'all'): {', '.join(VARIANTS)}")
+    p.add_argument("--repeats", type=int, default=2, help="alternating (default, variant) pairs per variant")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.csv and bench.md "
                                                           "(default results/bench-<date>-<time>)")
     p.add_argument("--worker", choices=("keras", "hpccnn"), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--launched", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         args.kind = args.worker
@@ -277,6 +355,15 @@ def main(argv=None):
     out = args.out or Path("results") / f"bench-{datetime.datetime.now():%Y-%m-%d-%H%M%S}"
     if out.exists():
         raise UserError(f"--out {out} already exists; hpccnn never overwrites results")
+    if args.variants:
+        names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
+        unknown = [v for v in names if v not in VARIANTS]
+        if unknown:
+            raise UserError(f"unknown variant {unknown[0]!r}; choose from: {', '.join(VARIANTS)} (or all)")
+        rows, md = run_variants(models, names, args.steps, args.warmup, args.batch, out, max(1, args.repeats))
+        print("\n" + md)
+        print(f"hpccnn: {out / 'variants.csv'}")
+        return 0
     rows, md = run(models, ranks, args.steps, args.warmup, args.batch, out)
     print("\n" + md)
     print(f"hpccnn: {out / 'bench.csv'}")

@@ -62,10 +62,10 @@ class StopOnSignal(tf.keras.callbacks.Callback):
     resumes from the checkpoint of the last finished epoch.
     """
 
-    def __init__(self, steps_per_epoch: int, every: int = 0):
+    def __init__(self, every: int = 0):
         super().__init__()
-        self.steps = steps_per_epoch
-        self.every = every or max(1, min(20, steps_per_epoch // 4))
+        self.every = every  # 0: a quarter epoch, at most 20 steps, from the steps Keras reports
+        self.steps = None
         self.received = 0  # the signal number noted by this rank's handler
         self.signal = 0  # the signal all ranks agreed on (the largest number any rank received)
         self.partial_epoch = None  # the epoch cut short, if one was
@@ -91,6 +91,10 @@ class StopOnSignal(tf.keras.callbacks.Callback):
     @property
     def stopped(self) -> bool:
         return bool(self.signal)
+
+    def on_train_begin(self, logs=None):
+        self.steps = self.params["steps"]
+        self.every = self.every or max(1, min(20, self.steps // 4))
 
     def on_train_batch_end(self, batch, logs=None):
         if (batch + 1) % self.every and batch + 1 != self.steps:

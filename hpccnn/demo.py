@@ -1,12 +1,11 @@
 """python -m hpccnn.demo: digits_cnn under ``horovodrun -np 2`` on this machine, no internet needed."""
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from hpccnn.errors import cli
+from hpccnn.errors import Parser, cli
 from hpccnn.launch import horovodrun_command, mpi_env
 
 
@@ -16,7 +15,7 @@ def run_folders(results_dir: Path) -> set:
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hpccnn.demo", description=__doc__)
+    p = Parser(prog="python -m hpccnn.demo", description=__doc__)
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--ranks", type=int, default=2)
     args = p.parse_args(argv)

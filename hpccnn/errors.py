@@ -1,11 +1,24 @@
 """Errors a user can cause, reported as one line and exit status 2."""
 
+import argparse
 import functools
+import os
 import sys
 
 
 class UserError(Exception):
     """Bad input from the user: the message says what was wrong and what to do."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for every hpccnn command: a usage error is a UserError, so one line and exit 2."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def cli(main):
@@ -18,5 +31,8 @@ def cli(main):
         except UserError as err:
             print(f"hpccnn: error: {err}", file=sys.stderr)
             sys.exit(2)
+        except BrokenPipeError:  # output piped into head, say, which has stopped reading: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)  # as a shell reports a process ended by SIGPIPE
 
     return wrapper

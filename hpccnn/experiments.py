@@ -29,6 +29,12 @@ class Experiment:
     reduce_lr_patience: int = 1
     reduce_lr_min_delta: float = 1e-4
     seed: int = 0
+    # speed, not the model (python -m hpccnn.bench --variants measures them): "auto" is on
+    # with a GPU and off on CPUs, where both were measured slower
+    xla: str = "auto"  # XLA-compile the training step (model.compile(jit_compile=...))
+    mixed_precision: str = "auto"  # float16 compute with float32 weights (Keras mixed_float16)
+    steps_per_execution: int = 1  # training steps per call into TensorFlow's graph
+    fp16_allreduce: bool = False  # Horovod sends gradients as float16: half the bytes, some precision lost
     reported: str = ""  # the figure the seed reports for this experiment
     description: str = ""
 
@@ -67,6 +73,8 @@ CHOICES = {
     "activation": ("relu", "sigmoid", "tanh", "elu"),
     "optimizer": ("sgd", "adam", "adadelta", "rmsprop"),
     "validation": ("split", "test"),
+    "xla": ("auto", "on", "off"),
+    "mixed_precision": ("auto", "on", "off"),
 }
 
 
@@ -93,6 +101,18 @@ def parse_value(key: str, text: str):
     return value
 
 
+def add_setting_options(parser) -> None:
+    """--<setting> VALUE for every settable Experiment field (typed later, by overrides())."""
+    for name, field in SETTABLE.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                            metavar=field.type.__name__.upper())
+
+
+def overrides(args) -> dict:
+    """The settings given on a command line built with add_setting_options, typed and checked."""
+    return {k: parse_value(k, getattr(args, k)) for k in SETTABLE if getattr(args, k) is not None}
+
+
 def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
     """exp with overrides applied (values already typed) and checked."""
     for key in overrides:
@@ -112,7 +132,7 @@ def validate(exp: Experiment) -> None:
     for key, allowed in CHOICES.items():
         if getattr(exp, key) not in allowed:
             raise UserError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(exp, key)!r}")
-    for key in ("batch_size", "epochs"):
+    for key in ("batch_size", "epochs", "steps_per_execution"):
         if getattr(exp, key) <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(exp, key)}")
     if not exp.learning_rate > 0:

@@ -19,10 +19,12 @@ class Grid:
     experiment: str
     axes: dict  # setting -> the values it takes, swept in this order (last axis fastest)
     fixed: dict = field(default_factory=dict)  # settings every point shares
+    linked: dict = field(default_factory=dict)  # setting -> {its value: settings that go with it}
     description: str = ""
 
     def points(self, overrides=None) -> list:
-        """One dict of settings per point: the grid's fixed settings, the axes' values, then overrides.
+        """One dict of settings per point: the grid's fixed settings, the axes' values and the
+        settings linked to them (a learning rate per optimizer, say), then overrides.
 
         An override of a swept setting is refused: it would make every point the same.
         """
@@ -32,15 +34,23 @@ class Grid:
             raise UserError(f"--{clash[0].replace('_', '-')} is swept by grid {self.name!r}; "
                             f"it can't also be overridden (drop the option or use --experiment)")
         keys = list(self.axes)
-        return [{**self.fixed, **dict(zip(keys, values)), **overrides}
-                for values in itertools.product(*(self.axes[k] for k in keys))]
+        points = []
+        for values in itertools.product(*(self.axes[k] for k in keys)):
+            point = {**self.fixed, **dict(zip(keys, values))}
+            for key, value in zip(keys, values):  # a swept setting keeps its own values
+                point.update({k: v for k, v in self.linked.get(key, {}).get(value, {}).items() if k not in keys})
+            points.append({**point, **overrides})
+        return points
 
 
 GRIDS = {g.name: g for g in [
     Grid("cifar_hparams", "cifar_cnn_v3",
          axes={"activation": ["relu", "sigmoid"], "batch_size": [32, 64, 128], "optimizer": ["sgd", "adam"]},
          fixed={"epochs": 10},
-         description="seed 001, Table 1: cnn_v3, activation x batch size x optimizer, 10 epochs each"),
+         # the seed passed optimizer="sgd"/"adam" to compile: Keras' default learning rate for each
+         linked={"optimizer": {"sgd": {"learning_rate": 0.01}, "adam": {"learning_rate": 0.001}}},
+         description="seed 001, Table 1: cnn_v3, activation x batch size x optimizer "
+                     "(Keras' default learning rates: sgd 0.01, adam 0.001), 10 epochs each"),
     Grid("alexnet227_lr", "cifar_alexnet227", axes={"learning_rate": [1e-3, 1e-4, 5e-5]},
          description="seed 004: classic AlexNet at 227x227, three learning rates"),
 ]}
@@ -112,26 +122,23 @@ def _array_point(argv=None) -> int:
     Used by slurm/grid_array.sbatch: prints one option per line, and the first task to run
     writes the grid folder's grid.json so that ``python -m hpccnn.submit --collect`` can sum it up.
     """
-    import argparse
     import datetime
     import json
     import os
-    import sys
     from pathlib import Path
 
     from hpccnn import slurm
-    from hpccnn.experiments import SETTABLE
+    from hpccnn.errors import Parser
+    from hpccnn.experiments import add_setting_options, overrides
 
-    p = argparse.ArgumentParser(prog="python -m hpccnn.grids", description=_array_point.__doc__.split("\n")[0])
+    p = Parser(prog="python -m hpccnn.grids", description=_array_point.__doc__.split("\n")[0])
     p.add_argument("grid")
     p.add_argument("--task", type=int, required=True, help="the array task id: which point")
     p.add_argument("--results-dir", default="results")
-    for name in SETTABLE:
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
+    add_setting_options(p)
     args = p.parse_args(argv)
     grid = get_grid(args.grid)
-    overrides = {k: parse_value(k, getattr(args, k)) for k in SETTABLE if getattr(args, k) is not None}
-    points = resolve(grid, overrides)
+    points = resolve(grid, overrides(args))
     if not 0 <= args.task < len(points):
         raise UserError(f"array task {args.task} is outside grid {grid.name!r}'s {len(points)} points; "
                         f"submit with --array=0-{len(points) - 1}")

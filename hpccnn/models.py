@@ -35,7 +35,7 @@ def alexnet(input_shape, classes, convs, dense, activation="relu"):
     for units in dense:
         model.add(layers.Dense(units, activation=activation))
         model.add(layers.Dropout(0.5))
-    model.add(layers.Dense(classes, activation="softmax"))
+    model.add(layers.Dense(classes, activation="softmax", dtype="float32"))  # float32 under mixed precision
     return model
 
 
@@ -62,7 +62,7 @@ def small_cnn(input_shape, classes, convs, dense, activation="relu", dropout=(),
         model.add(layers.Dense(units, activation=activation))
         if "dense" in dropout:
             model.add(layers.Dropout(dropout["dense"]))
-    model.add(layers.Dense(classes, activation=None if logits else "softmax"))
+    model.add(layers.Dense(classes, activation=None if logits else "softmax", dtype="float32"))
     return model
 
 
@@ -77,13 +77,21 @@ class ModelSpec:
     def __call__(self, input_shape, classes, activation="relu"):
         return self.build(tuple(input_shape), classes, activation=activation, **self.kwargs)
 
-    def fits(self, side: int, channels: int, classes: int) -> bool:
-        """Whether images side x side are large enough for this model's convolutions and pools."""
-        try:
-            self((side, side, channels), classes)
-        except ValueError:  # "Negative dimension size": the images shrink to nothing
-            return False
-        return True
+    def output_side(self, side: int) -> int:
+        """The side of the last convolution block's output for side x side images; 0 when the
+        convolutions and pools shrink them to nothing. Arithmetic only: no model is built."""
+        def shrink(side, kernel, stride, padding="valid"):
+            return -(-side // stride) if padding == "same" else max(0, (side - kernel) // stride + 1)
+
+        for c in self.kwargs["convs"]:
+            if isinstance(c, Conv):
+                side = shrink(side, c.kernel, c.stride, c.padding)
+                side = shrink(side, *c.pool) if c.pool and side else side
+            else:  # small_cnn: a 3x3 valid convolution, or "pool" for a 2x2 max pool
+                side = shrink(side, 2, 2) if c == "pool" else shrink(side, 3, 1)
+            if side <= 0:
+                return 0
+        return side
 
 
 _ALEXNET227 = [

@@ -9,27 +9,19 @@ For a grid: every point in one table (best first, best marked), the points' vali
 in one plot, and the best point's model reloaded from disk and evaluated again.
 """
 
-import argparse
 import base64
 import html
 import io
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from hpccnn.errors import UserError, cli
+from hpccnn.errors import Parser, UserError, cli
+from hpccnn.results import epoch_ticks, plot_curves, read_json
 
 SETTINGS = ["model", "dataset", "image_size", "activation", "optimizer", "learning_rate", "batch_size",
             "batch_per_rank", "epochs", "validation", "seed"]
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _read_csv(path: Path, **options):
@@ -130,26 +122,6 @@ def _fmt(value, digits=4):
     return str(value)
 
 
-def plot_curves(history, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, metric in zip(axes, ("accuracy", "loss")):
-        for key, style in ((metric, "b-o"), (f"val_{metric}", "r-o")):
-            if key in history:
-                ax.plot(history["epoch"], history[key], style, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_xticks(list(history["epoch"])[:: max(1, len(history) // 12)])
-        ax.set_ylabel(metric)
-        ax.set_title(f"{title}: {metric}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return fig
-
-
 def plot_heatmap(frame):
     from hpccnn.results import plot_confusion
 
@@ -167,9 +139,9 @@ def plot_grid_curves(runs):
         for ax, key in zip(axes, ("val_accuracy", "val_loss")):
             if history is not None and key in history:
                 ax.plot(history["epoch"], history[key], "-o", label=label, markersize=3)
+    epochs = [e for _, history in runs if history is not None for e in history["epoch"]]
     for ax, key in zip(axes, ("val_accuracy", "val_loss")):
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        epoch_ticks(ax, epochs)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
@@ -180,8 +152,8 @@ def plot_grid_curves(runs):
 
 def run_section(report: Report, folder: Path, prefix: str):
     """One run: settings, metrics against the seed, curves, confusion matrix, per-class table, mistakes."""
-    config = _read_json(folder / "config.json") or {}
-    metrics = _read_json(folder / "metrics.json") or {}
+    config = read_json(folder / "config.json") or {}
+    metrics = read_json(folder / "metrics.json") or {}
     history = _read_csv(folder / "history.csv")
     report.html.append("<section>")
     report.heading(f"Run {folder.name}", 2, anchor=f"run-{folder.name}")
@@ -199,7 +171,7 @@ def run_section(report: Report, folder: Path, prefix: str):
     if metrics.get("reason"):
         report.paragraph(f"failed: {metrics['reason']}", css="bad")
     if history is not None and len(history):
-        report.figure(Figure(plot_curves(history, config.get("name", folder.name)), f"{prefix}curves.png",
+        report.figure(Figure(plot_curves(history.to_dict("records"), config.get("name", folder.name)), f"{prefix}curves.png",
                              f"{folder.name}: accuracy and loss per epoch"))
     cm = _read_csv(folder / "confusion_matrix.csv", dtype={"true": str})
     if cm is not None:
@@ -235,8 +207,8 @@ def reevaluate(folder: Path, data_dir=None) -> float:
 
     from hpccnn import data
 
-    config = _read_json(folder / "config.json")
-    prov = _read_json(folder / "provenance.json") or {}
+    config = read_json(folder / "config.json")
+    prov = read_json(folder / "provenance.json") or {}
     model = tf.keras.models.load_model(folder / "model.h5", compile=False)
     splits = data.split(data.load(config["dataset"], data_dir or prov.get("data_dir")), config["validation"],
                         config["val_fraction"], config["test_fraction"], config["seed"])
@@ -254,7 +226,7 @@ def _run_folder(grid: Path, row) -> Path:
 def grid_section(report: Report, folder: Path, data_dir=None, check_best=True):
     import pandas as pd
 
-    record = _read_json(folder / "grid.json")
+    record = read_json(folder / "grid.json")
     frame = _read_csv(folder / "grid.csv")
     if frame is None:
         raise UserError(f"{folder} has no grid.csv yet; run python -m hpccnn.submit --collect {folder} first")
@@ -328,7 +300,7 @@ def build(path: Path, data_dir=None, check_best=True) -> Report:
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hpccnn.report", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m hpccnn.report", description=__doc__.split("\n\n")[0])
     p.add_argument("path", type=Path, help="a run folder, a grid folder or a date folder under results/")
     p.add_argument("--data-dir", default=None, help="data cache for re-evaluating a grid's best model "
                                                     "(default: the one the run used)")

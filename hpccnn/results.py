@@ -12,6 +12,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,14 @@ from hpccnn import dist
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME",
                    "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
                    "SLURM_CPUS_PER_TASK", "SLURM_JOB_PARTITION", "SLURM_SUBMIT_DIR")
+
+
+def read_json(path):
+    """A JSON file's content, or None when it is missing or unreadable (a run still being written)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def job_tag() -> str:
@@ -92,6 +101,7 @@ class RunWriter:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.metrics = {}  # metrics.json's fields, kept here so each update is one write
+        self.wall_before = 0.0  # training seconds of the attempts before this one (a resumed run)
 
     @classmethod
     def create(cls, results_dir, experiment: str, world, run_dir=None) -> "RunWriter":
@@ -115,7 +125,13 @@ class RunWriter:
         """A run folder being resumed: its metrics so far are kept and updated."""
         writer = cls(folder)
         writer.metrics = json.loads(writer.path("metrics.json").read_text())
+        if writer.metrics.get("status") != "completed":  # a completed run trained further starts its count anew
+            writer.wall_before = writer.metrics.get("wall_seconds", 0)
         return writer
+
+    def wall_seconds(self, started: float) -> float:
+        """Training seconds of this run so far, over every attempt."""
+        return round(self.wall_before + time.time() - started, 3)
 
     def guard(self):
         """Starts hpccnn.guard, which marks this run failed if this process dies without saying so
@@ -179,7 +195,7 @@ class RunWriter:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def start(self, exp, world, hosts: list, argv: list, data_dir=None):
+    def start(self, exp, world, hosts: list, argv: list, data_dir=None, speed=None):
         self.json("config.json", dataclasses.asdict(exp))
         env = os.environ
         self.json("provenance.json", {
@@ -194,13 +210,13 @@ class RunWriter:
             "slurm": {k: env[k] for k in SLURM_VARIABLES if k in env},
             "launcher": dist.launcher(),
             "data_dir": str(data_dir) if data_dir else None,
+            "speed": speed,  # the speed settings as applied on this node (config.json has them as asked)
         })
         self.status("running", world_size=world.size)
         self.link_slurm_logs()
 
     def resumed(self, epoch: int, argv: list, hosts: list):
         """Notes a resume in metrics.json and provenance.json (which keeps every attempt's command)."""
-        before = self.metrics.get("wall_seconds", 0) if self.metrics.get("status") != "completed" else 0
         provenance = json.loads(self.path("provenance.json").read_text())
         provenance.setdefault("resumes", []).append({
             "after_epoch": epoch, "command": shlex.join([sys.executable, *argv]),
@@ -209,8 +225,7 @@ class RunWriter:
             "slurm": {k: os.environ[k] for k in (*SLURM_VARIABLES, "SLURM_RESTART_COUNT") if k in os.environ}})
         self.json("provenance.json", provenance)
         self.metrics.pop("reason", None)
-        self.status("running", resumed_after_epoch=epoch, resumes=len(provenance["resumes"]),
-                    wall_seconds_before=before)
+        self.status("running", resumed_after_epoch=epoch, resumes=len(provenance["resumes"]))
         self.link_slurm_logs()
 
     def link_slurm_logs(self):
@@ -273,7 +288,15 @@ class RunWriter:
                                                             np.asarray(y_pred)[wrong], classes))
 
 
-def plot_curves(rows):
+def epoch_ticks(ax, epochs, most=12) -> None:
+    """Whole epochs on the x axis (at most `most` ticks), even for a 1-epoch run."""
+    epochs = sorted({int(e) for e in epochs})
+    ax.set_xticks(epochs[:: max(1, -(-len(epochs) // most))])
+    ax.set_xlabel("epoch")
+
+
+def plot_curves(rows, title=""):
+    """Training and validation accuracy and loss per epoch, from history rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -285,8 +308,10 @@ def plot_curves(rows):
         for key, style in ((metric, "b-o"), (f"val_{metric}", "r-o")):
             if key in rows[0]:
                 ax.plot(epochs, [r[key] for r in rows], style, label=key)
-        ax.set_xlabel("epoch")
+        epoch_ticks(ax, epochs)
         ax.set_ylabel(metric)
+        if title:
+            ax.set_title(f"{title}: {metric}")
         ax.legend()
         ax.grid(alpha=0.3)
     return fig

@@ -4,7 +4,6 @@ Run it where there is internet (a login node), or give --source, a copy you alre
 have; compute nodes then train from the cache without ever downloading.
 """
 
-import argparse
 import shutil
 import sys
 import tarfile
@@ -12,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from hpccnn import data
-from hpccnn.errors import UserError, cli
+from hpccnn.errors import Parser, UserError, cli
 
 ORIGINS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
@@ -49,37 +48,46 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
         raise UserError(f"{target} already exists; pass --force to replace it")
     if source is not None and not source.exists():
         raise UserError(f"--source {source} does not exist")
+    made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # deepest first
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".staging-") as tmp:
-        tmp = Path(tmp)
-        source = source or _download(name, tmp)
-        staged = tmp / target.name
-        if name == "cifar10" and source.is_file():
-            with tarfile.open(source) as tar:
-                tar.extractall(tmp, filter="data")
-        elif source.is_dir():
-            shutil.copytree(source, staged)
-        else:
-            shutil.copyfile(source, staged)
-        check = tmp / "check"
-        check.mkdir()
-        TARGETS[name](check).parent.mkdir(parents=True, exist_ok=True)
-        TARGETS[name](check).symlink_to(staged.resolve())
-        try:  # parse it before it counts as staged
-            raw = data.load(name, check)
-        except UserError as err:  # load's own words name the temporary copy; say it of the source
-            import re
+    try:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".staging-") as tmp:
+            tmp = Path(tmp)
+            source = source or _download(name, tmp)
+            staged = tmp / target.name
+            if name == "cifar10" and source.is_file():
+                with tarfile.open(source) as tar:
+                    tar.extractall(tmp, filter="data")
+            elif source.is_dir():
+                shutil.copytree(source, staged)
+            else:
+                shutil.copyfile(source, staged)
+            check = tmp / "check"
+            check.mkdir()
+            TARGETS[name](check).parent.mkdir(parents=True, exist_ok=True)
+            TARGETS[name](check).symlink_to(staged.resolve())
+            try:  # parse it before it counts as staged
+                raw = data.load(name, check)
+            except UserError as err:  # load's own words name the temporary copy; say it of the source
+                import re
 
-            found = re.search(r"is unreadable \((.*)\); stage it|has (.*?); stage it", str(err))
-            problem = next((g for g in found.groups() if g), "") if found else str(err)
-            raise UserError(f"{source} does not parse as {name} ({problem}); expected {SOURCE_HELP[name]}; "
-                            f"nothing was staged") from None
-        except Exception as err:
-            raise UserError(f"{source} does not parse as {name} ({type(err).__name__}); "
-                            f"expected {SOURCE_HELP[name]}") from None
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        staged.rename(target)
+                found = re.search(r"is unreadable \((.*)\); stage it|has (.*?); stage it", str(err))
+                problem = next((g for g in found.groups() if g), "") if found else str(err)
+                raise UserError(f"{source} does not parse as {name} ({problem}); expected {SOURCE_HELP[name]}; "
+                                f"nothing was staged") from None
+            except Exception as err:
+                raise UserError(f"{source} does not parse as {name} ({type(err).__name__}); "
+                                f"expected {SOURCE_HELP[name]}") from None
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            staged.rename(target)
+    except BaseException:  # leave no empty cache folders behind either
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     print(f"hpccnn: staged {name}: {len(raw.x_train)} training images of {raw.x_train.shape[1:]}"
           f"{'' if raw.x_test is None else f', {len(raw.x_test)} test images'} in {target}")
     return target
@@ -87,7 +95,7 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
 
 @cli
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m hpccnn.stage", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = Parser(prog="python -m hpccnn.stage", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", help=", ".join(TARGETS))
     p.add_argument("--data-dir", type=Path, default=data.default_data_dir())
     p.add_argument("--source", type=Path, default=None, help="a local copy instead of downloading")

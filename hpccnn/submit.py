@@ -12,9 +12,8 @@ with ``python -m hpccnn.submit --collect GRID_FOLDER``.
 (for pdb). Both wait for the grid.
 """
 
-import argparse
+import dataclasses
 import datetime
-import json
 import os
 import shlex
 import sys
@@ -22,8 +21,10 @@ import time
 from pathlib import Path
 
 from hpccnn import grids, slurm
-from hpccnn.errors import UserError, cli
-from hpccnn.experiments import SETTABLE, parse_value
+from hpccnn.errors import Parser, UserError, cli
+from hpccnn.experiments import add_setting_options
+from hpccnn.experiments import overrides as experiment_overrides
+from hpccnn.results import read_json
 
 RESOURCES = {  # flag: (default, help). Defaults fit the seeds' CPU nodes: 8 cores, 56 GB.
     "partition": (None, "SLURM partition (default: the cluster's default)"),
@@ -38,13 +39,8 @@ RESOURCES = {  # flag: (default, help). Defaults fit the seeds' CPU nodes: 8 cor
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see python -m hpccnn.submit --help)")
-
-
 def build_parser():
-    p = _Parser(prog="python -m hpccnn.submit", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = Parser(prog="python -m hpccnn.submit", description=__doc__.split("\n\n")[0])
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--grid", help=f"a named grid: {', '.join(grids.GRIDS)}")
     what.add_argument("--experiment", help="one experiment (see python -m hpccnn.train --list)")
@@ -63,9 +59,7 @@ def build_parser():
     for name, (default, text) in RESOURCES.items():
         res.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default,
                          type=str if name in ("partition", "account") else int, help=f"{text} [{default}]")
-    group = p.add_argument_group("experiment settings, applied to every point")
-    for name, field in SETTABLE.items():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar=field.type.__name__.upper())
+    add_setting_options(p.add_argument_group("experiment settings, applied to every point"))
     return p
 
 
@@ -164,11 +158,11 @@ class Collect:
 
 def plan(args):
     """(name, experiment name, axes, [(label, settings, Experiment)]): everything validated, nothing written."""
-    overrides = {k: parse_value(k, getattr(args, k)) for k in SETTABLE if getattr(args, k) is not None}
+    overrides = experiment_overrides(args)
     sweep = grids.parse_sweep(args.sweep)
     if args.grid:
         base = grids.get_grid(args.grid)
-        grid = grids.Grid(base.name, base.experiment, {**base.axes, **sweep}, base.fixed, base.description)
+        grid = dataclasses.replace(base, axes={**base.axes, **sweep})
     else:
         from hpccnn.experiments import get_experiment
 
@@ -351,16 +345,9 @@ def _count(values):
     return counts
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def point_row(point: dict, state: str | None) -> dict:
     """One grid.csv row: the point's settings, its metrics, and a status SLURM and metrics.json agree on."""
-    metrics = _read_json(Path(point["run_dir"]) / "metrics.json") or {}
+    metrics = read_json(Path(point["run_dir"]) / "metrics.json") or {}
     status, reason = metrics.get("status"), metrics.get("reason", "")
     log = point.get("log") or _slurm_log(point)
     if state is not None and state not in slurm.ACTIVE and state not in ("COMPLETED", "UNKNOWN"):
@@ -414,7 +401,7 @@ def collect(folder: Path) -> list:
 
     from hpccnn.results import RunWriter
 
-    record = _read_json(folder / "grid.json")
+    record = read_json(folder / "grid.json")
     if record is None:
         raise UserError(f"{folder} has no readable grid.json: not a grid folder made by python -m hpccnn.submit")
     states = {}

@@ -18,21 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from hpccnn import data, dist
-from hpccnn.errors import UserError, cli
-from hpccnn.experiments import EXPERIMENTS, SETTABLE, get_experiment, parse_value, with_overrides
+from hpccnn.errors import Parser, UserError, cli
+from hpccnn.experiments import EXPERIMENTS, add_setting_options, get_experiment, overrides, with_overrides
 from hpccnn.models import get_model
 
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adadelta": "Adadelta", "rmsprop": "RMSprop"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see python -m hpccnn.train --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m hpccnn.train", description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m hpccnn.train", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--experiment", default="digits_cnn", help="a named experiment (see --list)")
     p.add_argument("--list", action="store_true", help="print the experiments and exit")
     p.add_argument("--data-dir", default=None, help="staged data cache (default $HPCCNN_DATA or ~/.cache/hpccnn/data)")
@@ -42,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-save-model", action="store_true", help="skip writing model.h5")
     p.add_argument("--resume", metavar="RUN_FOLDER", default=None,
                    help="continue a run from its last finished epoch (its own settings; --epochs may grow)")
-    group = p.add_argument_group("experiment settings (override the experiment's defaults)")
-    for name, field in SETTABLE.items():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar=field.type.__name__.upper())
+    add_setting_options(p.add_argument_group("experiment settings (override the experiment's defaults)"))
     return p
 
 
@@ -62,18 +55,53 @@ def make_optimizer(name: str, learning_rate: float):
     return getattr(tf.keras.optimizers.legacy, OPTIMIZERS[name])(learning_rate=learning_rate)
 
 
+def speed_settings(exp, gpus: int) -> dict:
+    """What exp's speed settings come to on a node with this many GPUs: "auto" is on with a GPU,
+    off on CPUs (there both XLA and float16 were measured slower: python -m hpccnn.bench --variants)."""
+    def on(value):
+        return value == "on" or (value == "auto" and gpus > 0)
+
+    return {"device": "GPU" if gpus else "CPU", "xla": on(exp.xla), "mixed_precision": on(exp.mixed_precision),
+            "steps_per_execution": exp.steps_per_execution, "fp16_allreduce": exp.fp16_allreduce}
+
+
+XLA_FLAGS = {"on": ("--tf_xla_auto_jit=2", "--tf_xla_cpu_global_jit"), "auto": ("--tf_xla_auto_jit=2",), "off": ()}
+
+
+def use_xla(setting: str, environ=os.environ) -> None:
+    """XLA auto-clustering, set up before TensorFlow starts (it reads TF_XLA_FLAGS once, on import).
+
+    TensorFlow then compiles the parts of each step XLA supports and runs the rest (Horovod's
+    allreduce has no XLA kernel on CPUs) as usual; Keras' jit_compile=True would compile the
+    whole step and fails on HorovodAllreduce. "auto" clusters GPU operations only: CPU
+    clustering needs --tf_xla_cpu_global_jit, which only "on" adds.
+    """
+    if setting != "off" and "tensorflow" in sys.modules:
+        print(f"hpccnn: --xla {setting} has no effect in a process that has already started TensorFlow",
+              file=sys.stderr, flush=True)
+    flags = environ.get("TF_XLA_FLAGS", "").split()
+    environ["TF_XLA_FLAGS"] = " ".join([*flags, *(f for f in XLA_FLAGS[setting] if f not in flags)])
+
+
 def compile_model(exp, world, input_shape, classes):
-    """The seed's model and optimizer, wrapped by Horovod; the learning rate scaled if asked."""
+    """The seed's model and optimizer, wrapped by Horovod; the learning rate scaled if asked.
+
+    Returns (model, spec, learning rate, speed settings as applied)."""
     import tensorflow as tf
 
     hvd = dist.hvd()
+    fast = speed_settings(exp, len(tf.config.get_visible_devices("GPU")))
+    tf.keras.mixed_precision.set_global_policy("mixed_float16" if fast["mixed_precision"] else "float32")
     spec = get_model(exp.model)
     model = spec(input_shape, classes, activation=exp.activation)
     lr = exp.learning_rate * (world.size if exp.scale_lr else 1)
-    optimizer = hvd.DistributedOptimizer(make_optimizer(exp.optimizer, lr))  # allreduce-averages gradients
+    compression = hvd.Compression.fp16 if exp.fp16_allreduce else hvd.Compression.none
+    # allreduce-averages gradients; Keras adds loss scaling on top under mixed precision
+    optimizer = hvd.DistributedOptimizer(make_optimizer(exp.optimizer, lr), compression=compression)
     model.compile(optimizer=optimizer, metrics=["accuracy"],
+                  steps_per_execution=exp.steps_per_execution,
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
-    return model, spec, lr
+    return model, spec, lr, fast
 
 
 def fit_image_size(exp, splits, world):
@@ -85,7 +113,7 @@ def fit_image_size(exp, splits, world):
     import dataclasses
 
     spec = get_model(exp.model)
-    if exp.image_size or spec.fits(splits.shape[0], splits.shape[2], len(splits.classes)):
+    if exp.image_size or spec.output_side(splits.shape[0]) > 0:
         return exp
     if world.is_main:
         print(f"hpccnn: {exp.dataset}'s {splits.shape[0]}x{splits.shape[1]} images are too small for {exp.model}; "
@@ -165,8 +193,8 @@ def restore(model, checkpoint: str, state: dict):
     model.load_weights(str(Path(checkpoint) / "weights.h5"))
     with np.load(Path(checkpoint) / "optimizer.npz") as saved:
         weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    optimizer = model.optimizer
-    optimizer._create_all_weights(model.trainable_variables)  # slots exist only after the first step otherwise
+    optimizer = model.optimizer  # under mixed precision, a LossScaleOptimizer around Horovod's
+    getattr(optimizer, "inner_optimizer", optimizer)._create_all_weights(model.trainable_variables)  # slots exist only after the first step otherwise
     optimizer.set_weights(weights)
     tf.keras.backend.set_value(optimizer.learning_rate, state["learning_rate"])
 
@@ -184,7 +212,7 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
                                   restore_callback_state)
 
     hvd = dist.hvd()
-    stopper = StopOnSignal(1).install()  # noted from now on; acted on once training runs
+    stopper = StopOnSignal().install()  # noted from now on; acted on once training runs
     tf.keras.utils.set_random_seed(exp.seed)
     tf.keras.backend.experimental.enable_tf_random_generator()  # dropout reseedable per epoch
     decision = None
@@ -210,7 +238,7 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
     val_ds = data.pipeline(data.shard(splits.x_val, world.rank, world.size),
                            data.shard(splits.y_val, world.rank, world.size), batch, splits.scale, exp.image_size)
     side = exp.image_size or splits.shape[0]
-    model, spec, lr = compile_model(exp, world, (side, side, splits.shape[2]), len(splits.classes))
+    model, spec, lr, fast = compile_model(exp, world, (side, side, splits.shape[2]), len(splits.classes))
     if checkpoint:
         restore(model, checkpoint, state)
 
@@ -225,7 +253,7 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
         else:
             writer = RunWriter.create(results_dir, exp.name, world, run_dir)
             try:
-                writer.start(exp, world, hosts, list(argv), data.resolve_data_dir(data_dir))
+                writer.start(exp, world, hosts, list(argv), data.resolve_data_dir(data_dir), fast)
             except BaseException as err:
                 writer.status("failed", reason=f"{type(err).__name__}: {err}")
                 raise
@@ -234,7 +262,6 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
               f"{steps} steps per epoch; results in {writer.folder}"
               + (f"; resuming after epoch {first_epoch}" if decision else ""), flush=True)
 
-    stopper.steps, stopper.every = steps, max(1, min(20, steps // 4))
     callbacks = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # every rank starts from rank 0's weights
         hvd.callbacks.MetricAverageCallback(),  # metrics averaged over ranks before anyone reads them
@@ -276,7 +303,7 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
         if save_model:
             writer.model("model.h5", model)
         writer.status("completed", test_accuracy=accuracy, test_loss=loss, test_images=int(len(y_pred)),
-                      wall_seconds=round(writer.metrics.get("wall_seconds_before", 0) + time.time() - started, 3),
+                      wall_seconds=writer.wall_seconds(started),
                       world_size=world.size)
         print(f"hpccnn: test accuracy {accuracy:.4f} (loss {loss:.4f}) on {len(y_pred)} test images", flush=True)
         print(f"hpccnn: results in {writer.folder}", flush=True)
@@ -285,8 +312,7 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
         raise
     except BaseException as err:
         if writer is not None:
-            writer.status("failed", reason=f"{type(err).__name__}: {err}",
-                          wall_seconds=round(time.time() - started, 3))
+            writer.status("failed", reason=f"{type(err).__name__}: {err}", wall_seconds=writer.wall_seconds(started))
         raise
     finally:
         stopper.uninstall()
@@ -304,7 +330,7 @@ def stopped(stopper, writer, started) -> Interrupted:
     if writer is not None:
         last = writer.metrics.get("last_epoch", 0)
         writer.status("interrupted", reason=f"stopped by {name}", last_epoch=last, requeued=requeue,
-                      wall_seconds=round(writer.metrics.get("wall_seconds_before", 0) + time.time() - started, 3))
+                      wall_seconds=writer.wall_seconds(started))
         if requeue:  # SLURM stops every rank now; the requeued job finds this folder and resumes it
             import subprocess
 
@@ -322,10 +348,10 @@ def stopped(stopper, writer, started) -> Interrupted:
 def parse(argv):
     """(options, Experiment) from hpccnn.train's command line; a UserError if anything is wrong."""
     args = build_parser().parse_args(argv)
-    overrides = {k: parse_value(k, getattr(args, k)) for k in SETTABLE if getattr(args, k) is not None}
+    changes = overrides(args)
     if args.resume is not None:
-        return args, resumed_experiment(args, overrides)
-    exp = with_overrides(get_experiment(args.experiment), overrides)
+        return args, resumed_experiment(args, changes)
+    exp = with_overrides(get_experiment(args.experiment), changes)
     if args.run_dir is not None:
         check_run_dir(args.run_dir)
     check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.results_dir), "--results-dir")
@@ -351,9 +377,7 @@ def resumed_experiment(args, overrides):
     """The experiment a run folder was started with (only --epochs may change, to train longer)."""
     from hpccnn.experiments import Experiment
 
-    folder = Path(args.resume)
-    if ".." in folder.parts:
-        raise UserError(f"--resume {args.resume!r} contains '..'; give the run folder's path without it")
+    folder = folder_option("--resume", args.resume)
     try:
         config = json.loads((folder / "config.json").read_text())
         json.loads((folder / "metrics.json").read_text())
@@ -368,10 +392,16 @@ def resumed_experiment(args, overrides):
     return with_overrides(exp, overrides)
 
 
-def check_run_dir(run_dir) -> None:
-    path = Path(run_dir)
+def folder_option(option: str, value: str) -> Path:
+    """A run folder given on the command line, refused if it climbs out with '..'."""
+    path = Path(value)
     if ".." in path.parts:
-        raise UserError(f"--run-dir {run_dir!r} contains '..'; give the run folder's path without it")
+        raise UserError(f"{option} {value!r} contains '..'; give the run folder's path without it")
+    return path
+
+
+def check_run_dir(run_dir) -> None:
+    path = folder_option("--run-dir", run_dir)
     if path.exists() and restart_count() == 0:  # a requeued job resumes its own folder
         raise UserError(f"--run-dir {run_dir} already exists; hpccnn never writes into an existing run folder "
                         f"(to continue that run: --resume {run_dir})")
@@ -380,6 +410,7 @@ def check_run_dir(run_dir) -> None:
 def train(argv):
     """Everything python -m hpccnn.train does, in this process: (run folder or None off rank 0, accuracy)."""
     args, exp = parse(argv)
+    use_xla(exp.xla)
     world = dist.init()
     return run(exp, world, args.data_dir, args.results_dir, ["-m", "hpccnn.train", *argv],
                not args.no_save_model, args.run_dir, args.resume)

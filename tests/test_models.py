@@ -59,3 +59,21 @@ def test_activation_reaches_every_hidden_layer():
 def test_unknown_model_names_the_valid_ones():
     with pytest.raises(UserError, match="cnn_v3"):
         get_model("resnet50")
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n != "alexnet227_extra_dense"])  # same convs as alexnet227
+def test_output_side_arithmetic_agrees_with_keras(name):
+    """hpccnn resizes images a model can't take (cnn_v3 on 8x8 digits) by arithmetic, without building
+    the model; the arithmetic must say 0 exactly where Keras can't build it, and the side where it can."""
+    import tensorflow as tf
+
+    spec = MODELS[name]
+    for side in (5, 8, 10, 14, 28, 32, 36, 64, 69, 100):
+        expected = spec.output_side(side)
+        try:
+            model = spec((side, side, 1), 10)
+        except ValueError:  # "Negative dimension size"
+            assert expected == 0, (name, side)
+            continue
+        flatten = next(layer for layer in model.layers if isinstance(layer, tf.keras.layers.Flatten))
+        assert flatten.input_shape[1] == expected > 0, (name, side)

@@ -5,6 +5,7 @@ import itertools
 import os
 import re
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,8 @@ def test_cifar_hparams_grid_runs_every_point_as_a_two_rank_array_task(digits_gri
         config = read_json(run / "config.json")
         assert (config["activation"], str(config["batch_size"]), config["optimizer"]) == expected[index]
         assert config["epochs"] == 1 and config["dataset"] == "digits" and config["model"] == "cnn_v3"
+        # seed 001 compiled with optimizer="sgd"/"adam": Keras' default learning rate for each
+        assert config["learning_rate"] == {"sgd": 0.01, "adam": 0.001}[config["optimizer"]]
         # the dry run showed the very command each array task ran (its folder's time aside)
         task, label, command = planned[index]
         assert int(task) == index and label == point["label"]
@@ -141,6 +144,24 @@ def test_dry_run_shows_the_sbatch_resources(tmp_path):
     assert all("--experiment cifar_alexnet227" in c for c in commands)
     assert "12.0 rank-hours at most" in out  # 3 points x 2 ranks x 2 h
     assert not results.exists()
+
+
+def test_cifar_hparams_learning_rate_follows_the_optimizer_unless_swept(tmp_path):
+    from hpccnn.grids import get_grid
+    from hpccnn.submit import build_parser, plan
+
+    points = get_grid("cifar_hparams").points()
+    assert {(p["optimizer"], p["learning_rate"]) for p in points} == {("sgd", 0.01), ("adam", 0.001)}
+    grid, resolved = plan(build_parser().parse_args(["--grid", "cifar_hparams", "--sweep", "learning-rate=0.1,0.2"]))
+    assert len(resolved) == 24 and {exp.learning_rate for _, _, exp in resolved} == {0.1, 0.2}
+
+
+def test_dry_run_piped_into_head_ends_quietly(tmp_path):
+    seeds = ",".join(map(str, range(1500)))  # far more output than a pipe holds, so writing does hit the closed pipe
+    proc = subprocess.run(f"{sys.executable} -m hpccnn.submit --experiment digits_cnn --sweep seed={seeds} "
+                          f"--dry-run | head -1", shell=True, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.stdout.startswith("hpccnn: digits_cnn: 1500 point(s)")
+    assert proc.stderr == ""  # no BrokenPipeError traceback once head has stopped reading
 
 
 @pytest.mark.parametrize("args, message", [

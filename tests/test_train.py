@@ -126,6 +126,20 @@ def test_seed_experiments_train_on_small_files_in_the_real_formats(data_dir, tmp
     assert len(pd.read_csv(folder / "predictions.csv")) == expected_test
 
 
+def test_synthetic_data_trains_end_to_end_at_chance_level(tmp_path):
+    """--dataset synthetic: random 32x32x3 images and labels, for trying a model with no data staged."""
+    proc = run_module("hpccnn.train", "--experiment", "cifar_cnn_v3", "--dataset", "synthetic", "--epochs", "1",
+                      "--data-dir", tmp_path / "no-cache", "--results-dir", tmp_path / "results", "--no-save-model")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(tmp_path / "results")
+    metrics, config = read_json(folder / "metrics.json"), read_json(folder / "config.json")
+    assert metrics["status"] == "completed" and config["dataset"] == "synthetic"
+    predictions = pd.read_csv(folder / "predictions.csv")
+    assert len(predictions) == 410  # 20% of the 2,048 generated images
+    assert metrics["test_accuracy"] < 0.25  # random labels: nothing to learn, ten classes
+    assert not (tmp_path / "no-cache").exists()  # generated, never staged or cached
+
+
 def test_list_shows_the_experiments():
     proc = run_module("hpccnn.train", "--list")
     assert proc.returncode == 0

@@ -1,0 +1,99 @@
+"""The speed settings (XLA, mixed precision, steps per execution, fp16 allreduce): each one is
+applied for real where this machine can run it. Whether they pay is the benchmark's business:
+python -m hpccnn.bench --variants measures them (README, Performance)."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+
+from conftest import ROOT, read_json, run_folders, run_module
+from hpccnn.launch import horovodrun_command, horovodrun_prefix, mpi_env
+from hpccnn.train import XLA_FLAGS, speed_settings, use_xla
+from hpccnn.experiments import get_experiment, with_overrides
+
+
+def test_auto_turns_xla_and_mixed_precision_on_with_a_gpu_and_off_on_cpus():
+    # This machine has no GPU, so the GPU count is passed in: the only stand-in in this file.
+    exp = get_experiment("cifar_alexnet227")
+    assert speed_settings(exp, gpus=0) == {"device": "CPU", "xla": False, "mixed_precision": False,
+                                           "steps_per_execution": 1, "fp16_allreduce": False}
+    on_gpu = speed_settings(exp, gpus=1)
+    assert on_gpu["device"] == "GPU" and on_gpu["xla"] and on_gpu["mixed_precision"]
+    forced = with_overrides(exp, dict(xla="off", mixed_precision="on"))
+    assert not speed_settings(forced, gpus=4)["xla"] and speed_settings(forced, gpus=0)["mixed_precision"]
+
+
+def test_xla_flags_are_added_once_and_keep_the_users_own():
+    env = {"TF_XLA_FLAGS": "--tf_xla_enable_lazy_compilation=false"}
+    use_xla("on", env)
+    use_xla("on", env)
+    assert env["TF_XLA_FLAGS"].split() == ["--tf_xla_enable_lazy_compilation=false", *XLA_FLAGS["on"]]
+    auto = {}
+    use_xla("auto", auto)
+    assert auto["TF_XLA_FLAGS"] == "--tf_xla_auto_jit=2"  # GPU clusters only: CPU needs tf_xla_cpu_global_jit
+    off = {}
+    use_xla("off", off)
+    assert off["TF_XLA_FLAGS"] == ""
+
+
+def test_xla_steps_per_execution_and_fp16_allreduce_train_under_two_ranks(tmp_path):
+    dumps = {setting: tmp_path / f"xla-{setting}" for setting in ("on", "auto")}
+    procs = {}
+    for setting, dump in dumps.items():
+        args = ["--experiment", "digits_cnn", "--epochs", "3", "--results-dir", str(tmp_path / setting),
+                "--xla", setting, "--steps-per-execution", "4", "--fp16-allreduce", "true", "--no-save-model"]
+        env = mpi_env({**os.environ, "XLA_FLAGS": f"--xla_dump_to={dump}"})
+        procs[setting] = subprocess.run(horovodrun_command(2, args), capture_output=True, text=True, env=env,
+                                        cwd=ROOT, timeout=900)
+    for setting, proc in procs.items():
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        (folder,) = run_folders(tmp_path / setting)
+        metrics, prov = read_json(folder / "metrics.json"), read_json(folder / "provenance.json")
+        assert metrics["status"] == "completed" and metrics["world_size"] == 2
+        assert metrics["test_accuracy"] > 0.8  # 3 epochs of digits, as without these settings
+        assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [1, 2, 3]
+        assert prov["speed"] == {"device": "CPU", "xla": setting == "on", "mixed_precision": False,
+                                 "steps_per_execution": 4, "fp16_allreduce": True}
+    # XLA compiled parts of the step on the CPU only when asked ("auto" leaves CPUs alone)
+    assert any(dumps["on"].glob("*.txt")) and not dumps["auto"].exists()
+
+
+def test_mixed_precision_computes_in_float16_keeps_float32_outputs_and_resumes(tmp_path):
+    import tensorflow as tf
+
+    proc = run_module("hpccnn.train", "--experiment", "digits_cnn", "--epochs", "2", "--mixed-precision", "on",
+                      "--results-dir", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(tmp_path)
+    assert read_json(folder / "provenance.json")["speed"]["mixed_precision"] is True
+    model = tf.keras.models.load_model(folder / "model.h5")
+    assert model.layers[0].dtype_policy.name == "mixed_float16"
+    assert model.layers[-1].dtype_policy.name == "float32"  # softmax in float32: float16 overflows
+    assert np.isfinite(read_json(folder / "metrics.json")["test_loss"])
+    again = run_module("hpccnn.train", "--resume", folder, "--epochs", "3")  # loss-scaled optimizer restored
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [1, 2, 3]
+    assert read_json(folder / "metrics.json")["test_accuracy"] > 0.5
+
+
+def test_fp16_allreduce_sends_float16_gradients(tmp_path):
+    """One step on 2 ranks: with fp16 compression the update differs from float32's by float16
+    rounding (about 1e-4 of its size); without it, by float32 rounding only."""
+    def step(path, *settings, ranks=2):
+        prefix = horovodrun_prefix(ranks) if ranks > 1 else []
+        proc = subprocess.run([*prefix, sys.executable, "tests/one_step.py", str(path), *settings],
+                              capture_output=True, text=True, env=mpi_env(), cwd=ROOT, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        saved = np.load(path)
+        n = len(saved.files) // 2
+        return np.concatenate([(saved[f"arr_{i}"] - saved[f"arr_{i + n}"]).ravel() for i in range(n)])
+
+    whole = step(tmp_path / "one.npz", ranks=1)
+    plain = step(tmp_path / "fp32.npz")
+    half = step(tmp_path / "fp16.npz", "fp16_allreduce=true")
+    size = np.abs(whole).max()
+    assert np.abs(plain - whole).max() / size < 1e-5
+    assert 1e-5 < np.abs(half - whole).max() / size < 3e-3
