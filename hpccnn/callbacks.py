@@ -97,8 +97,11 @@ class StopOnSignal(tf.keras.callbacks.Callback):
         self.every = self.every or max(1, min(20, self.steps // 4))
 
     def on_train_batch_end(self, batch, logs=None):
-        if (batch + 1) % self.every and batch + 1 != self.steps:
+        # at least `every` steps since the last check (Keras calls this once per execution, which
+        # is several steps with steps_per_execution > 1), and always at the end of an epoch
+        if batch + 1 - self._checked < self.every and batch + 1 != self.steps:
             return
+        self._checked = batch + 1
         agreed = self._agree()
         if agreed:
             self.signal = agreed
@@ -107,7 +110,7 @@ class StopOnSignal(tf.keras.callbacks.Callback):
                 self.partial_epoch = self._epoch
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
+        self._epoch, self._checked = epoch, 0
 
     def finished(self, epoch) -> bool:
         return epoch != self.partial_epoch

@@ -169,6 +169,38 @@ def test_sigterm_stops_after_a_finished_epoch_and_says_how_to_resume(tmp_path):
     assert read_json(folder / "checkpoint" / "latest.json")["epoch"] == state["last_epoch"]
 
 
+@pytest.mark.parametrize("steps_per_execution", [1, 4])
+def test_a_stop_signal_is_acted_on_within_one_check_whatever_the_steps_per_execution(steps_per_execution):
+    """Keras calls batch-end callbacks once per execution; the stop check must still come round."""
+    import os
+
+    import numpy as np
+    import tensorflow as tf
+
+    from hpccnn import dist
+    from hpccnn.callbacks import StopOnSignal
+
+    dist.init()
+    model = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+    model.compile("sgd", "mse", steps_per_execution=steps_per_execution)
+    ends = []
+
+    class SignalAtStep4(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            ends.append(batch + 1)
+            if batch + 1 == 4:
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+    stopper = StopOnSignal(every=5).install()
+    try:
+        model.fit(np.zeros((64, 4)), np.zeros((64, 2)), batch_size=2, epochs=3, verbose=0,
+                  callbacks=[SignalAtStep4(), stopper])
+    finally:
+        stopper.uninstall()
+    assert stopper.signal == signal.SIGUSR2 and stopper.partial_epoch == 0 and not stopper.finished(0)
+    assert ends[-1] <= 8  # within one check of step 4, not at a multiple of 5 steps or the epoch's end (32)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--resume", "nowhere"], "not a run folder made by hpccnn.train"),
     (["--resume", "a/../b"], "contains '..'"),
