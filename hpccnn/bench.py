@@ -22,13 +22,14 @@ from pathlib import Path
 
 from hpccnn.errors import Parser, UserError, cli
 
-# model: (input side, channels, default batch) as in the seeds
+# model: (input side, channels, default batch as in the seeds, timed steps: 5-20 s of training here;
+# fewer make a measurement of the small CNNs last under a second, and their ratios mostly noise)
 MODELS = {
-    "cnn_v3": (32, 3, 32),
-    "mnist_cnn": (28, 1, 128),
-    "alexnet64": (64, 3, 32),
-    "alexnet_galaxy10": (69, 3, 32),
-    "alexnet227": (227, 3, 16),  # the seed's batch is 64; 16 keeps the benchmark to minutes
+    "cnn_v3": (32, 3, 32, 200),
+    "mnist_cnn": (28, 1, 128, 40),
+    "alexnet64": (64, 3, 32, 40),
+    "alexnet_galaxy10": (69, 3, 32, 32),
+    "alexnet227": (227, 3, 16, 12),  # the seed's batch is 64; 16 keeps the benchmark to minutes
 }
 
 
@@ -92,7 +93,7 @@ def worker(args):
     import numpy as np
     import tensorflow as tf
 
-    side, channels, _ = MODELS[args.model]
+    side, channels = MODELS[args.model][:2]
     batch, steps, warmup = args.batch, args.steps, args.warmup
     total = warmup + steps
     if args.kind == "keras":
@@ -178,10 +179,12 @@ def measure(kind, model, ranks, batch, steps, warmup, settings=None, env=None) -
 # What --variants tries, each against hpccnn's defaults on the same rank count, measured back to back:
 # name: (ranks, hpccnn.train settings, environment variables)
 VARIANTS = {
+    "none (A/A)": (1, {}, {}),  # the defaults against themselves: how far noise alone moves a ratio
     "xla": (1, {"xla": "on"}, {}),
     "mixed precision": (1, {"mixed_precision": "on"}, {}),
     "steps_per_execution 8": (1, {"steps_per_execution": 8}, {}),
     "oneDNN off": (1, {}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "none (A/A), 2 ranks": (2, {}, {}),
     "fp16 allreduce": (2, {"fp16_allreduce": "true"}, {}),
     "Horovod cycle 10 ms": (2, {}, {"HOROVOD_CYCLE_TIME": "10"}),
     "Horovod fusion 256 MB": (2, {}, {"HOROVOD_FUSION_THRESHOLD": str(256 * 2 ** 20)}),
@@ -189,24 +192,33 @@ VARIANTS = {
 }
 
 
-def run_variants(models, variants, steps, warmup, batch_override, out_dir: Path, repeats=2, log=print):
-    """Each variant against the defaults on the same ranks, alternating (default, variant) repeats times;
-    the ratio is the median of the per-pair ratios, so slow drift of a shared machine cancels."""
+def _try(model, ranks, batch, steps, warmup, settings, env, name, log):
+    """A variant's images/s, or None (said in the log) if it does not run."""
+    try:
+        return measure("hpccnn", model, ranks, batch, steps, warmup, settings, env)["images_per_second"]
+    except RuntimeError as err:
+        log(f"{model:17} {name:22} failed: {str(err).strip().splitlines()[-1][:200]}")
+        return None
+
+
+def run_variants(models, variants, steps_override, warmup, batch_override, out_dir: Path, repeats=2, log=print):
+    """Each variant against the defaults on the same ranks, in pairs whose order alternates (default
+    first, then variant first), so neither a slow drift of a shared machine nor a bias for the first
+    or second process of a pair favours either side; the ratio is the median of the pairs' ratios."""
     import statistics
 
     rows = []
     for model in models:
-        batch = batch_override or MODELS[model][2]
+        batch, steps = batch_override or MODELS[model][2], steps_override or MODELS[model][3]
         for name in variants:
             ranks, settings, env = VARIANTS[name]
             pairs = []
-            for _ in range(repeats):
+            for repeat in range(repeats):
+                if repeat % 2:
+                    tried = _try(model, ranks, batch, steps, warmup, settings, env, name, log)
                 base = measure("hpccnn", model, ranks, batch, steps, warmup)["images_per_second"]
-                try:
-                    tried = measure("hpccnn", model, ranks, batch, steps, warmup, settings, env)["images_per_second"]
-                except RuntimeError as err:
-                    log(f"{model:17} {name:22} failed: {str(err).strip().splitlines()[-1][:200]}")
-                    tried = None
+                if not repeat % 2:
+                    tried = _try(model, ranks, batch, steps, warmup, settings, env, name, log)
                 pairs.append((base, tried))
                 if tried is None:
                     break
@@ -219,58 +231,68 @@ def run_variants(models, variants, steps, warmup, batch_override, out_dir: Path,
             log(f"{model:17} {name:22} {ranks} rank(s)  default {rows[-1]['default_images_per_second']:8.1f} img/s  "
                 + ("failed" if ratio is None else f"variant {rows[-1]['variant_images_per_second']:8.1f} img/s  "
                                                   f"x{ratio:.2f}"))
-    out_dir.mkdir(parents=True, exist_ok=False)
-    with open(out_dir / "variants.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     md = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} cores: each variant against "
-          f"hpccnn's defaults on the same ranks, {repeats} alternating pairs, median ratio.\n\n"
+          f"hpccnn's defaults on the same ranks, {repeats} pairs in alternating order, median ratio.\n\n"
           "| model | batch | ranks | variant | default images/s | variant images/s | variant / default |\n"
           "|---|---|---|---|---|---|---|\n" + "".join(
               f"| {r['model']} | {r['batch']} | {r['ranks']} | {r['variant']} | {r['default_images_per_second']:,.1f} | "
               + ("failed | |" if r["ratio"] is None else f"{r['variant_images_per_second']:,.1f} | {r['ratio']:.2f}× |")
               + "\n" for r in rows))
-    (out_dir / "variants.md").write_text(md)
+    write(out_dir, "variants", rows, md)
     return rows, md
 
 
-def run(models, ranks, steps, warmup, batch_override, out_dir: Path, log=print):
+def run(models, ranks, steps_override, warmup, batch_override, out_dir: Path, repeats=1, log=print):
+    """Plain Keras, hpccnn on 1 rank and on each of ranks, per model, repeats rounds whose order
+    alternates; images/s are the rounds' medians and each ratio the median of the rounds' ratios."""
+    import statistics
+
     peak = matmul_peak()
     log(f"matmul peak (4096x4096 float32, all {os.cpu_count()} cores): {peak:.1f} GFLOP/s")
     rows = []
     for model in models:
-        batch = batch_override or MODELS[model][2]
-        keras = measure("keras", model, 1, batch, steps, warmup)
-        results = {1: measure("hpccnn", model, 1, batch, steps, warmup)}
-        for n in ranks:
-            if n != 1:
-                results[n] = measure("hpccnn", model, n, batch, steps, warmup)
-        flops = 3 * 2 * keras["forward_macs"]
-        for n, result in [(0, keras), *sorted(results.items())]:
-            ips = result["images_per_second"]
+        batch, steps = batch_override or MODELS[model][2], steps_override or MODELS[model][3]
+        runners = [0, *sorted(set(ranks) | {1})]  # 0: plain Keras
+        rounds = []
+        for repeat in range(repeats):
+            order = runners if repeat % 2 == 0 else runners[::-1]
+            rounds.append({n: measure("keras" if n == 0 else "hpccnn", model, max(n, 1), batch, steps, warmup)
+                           for n in order})
+        flops = 3 * 2 * rounds[0][0]["forward_macs"]
+
+        def median(n, key="images_per_second", over=None):
+            return statistics.median(r[n][key] / (r[over][key] if over is not None else 1) for r in rounds)
+
+        for n in runners:
+            ips = median(n)
             rows.append({
                 "model": model, "side": MODELS[model][0], "batch": batch,
                 "runner": "plain keras" if n == 0 else f"hpccnn {n} rank{'s' if n > 1 else ''}",
                 "ranks": max(n, 1), "images_per_second": round(ips, 1),
-                "vs_keras": round(ips / keras["images_per_second"], 3),
-                "vs_1_rank": round(ips / results[1]["images_per_second"], 3) if n else None,
+                "vs_keras": round(median(n, over=0), 3),
+                "vs_1_rank": round(median(n, over=1), 3) if n else None,
                 "train_gflop_per_image": round(flops / 1e9, 4),
-                "gradient_mb": round(keras["params"] * 4 / 1e6, 2),
+                "gradient_mb": round(rounds[0][0]["params"] * 4 / 1e6, 2),
                 "step_seconds": round(batch / ips, 4),
                 "mfu": round(ips * flops / 1e9 / peak, 3),
-                "first_step_seconds": round(result["first_step_seconds"], 1),
-                "peak_rss_mb_per_rank": round(max(r["rss_mb"] for r in result["ranks"])),
+                "first_step_seconds": round(median(n, "first_step_seconds"), 1),
+                "peak_rss_mb_per_rank": round(max(x["rss_mb"] for r in rounds for x in r[n]["ranks"])),
+                "rounds": repeats,
             })
             log(format_row(rows[-1]))
+    md = markdown(rows, peak, repeats) + "\n" + scaling(rows)
+    write(out_dir, "bench", rows, md)
+    return rows, md
+
+
+def write(out_dir: Path, name: str, rows, md):
+    """name.csv and name.md in out_dir, a new folder (never an existing one)."""
     out_dir.mkdir(parents=True, exist_ok=False)
-    with open(out_dir / "bench.csv", "w", newline="") as f:
+    with open(out_dir / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    md = markdown(rows, peak) + "\n" + scaling(rows)
-    (out_dir / "bench.md").write_text(md)
-    return rows, md
+    (out_dir / f"{name}.md").write_text(md)
 
 
 def format_row(r) -> str:
@@ -279,15 +301,18 @@ def format_row(r) -> str:
             + f"  MFU {r['mfu']:.0%}  first step {r['first_step_seconds']:.1f} s  {r['peak_rss_mb_per_rank']} MB/rank")
 
 
-def markdown(rows, peak) -> str:
+def markdown(rows, peak, repeats=1) -> str:
     head = ("| model | input | batch | runner | images/s | vs plain Keras | vs 1 rank | MFU | launch to first step (s) "
             "| peak RSS per rank (MB) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
         f"| {r['model']} | {r['side']}×{r['side']} | {r['batch']} | {r['runner']} | {r['images_per_second']:,.1f} | "
         f"{r['vs_keras']:.2f}× | {'' if r['vs_1_rank'] is None else format(r['vs_1_rank'], '.2f') + '×'} | "
         f"{r['mfu']:.0%} | {r['first_step_seconds']:.1f} | {r['peak_rss_mb_per_rank']:,} |\n" for r in rows)
+    rounds = "" if repeats == 1 else (f" Each figure is the median of {repeats} rounds whose order alternates "
+                                      f"(ratios: median of the rounds' ratios).")
     return (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} cores; matmul peak "
-            f"{peak:.1f} GFLOP/s (4096² float32). MFU = images/s × 6 × forward MACs ÷ peak.\n\n" + head + body)
+            f"{peak:.1f} GFLOP/s (4096² float32). MFU = images/s × 6 × forward MACs ÷ peak.{rounds}\n\n"
+            + head + body)
 
 
 def allreduce_seconds(gradient_mb: float, nodes: int, gbit_per_s: float) -> float:
@@ -325,13 +350,15 @@ def main(argv=None):
     p.add_argument("--models", default="cnn_v3,mnist_cnn,alexnet64,alexnet_galaxy10,alexnet227",
                    help=f"comma-separated, from: {', '.join(MODELS)}")
     p.add_argument("--ranks", default="1,2", help="rank counts for hpccnn (horovodrun on this machine)")
-    p.add_argument("--steps", type=int, default=12, help="timed training steps per measurement")
-    p.add_argument("--warmup", type=int, default=4, help="steps run before timing (graph tracing, allocation)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="timed training steps per measurement (default: per model, 5-20 s of training on 2 cores)")
+    p.add_argument("--warmup", type=int, default=8, help="steps run before timing (graph tracing, allocation)")
     p.add_argument("--batch", type=int, default=0, help="global batch for every model (default: each seed's)")
     p.add_argument("--variants", default=None, metavar="NAMES",
                    help="instead of the comparison with Keras, measure these speed options against hpccnn's "
                         f"defaults (comma-separated, or 'all'): {', '.join(VARIANTS)}")
-    p.add_argument("--repeats", type=int, default=2, help="alternating (default, variant) pairs per variant")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="rounds per model, in alternating order (default 1; with --variants, 2 pairs)")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.csv and bench.md "
                                                           "(default results/bench-<date>-<time>)")
     p.add_argument("--worker", choices=("keras", "hpccnn"), help=argparse.SUPPRESS)
@@ -350,8 +377,8 @@ def main(argv=None):
         ranks = sorted({int(r) for r in args.ranks.split(",")})
     except ValueError:
         raise UserError(f"--ranks wants comma-separated integers, got {args.ranks!r}") from None
-    if args.steps <= 0 or args.warmup <= 0 or args.batch < 0 or min(ranks) < 1:
-        raise UserError("--steps and --warmup must be positive, --batch and --ranks not negative")
+    if args.steps < 0 or args.warmup <= 0 or args.batch < 0 or min(ranks) < 1 or (args.repeats or 1) < 1:
+        raise UserError("--warmup, --repeats and --ranks must be positive, --steps and --batch not negative")
     out = args.out or Path("results") / f"bench-{datetime.datetime.now():%Y-%m-%d-%H%M%S}"
     if out.exists():
         raise UserError(f"--out {out} already exists; hpccnn never overwrites results")
@@ -360,11 +387,11 @@ def main(argv=None):
         unknown = [v for v in names if v not in VARIANTS]
         if unknown:
             raise UserError(f"unknown variant {unknown[0]!r}; choose from: {', '.join(VARIANTS)} (or all)")
-        rows, md = run_variants(models, names, args.steps, args.warmup, args.batch, out, max(1, args.repeats))
+        rows, md = run_variants(models, names, args.steps, args.warmup, args.batch, out, args.repeats or 2)
         print("\n" + md)
         print(f"hpccnn: {out / 'variants.csv'}")
         return 0
-    rows, md = run(models, ranks, args.steps, args.warmup, args.batch, out)
+    rows, md = run(models, ranks, args.steps, args.warmup, args.batch, out, args.repeats or 1)
     print("\n" + md)
     print(f"hpccnn: {out / 'bench.csv'}")
     return 0

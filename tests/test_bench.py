@@ -7,8 +7,8 @@ from conftest import run_module
 
 def test_bench_writes_every_measure_for_each_runner(tmp_path):
     out = tmp_path / "bench"
-    proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--steps", "3", "--warmup", "2", "--out", out,
-                      timeout=900)
+    proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--steps", "3", "--warmup", "2", "--repeats", "2",
+                      "--out", out, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "bench.csv")))
     assert [r["runner"] for r in rows] == ["plain keras", "hpccnn 1 rank", "hpccnn 2 ranks"]
@@ -17,8 +17,26 @@ def test_bench_writes_every_measure_for_each_runner(tmp_path):
         assert float(r["first_step_seconds"]) > 0 and float(r["peak_rss_mb_per_rank"]) > 100
         assert float(r["train_gflop_per_image"]) == 0.0273  # 3 x 2 x 4.55 MMAC, cnn_v3 at 32x32
     assert rows[0]["vs_keras"] == "1.0" and rows[1]["vs_1_rank"] == "1.0"
+    assert all(r["rounds"] == "2" for r in rows)
     table = (out / "bench.md").read_text()
+    assert "median of 2 rounds" in table
     assert table.count("| cnn_v3 | 32×32 | 32 |") == 3 and "matmul peak" in table
     assert table.count("Gbit/s |") == 3  # scaling on paper: one row per link speed
     again = run_module("hpccnn.bench", "--models", "cnn_v3", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
+
+
+def test_variants_measure_speed_options_against_the_defaults(tmp_path):
+    out = tmp_path / "variants"
+    proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--variants", "none (A/A),steps_per_execution 8",
+                      "--steps", "8", "--warmup", "8", "--repeats", "2", "--out", out, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "variants.csv")))
+    assert [(r["variant"], r["ranks"], r["pairs"]) for r in rows] == [("none (A/A)", "1", "2"),
+                                                                      ("steps_per_execution 8", "1", "2")]
+    for r in rows:
+        assert float(r["default_images_per_second"]) > 0 and float(r["variant_images_per_second"]) > 0
+        assert 0.2 < float(r["ratio"]) < 5
+    assert "| cnn_v3 | 32 | 1 | none (A/A) |" in (out / "variants.md").read_text()
+    bad = run_module("hpccnn.bench", "--variants", "warp drive", "--out", tmp_path / "x")
+    assert bad.returncode == 2 and "unknown variant 'warp drive'" in bad.stderr and not (tmp_path / "x").exists()

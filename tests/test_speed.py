@@ -39,26 +39,27 @@ def test_xla_flags_are_added_once_and_keep_the_users_own():
     assert off["TF_XLA_FLAGS"] == ""
 
 
-def test_xla_steps_per_execution_and_fp16_allreduce_train_under_two_ranks(tmp_path):
-    dumps = {setting: tmp_path / f"xla-{setting}" for setting in ("on", "auto")}
+def test_xla_mixed_precision_steps_per_execution_and_fp16_allreduce_train_under_two_ranks(tmp_path):
+    runs = {"on": ["--xla", "on"], "auto": ["--xla", "auto", "--mixed-precision", "on"]}
     procs = {}
-    for setting, dump in dumps.items():
-        args = ["--experiment", "digits_cnn", "--epochs", "3", "--results-dir", str(tmp_path / setting),
-                "--xla", setting, "--steps-per-execution", "4", "--fp16-allreduce", "true", "--no-save-model"]
-        env = mpi_env({**os.environ, "XLA_FLAGS": f"--xla_dump_to={dump}"})
-        procs[setting] = subprocess.run(horovodrun_command(2, args), capture_output=True, text=True, env=env,
-                                        cwd=ROOT, timeout=900)
-    for setting, proc in procs.items():
+    for name, extra in runs.items():
+        args = ["--experiment", "digits_cnn", "--epochs", "3", "--results-dir", str(tmp_path / name), *extra,
+                "--steps-per-execution", "4", "--fp16-allreduce", "true", "--no-save-model"]
+        env = mpi_env({**os.environ, "XLA_FLAGS": f"--xla_dump_to={tmp_path / ('xla-' + name)}"})
+        procs[name] = subprocess.run(horovodrun_command(2, args), capture_output=True, text=True, env=env,
+                                     cwd=ROOT, timeout=900)
+    for name, proc in procs.items():
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        (folder,) = run_folders(tmp_path / setting)
+        (folder,) = run_folders(tmp_path / name)
         metrics, prov = read_json(folder / "metrics.json"), read_json(folder / "provenance.json")
         assert metrics["status"] == "completed" and metrics["world_size"] == 2
-        assert metrics["test_accuracy"] > 0.8  # 3 epochs of digits, as without these settings
+        # 3 epochs of digits learn (float16 compute learns a little slower at first)
+        assert metrics["test_accuracy"] > (0.8 if name == "on" else 0.5)
         assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [1, 2, 3]
-        assert prov["speed"] == {"device": "CPU", "xla": setting == "on", "mixed_precision": False,
+        assert prov["speed"] == {"device": "CPU", "xla": name == "on", "mixed_precision": name == "auto",
                                  "steps_per_execution": 4, "fp16_allreduce": True}
     # XLA compiled parts of the step on the CPU only when asked ("auto" leaves CPUs alone)
-    assert any(dumps["on"].glob("*.txt")) and not dumps["auto"].exists()
+    assert any((tmp_path / "xla-on").glob("*.txt")) and not (tmp_path / "xla-auto").exists()
 
 
 def test_mixed_precision_computes_in_float16_keeps_float32_outputs_and_resumes(tmp_path):
