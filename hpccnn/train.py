@@ -55,32 +55,41 @@ def make_optimizer(name: str, learning_rate: float):
     return getattr(tf.keras.optimizers.legacy, OPTIMIZERS[name])(learning_rate=learning_rate)
 
 
+def cpu_xla(exp) -> bool:
+    """Whether exp compiles with XLA on CPUs: --xla on, or auto for a model measured faster with it."""
+    return exp.xla == "on" or (exp.xla == "auto" and get_model(exp.model).xla_on_cpu)
+
+
 def speed_settings(exp, gpus: int) -> dict:
-    """What exp's speed settings come to on a node with this many GPUs: "auto" is on with a GPU,
-    off on CPUs (there both XLA and float16 were measured slower: python -m hpccnn.bench --variants)."""
+    """What exp's speed settings come to on a node with this many GPUs. "auto" is on with a GPU; on
+    CPUs, mixed precision is off (measured 25x slower) and XLA on only for the models measured faster
+    with it (python -m hpccnn.bench --variants xla; README, Performance)."""
     def on(value):
         return value == "on" or (value == "auto" and gpus > 0)
 
-    return {"device": "GPU" if gpus else "CPU", "xla": on(exp.xla), "mixed_precision": on(exp.mixed_precision),
-            "steps_per_execution": exp.steps_per_execution, "fp16_allreduce": exp.fp16_allreduce}
+    return {"device": "GPU" if gpus else "CPU", "xla": on(exp.xla) or cpu_xla(exp),
+            "mixed_precision": on(exp.mixed_precision), "steps_per_execution": exp.steps_per_execution,
+            "fp16_allreduce": exp.fp16_allreduce}
 
 
-XLA_FLAGS = {"on": ("--tf_xla_auto_jit=2", "--tf_xla_cpu_global_jit"), "auto": ("--tf_xla_auto_jit=2",), "off": ()}
+XLA_GPU, XLA_CPU = "--tf_xla_auto_jit=2", "--tf_xla_cpu_global_jit"
 
 
-def use_xla(setting: str, environ=os.environ) -> None:
+def use_xla(exp, environ=os.environ) -> None:
     """XLA auto-clustering, set up before TensorFlow starts (it reads TF_XLA_FLAGS once, on import).
 
     TensorFlow then compiles the parts of each step XLA supports and runs the rest (Horovod's
     allreduce has no XLA kernel on CPUs) as usual; Keras' jit_compile=True would compile the
-    whole step and fails on HorovodAllreduce. "auto" clusters GPU operations only: CPU
-    clustering needs --tf_xla_cpu_global_jit, which only "on" adds.
+    whole step and fails on HorovodAllreduce. --tf_xla_auto_jit=2 clusters GPU operations;
+    CPU operations also need --tf_xla_cpu_global_jit, added only where cpu_xla(exp) says so.
     """
-    if setting != "off" and "tensorflow" in sys.modules:
-        print(f"hpccnn: --xla {setting} has no effect in a process that has already started TensorFlow",
-              file=sys.stderr, flush=True)
+    wanted = [] if exp.xla == "off" else [XLA_GPU, *([XLA_CPU] if cpu_xla(exp) else [])]
     flags = environ.get("TF_XLA_FLAGS", "").split()
-    environ["TF_XLA_FLAGS"] = " ".join([*flags, *(f for f in XLA_FLAGS[setting] if f not in flags)])
+    missing = [f for f in wanted if f not in flags]
+    if XLA_CPU in missing and "tensorflow" in sys.modules:
+        print("hpccnn: XLA can't be turned on in a process that has already started TensorFlow "
+              "(--cluster debug runs every point in one process)", file=sys.stderr, flush=True)
+    environ["TF_XLA_FLAGS"] = " ".join([*flags, *missing])
 
 
 def compile_model(exp, world, input_shape, classes):
@@ -410,7 +419,7 @@ def check_run_dir(run_dir) -> None:
 def train(argv):
     """Everything python -m hpccnn.train does, in this process: (run folder or None off rank 0, accuracy)."""
     args, exp = parse(argv)
-    use_xla(exp.xla)
+    use_xla(exp)
     world = dist.init()
     return run(exp, world, args.data_dir, args.results_dir, ["-m", "hpccnn.train", *argv],
                not args.no_save_model, args.run_dir, args.resume)

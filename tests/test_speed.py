@@ -11,13 +11,14 @@ import pandas as pd
 
 from conftest import ROOT, read_json, run_folders, run_module
 from hpccnn.launch import horovodrun_command, horovodrun_prefix, mpi_env
-from hpccnn.train import XLA_FLAGS, speed_settings, use_xla
+from hpccnn.models import MODELS
+from hpccnn.train import XLA_CPU, XLA_GPU, cpu_xla, speed_settings, use_xla
 from hpccnn.experiments import get_experiment, with_overrides
 
 
 def test_auto_turns_xla_and_mixed_precision_on_with_a_gpu_and_off_on_cpus():
     # This machine has no GPU, so the GPU count is passed in: the only stand-in in this file.
-    exp = get_experiment("cifar_alexnet227")
+    exp = get_experiment("cifar_alexnet64")
     assert speed_settings(exp, gpus=0) == {"device": "CPU", "xla": False, "mixed_precision": False,
                                            "steps_per_execution": 1, "fp16_allreduce": False}
     on_gpu = speed_settings(exp, gpus=1)
@@ -26,16 +27,30 @@ def test_auto_turns_xla_and_mixed_precision_on_with_a_gpu_and_off_on_cpus():
     assert not speed_settings(forced, gpus=4)["xla"] and speed_settings(forced, gpus=0)["mixed_precision"]
 
 
+def test_auto_compiles_with_xla_on_cpus_only_the_models_measured_faster_with_it():
+    faster = [name for name, spec in MODELS.items() if spec.xla_on_cpu]
+    assert faster == ["alexnet_galaxy10"]  # README, Performance: 1.34x; cnn_v3 and mnist_cnn 0.43-0.46x
+    galaxy = get_experiment("galaxy10_alexnet")
+    assert speed_settings(galaxy, gpus=0)["xla"] and cpu_xla(galaxy)
+    assert not speed_settings(with_overrides(galaxy, dict(xla="off")), gpus=0)["xla"]
+    small = get_experiment("cifar_cnn_v3")
+    assert not cpu_xla(small) and cpu_xla(with_overrides(small, dict(xla="on")))
+
+
 def test_xla_flags_are_added_once_and_keep_the_users_own():
     env = {"TF_XLA_FLAGS": "--tf_xla_enable_lazy_compilation=false"}
-    use_xla("on", env)
-    use_xla("on", env)
-    assert env["TF_XLA_FLAGS"].split() == ["--tf_xla_enable_lazy_compilation=false", *XLA_FLAGS["on"]]
+    on = with_overrides(get_experiment("cifar_cnn_v3"), dict(xla="on"))
+    use_xla(on, env)
+    use_xla(on, env)
+    assert env["TF_XLA_FLAGS"].split() == ["--tf_xla_enable_lazy_compilation=false", XLA_GPU, XLA_CPU]
     auto = {}
-    use_xla("auto", auto)
-    assert auto["TF_XLA_FLAGS"] == "--tf_xla_auto_jit=2"  # GPU clusters only: CPU needs tf_xla_cpu_global_jit
+    use_xla(get_experiment("cifar_cnn_v3"), auto)
+    assert auto["TF_XLA_FLAGS"] == XLA_GPU  # GPU clusters only: CPU clusters need --tf_xla_cpu_global_jit
+    galaxy = {}
+    use_xla(get_experiment("galaxy10_alexnet"), galaxy)
+    assert galaxy["TF_XLA_FLAGS"].split() == [XLA_GPU, XLA_CPU]
     off = {}
-    use_xla("off", off)
+    use_xla(with_overrides(get_experiment("galaxy10_alexnet"), dict(xla="off")), off)
     assert off["TF_XLA_FLAGS"] == ""
 
 
