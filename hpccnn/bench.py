@@ -182,6 +182,7 @@ def measure(kind, model, ranks, batch, steps, warmup, settings=None, env=None) -
 VARIANTS = {
     "none (A/A)": (1, {}, {}),  # the defaults against themselves: how far noise alone moves a ratio
     "xla": (1, {"xla": "on"}, {}),
+    "xla off": (1, {"xla": "off"}, {}),  # not even GPU auto-clustering's flag
     "mixed precision": (1, {"mixed_precision": "on"}, {}),
     "steps_per_execution 8": (1, {"steps_per_execution": 8}, {}),
     "oneDNN off": (1, {}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),

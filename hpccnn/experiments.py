@@ -29,9 +29,9 @@ class Experiment:
     reduce_lr_patience: int = 1
     reduce_lr_min_delta: float = 1e-4
     seed: int = 0
-    # speed, not the model (python -m hpccnn.bench --variants measures them): "auto" is on
-    # with a GPU and off on CPUs, where both were measured slower
-    xla: str = "auto"  # XLA-compile the training step (model.compile(jit_compile=...))
+    # speed, not the model (python -m hpccnn.bench --variants measures them): "auto" is on with a
+    # GPU; on CPUs, off, except XLA for the models measured faster with it (ModelSpec.xla_on_cpu)
+    xla: str = "auto"  # XLA auto-clustering of the training step
     mixed_precision: str = "auto"  # float16 compute with float32 weights (Keras mixed_float16)
     steps_per_execution: int = 1  # training steps per call into TensorFlow's graph
     fp16_allreduce: bool = False  # Horovod sends gradients as float16: half the bytes, some precision lost

@@ -72,21 +72,23 @@ def speed_settings(exp, gpus: int) -> dict:
             "fp16_allreduce": exp.fp16_allreduce}
 
 
-XLA_GPU, XLA_CPU = "--tf_xla_auto_jit=2", "--tf_xla_cpu_global_jit"
+XLA_CPU_FLAGS = ("--tf_xla_auto_jit=2", "--tf_xla_cpu_global_jit")
 
 
 def use_xla(exp, environ=os.environ) -> None:
-    """XLA auto-clustering, set up before TensorFlow starts (it reads TF_XLA_FLAGS once, on import).
+    """XLA on CPUs, set up before TensorFlow starts (it reads TF_XLA_FLAGS once, on import).
 
-    TensorFlow then compiles the parts of each step XLA supports and runs the rest (Horovod's
-    allreduce has no XLA kernel on CPUs) as usual; Keras' jit_compile=True would compile the
-    whole step and fails on HorovodAllreduce. --tf_xla_auto_jit=2 clusters GPU operations;
-    CPU operations also need --tf_xla_cpu_global_jit, added only where cpu_xla(exp) says so.
+    XLA here is TensorFlow's auto-clustering: it compiles the parts of each step XLA supports and
+    runs the rest (Horovod's allreduce has no XLA kernel on CPUs) as usual; Keras' jit_compile=True
+    would compile the whole step and fails on HorovodAllreduce. CPU clusters need these flags at
+    import; GPU clusters are turned on later, by compile_model, once TensorFlow has seen the GPUs.
+    Where XLA is not wanted on CPUs, nothing is set.
     """
-    wanted = [] if exp.xla == "off" else [XLA_GPU, *([XLA_CPU] if cpu_xla(exp) else [])]
+    if not cpu_xla(exp):
+        return
     flags = environ.get("TF_XLA_FLAGS", "").split()
-    missing = [f for f in wanted if f not in flags]
-    if XLA_CPU in missing and "tensorflow" in sys.modules:
+    missing = [f for f in XLA_CPU_FLAGS if f not in flags]
+    if missing and "tensorflow" in sys.modules:
         print("hpccnn: XLA can't be turned on in a process that has already started TensorFlow "
               "(--cluster debug runs every point in one process)", file=sys.stderr, flush=True)
     environ["TF_XLA_FLAGS"] = " ".join([*flags, *missing])
@@ -101,6 +103,8 @@ def compile_model(exp, world, input_shape, classes):
     hvd = dist.hvd()
     fast = speed_settings(exp, len(tf.config.get_visible_devices("GPU")))
     tf.keras.mixed_precision.set_global_policy("mixed_float16" if fast["mixed_precision"] else "float32")
+    if fast["xla"]:  # GPU operations; CPU ones were set up by use_xla before TensorFlow started
+        tf.config.optimizer.set_jit("autoclustering")
     spec = get_model(exp.model)
     model = spec(input_shape, classes, activation=exp.activation)
     lr = exp.learning_rate * (world.size if exp.scale_lr else 1)

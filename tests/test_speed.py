@@ -12,7 +12,7 @@ import pandas as pd
 from conftest import ROOT, read_json, run_folders, run_module
 from hpccnn.launch import horovodrun_command, horovodrun_prefix, mpi_env
 from hpccnn.models import MODELS
-from hpccnn.train import XLA_CPU, XLA_GPU, cpu_xla, speed_settings, use_xla
+from hpccnn.train import XLA_CPU_FLAGS, cpu_xla, speed_settings, use_xla
 from hpccnn.experiments import get_experiment, with_overrides
 
 
@@ -42,16 +42,14 @@ def test_xla_flags_are_added_once_and_keep_the_users_own():
     on = with_overrides(get_experiment("cifar_cnn_v3"), dict(xla="on"))
     use_xla(on, env)
     use_xla(on, env)
-    assert env["TF_XLA_FLAGS"].split() == ["--tf_xla_enable_lazy_compilation=false", XLA_GPU, XLA_CPU]
-    auto = {}
-    use_xla(get_experiment("cifar_cnn_v3"), auto)
-    assert auto["TF_XLA_FLAGS"] == XLA_GPU  # GPU clusters only: CPU clusters need --tf_xla_cpu_global_jit
+    assert env["TF_XLA_FLAGS"].split() == ["--tf_xla_enable_lazy_compilation=false", *XLA_CPU_FLAGS]
+    for exp in (get_experiment("cifar_cnn_v3"), with_overrides(get_experiment("galaxy10_alexnet"), dict(xla="off"))):
+        untouched = {}
+        use_xla(exp, untouched)  # auto for a model XLA slows down, or off: nothing at all on CPUs
+        assert untouched == {}
     galaxy = {}
     use_xla(get_experiment("galaxy10_alexnet"), galaxy)
-    assert galaxy["TF_XLA_FLAGS"].split() == [XLA_GPU, XLA_CPU]
-    off = {}
-    use_xla(with_overrides(get_experiment("galaxy10_alexnet"), dict(xla="off")), off)
-    assert off["TF_XLA_FLAGS"] == ""
+    assert galaxy["TF_XLA_FLAGS"].split() == list(XLA_CPU_FLAGS)
 
 
 def test_xla_mixed_precision_steps_per_execution_and_fp16_allreduce_train_under_two_ranks(tmp_path):
