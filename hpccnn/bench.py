@@ -22,15 +22,22 @@ from pathlib import Path
 
 from hpccnn.errors import Parser, UserError, cli
 
-# model: (input side, channels, default batch as in the seeds, timed steps: 5-20 s of training here;
-# fewer make a measurement of the small CNNs last under a second, and their ratios mostly noise)
+# model: (input side, channels, default batch as in the seeds, timed steps, warm-up steps). The timed
+# steps are about 5 s of training here: fewer make the small CNNs' timings last under a second, and
+# their ratios mostly noise; more make the benchmark longer without making it steadier, since a
+# measurement varies more from one process to the next (up to +-10 % here) than within one.
 MODELS = {
-    "cnn_v3": (32, 3, 32, 200),
-    "mnist_cnn": (28, 1, 128, 40),
-    "alexnet64": (64, 3, 32, 40),
-    "alexnet_galaxy10": (69, 3, 32, 32),
-    "alexnet227": (227, 3, 16, 12),  # the seed's batch is 64; 16 keeps the benchmark to minutes
+    "cnn_v3": (32, 3, 32, 200, 8),
+    "mnist_cnn": (28, 1, 128, 32, 8),
+    "alexnet64": (64, 3, 32, 32, 8),
+    "alexnet_galaxy10": (69, 3, 32, 24, 8),  # warm-up includes XLA's compile
+    "alexnet227": (227, 3, 16, 6, 3),  # the seed's batch is 64; 16 keeps the benchmark to minutes
 }
+
+
+def plan(model, batch=0, steps=0, warmup=0) -> tuple:
+    """(batch, timed steps, warm-up steps) for model: the options given, else the model's defaults."""
+    return batch or MODELS[model][2], steps or MODELS[model][3], warmup or MODELS[model][4]
 
 
 def forward_macs(model) -> int:
@@ -82,14 +89,14 @@ class _Timer:
 
 def worker(args):
     """One measurement, in this process: prints a JSON line (rank 0 only)."""
-    from hpccnn.experiments import get_experiment, parse_value, with_overrides
-    from hpccnn.train import use_xla
+    from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
+    from hpccnn.train import start
 
     settings = dict(model=args.model, optimizer="sgd")
-    settings.update((k, parse_value(k, v)) for k, v in (item.split("=", 1) for item in args.set))
+    settings.update((k, parse_value(k, v)) for k, v in (parse_assignment(item, "--set") for item in args.set))
     exp = with_overrides(get_experiment("digits_cnn"), settings)
-    if args.kind == "hpccnn":  # plain Keras is the seeds' way: no XLA
-        use_xla(exp)  # before TensorFlow starts
+    if args.kind == "hpccnn":  # before TensorFlow starts (XLA's CPU flags); plain Keras is the seeds' way
+        world, _ = start(exp)
 
     import numpy as np
     import tensorflow as tf
@@ -114,9 +121,8 @@ def worker(args):
         from hpccnn import data, dist
         from hpccnn.train import compile_model
 
-        world = dist.init()
         tf.keras.utils.set_random_seed(0)
-        model, spec, _, _ = compile_model(exp, world, (side, side, channels), 10)
+        model, spec, _ = compile_model(exp, world, (side, side, channels), 10)
         per_rank = max(1, batch // world.size)  # the global batch is split between the ranks
         x, y = _images(side, channels, per_rank * total, seed=world.rank)
         ds = data.train_pipeline(x, y, per_rank, total, 1 / 255, 0, seed=(0, world.rank), epochs=1)
@@ -138,7 +144,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_peak(n=4096, repeats=10) -> float:
+def matmul_peak(n=4096, repeats=5) -> float:
     """GFLOP/s of a float32 n x n matmul on all cores: the practical peak for utilisation."""
     code = (f"import time, tensorflow as tf\n"
             f"a = tf.random.normal(({n}, {n})); b = tf.random.normal(({n}, {n}))\n"
@@ -203,7 +209,8 @@ def _try(model, ranks, batch, steps, warmup, settings, env, name, log):
         return None
 
 
-def run_variants(models, variants, steps_override, warmup, batch_override, out_dir: Path, repeats=2, log=print):
+def run_variants(models, variants, steps_override, warmup_override, batch_override, out_dir: Path, repeats=2,
+                 log=print):
     """Each variant against the defaults on the same ranks, in pairs whose order alternates (default
     first, then variant first), so neither a slow drift of a shared machine nor a bias for the first
     or second process of a pair favours either side; the ratio is the median of the pairs' ratios."""
@@ -211,25 +218,29 @@ def run_variants(models, variants, steps_override, warmup, batch_override, out_d
 
     rows = []
     for model in models:
-        batch, steps = batch_override or MODELS[model][2], steps_override or MODELS[model][3]
+        batch, steps, warmup = plan(model, batch_override, steps_override, warmup_override)
         for name in variants:
             ranks, settings, env = VARIANTS[name]
-            pairs = []
+            def default():
+                return measure("hpccnn", model, ranks, batch, steps, warmup)["images_per_second"]
+
+            def variant():
+                return _try(model, ranks, batch, steps, warmup, settings, env, name, log)
+
+            pairs = []  # (default images/s, variant images/s or None if it failed)
             for repeat in range(repeats):
-                if repeat % 2:
-                    tried = _try(model, ranks, batch, steps, warmup, settings, env, name, log)
-                base = measure("hpccnn", model, ranks, batch, steps, warmup)["images_per_second"]
-                if not repeat % 2:
-                    tried = _try(model, ranks, batch, steps, warmup, settings, env, name, log)
-                pairs.append((base, tried))
-                if tried is None:
+                order = (default, variant) if repeat % 2 == 0 else (variant, default)
+                got = {side: side() for side in order}
+                pairs.append((got[default], got[variant]))
+                if got[variant] is None:
                     break
-            ratio = None if pairs[-1][1] is None else statistics.median(t / b for b, t in pairs)
+            failed = pairs[-1][1] is None
             rows.append({"model": model, "batch": batch, "ranks": ranks, "variant": name,
                          "default_images_per_second": round(statistics.median(b for b, _ in pairs), 1),
-                         "variant_images_per_second": None if ratio is None else
-                         round(statistics.median(t for _, t in pairs), 1),
-                         "ratio": None if ratio is None else round(ratio, 3), "pairs": len(pairs)})
+                         "variant_images_per_second": None if failed else round(statistics.median(t for _, t in pairs), 1),
+                         "ratio": None if failed else round(statistics.median(t / b for b, t in pairs), 3),
+                         "pairs": len(pairs)})
+            ratio = rows[-1]["ratio"]
             log(f"{model:17} {name:22} {ranks} rank(s)  default {rows[-1]['default_images_per_second']:8.1f} img/s  "
                 + ("failed" if ratio is None else f"variant {rows[-1]['variant_images_per_second']:8.1f} img/s  "
                                                   f"x{ratio:.2f}"))
@@ -244,7 +255,7 @@ def run_variants(models, variants, steps_override, warmup, batch_override, out_d
     return rows, md
 
 
-def run(models, ranks, steps_override, warmup, batch_override, out_dir: Path, repeats=1, log=print):
+def run(models, ranks, steps_override, warmup_override, batch_override, out_dir: Path, repeats=1, log=print):
     """Plain Keras, hpccnn on 1 rank and on each of ranks, per model, repeats rounds whose order
     alternates; images/s are the rounds' medians and each ratio the median of the rounds' ratios."""
     import statistics
@@ -253,7 +264,7 @@ def run(models, ranks, steps_override, warmup, batch_override, out_dir: Path, re
     log(f"matmul peak (4096x4096 float32, all {os.cpu_count()} cores): {peak:.1f} GFLOP/s")
     rows = []
     for model in models:
-        batch, steps = batch_override or MODELS[model][2], steps_override or MODELS[model][3]
+        batch, steps, warmup = plan(model, batch_override, steps_override, warmup_override)
         runners = [0, *sorted(set(ranks) | {1})]  # 0: plain Keras
         rounds = []
         for repeat in range(repeats):
@@ -262,8 +273,11 @@ def run(models, ranks, steps_override, warmup, batch_override, out_dir: Path, re
                            for n in order})
         flops = 3 * 2 * rounds[0][0]["forward_macs"]
 
+        def each(n, key="images_per_second", over=None):  # one value per round
+            return [r[n][key] / (r[over][key] if over is not None else 1) for r in rounds]
+
         def median(n, key="images_per_second", over=None):
-            return statistics.median(r[n][key] / (r[over][key] if over is not None else 1) for r in rounds)
+            return statistics.median(each(n, key, over))
 
         for n in runners:
             ips = median(n)
@@ -272,6 +286,8 @@ def run(models, ranks, steps_override, warmup, batch_override, out_dir: Path, re
                 "runner": "plain keras" if n == 0 else f"hpccnn {n} rank{'s' if n > 1 else ''}",
                 "ranks": max(n, 1), "images_per_second": round(ips, 1),
                 "vs_keras": round(median(n, over=0), 3),
+                # the rounds' lowest and highest ratio: how far one round alone could mislead
+                "vs_keras_min": round(min(each(n, over=0)), 3), "vs_keras_max": round(max(each(n, over=0)), 3),
                 "vs_1_rank": round(median(n, over=1), 3) if n else None,
                 "train_gflop_per_image": round(flops / 1e9, 4),
                 "gradient_mb": round(rounds[0][0]["params"] * 4 / 1e6, 2),
@@ -304,14 +320,21 @@ def format_row(r) -> str:
 
 
 def markdown(rows, peak, repeats=1) -> str:
+    def vs_keras(r):
+        text = f"{r['vs_keras']:.2f}×"
+        if repeats > 1 and r["runner"] != "plain keras":
+            text += f" ({r['vs_keras_min']:.2f}–{r['vs_keras_max']:.2f})"
+        return text
+
     head = ("| model | input | batch | runner | images/s | vs plain Keras | vs 1 rank | MFU | launch to first step (s) "
             "| peak RSS per rank (MB) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
         f"| {r['model']} | {r['side']}×{r['side']} | {r['batch']} | {r['runner']} | {r['images_per_second']:,.1f} | "
-        f"{r['vs_keras']:.2f}× | {'' if r['vs_1_rank'] is None else format(r['vs_1_rank'], '.2f') + '×'} | "
+        f"{vs_keras(r)} | {'' if r['vs_1_rank'] is None else format(r['vs_1_rank'], '.2f') + '×'} | "
         f"{r['mfu']:.0%} | {r['first_step_seconds']:.1f} | {r['peak_rss_mb_per_rank']:,} |\n" for r in rows)
     rounds = "" if repeats == 1 else (f" Each figure is the median of {repeats} rounds whose order alternates "
-                                      f"(ratios: median of the rounds' ratios).")
+                                      f"(ratios: median of the rounds' ratios; in brackets, the lowest and "
+                                      f"highest round).")
     return (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} cores; matmul peak "
             f"{peak:.1f} GFLOP/s (4096² float32). MFU = images/s × 6 × forward MACs ÷ peak.{rounds}\n\n"
             + head + body)
@@ -353,8 +376,9 @@ def main(argv=None):
                    help=f"comma-separated, from: {', '.join(MODELS)}")
     p.add_argument("--ranks", default="1,2", help="rank counts for hpccnn (horovodrun on this machine)")
     p.add_argument("--steps", type=int, default=0,
-                   help="timed training steps per measurement (default: per model, 5-20 s of training on 2 cores)")
-    p.add_argument("--warmup", type=int, default=8, help="steps run before timing (graph tracing, allocation)")
+                   help="timed training steps per measurement (default: per model, about 5 s of training on 2 cores)")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="steps run before timing: graph tracing, allocation (default: per model, 3-8)")
     p.add_argument("--batch", type=int, default=0, help="global batch for every model (default: each seed's)")
     p.add_argument("--variants", default=None, metavar="NAMES",
                    help="instead of the comparison with Keras, measure these speed options against hpccnn's "
@@ -379,8 +403,8 @@ def main(argv=None):
         ranks = sorted({int(r) for r in args.ranks.split(",")})
     except ValueError:
         raise UserError(f"--ranks wants comma-separated integers, got {args.ranks!r}") from None
-    if args.steps < 0 or args.warmup <= 0 or args.batch < 0 or min(ranks) < 1 or (args.repeats or 1) < 1:
-        raise UserError("--warmup, --repeats and --ranks must be positive, --steps and --batch not negative")
+    if min(args.steps, args.warmup, args.batch) < 0 or min(ranks) < 1 or (args.repeats or 1) < 1:
+        raise UserError("--repeats and --ranks must be positive, --steps, --warmup and --batch not negative")
     out = args.out or Path("results") / f"bench-{datetime.datetime.now():%Y-%m-%d-%H%M%S}"
     if out.exists():
         raise UserError(f"--out {out} already exists; hpccnn never overwrites results")

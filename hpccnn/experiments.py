@@ -101,6 +101,15 @@ def parse_value(key: str, text: str):
     return value
 
 
+def parse_assignment(spec: str, option: str, form: str = "SETTING=VALUE") -> tuple:
+    """(setting, value text) from a SETTING=VALUE command-line item, or a UserError naming option."""
+    key, sep, text = spec.partition("=")
+    key = key.strip().lstrip("-").replace("-", "_")
+    if not sep or not key or not text:
+        raise UserError(f"{option} wants {form}, got {spec!r}")
+    return key, text
+
+
 def add_setting_options(parser) -> None:
     """--<setting> VALUE for every settable Experiment field (typed later, by overrides())."""
     for name, field in SETTABLE.items():

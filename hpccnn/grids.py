@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from hpccnn.errors import UserError
-from hpccnn.experiments import get_experiment, parse_value, with_overrides
+from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,7 @@ def parse_sweep(specs) -> dict:
     """--sweep KEY=V1,V2,... options as {setting: [typed values]}, for ad-hoc grids."""
     axes = {}
     for spec in specs or ():
-        key, sep, values = spec.partition("=")
-        key = key.strip().lstrip("-").replace("-", "_")
-        if not sep or not key or not values:
-            raise UserError(f"--sweep wants SETTING=VALUE1,VALUE2,..., got {spec!r}")
+        key, values = parse_assignment(spec, "--sweep", "SETTING=VALUE1,VALUE2,...")
         if key in axes:
             raise UserError(f"--sweep {key} is given twice; list all its values in one option")
         axes[key] = [parse_value(key, v.strip()) for v in values.split(",")]

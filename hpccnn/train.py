@@ -81,7 +81,7 @@ def use_xla(exp, environ=os.environ) -> None:
     XLA here is TensorFlow's auto-clustering: it compiles the parts of each step XLA supports and
     runs the rest (Horovod's allreduce has no XLA kernel on CPUs) as usual; Keras' jit_compile=True
     would compile the whole step and fails on HorovodAllreduce. CPU clusters need these flags at
-    import; GPU clusters are turned on later, by compile_model, once TensorFlow has seen the GPUs.
+    import; GPU clusters are turned on later, by start(), once TensorFlow has seen the GPUs.
     Where XLA is not wanted on CPUs, nothing is set.
     """
     if not cpu_xla(exp):
@@ -94,17 +94,31 @@ def use_xla(exp, environ=os.environ) -> None:
     environ["TF_XLA_FLAGS"] = " ".join([*flags, *missing])
 
 
+def start(exp):
+    """This process's set-up for exp, in the order TensorFlow needs: XLA's CPU flags before it starts,
+    then Horovod and the threads per rank, then the dtype policy and GPU auto-clustering once the
+    GPUs are visible. Settings that are global to the process live here, not in compile_model; under
+    --cluster debug every point runs train() again, so each one sets them for itself.
+
+    Returns (world, speed settings as applied)."""
+    use_xla(exp)
+    world = dist.init()
+    import tensorflow as tf
+
+    fast = speed_settings(exp, len(tf.config.get_visible_devices("GPU")))
+    tf.keras.mixed_precision.set_global_policy("mixed_float16" if fast["mixed_precision"] else "float32")
+    # GPU operations; CPU ones were set up by use_xla before TensorFlow started
+    tf.config.optimizer.set_jit("autoclustering" if fast["xla"] else False)
+    return world, fast
+
+
 def compile_model(exp, world, input_shape, classes):
     """The seed's model and optimizer, wrapped by Horovod; the learning rate scaled if asked.
 
-    Returns (model, spec, learning rate, speed settings as applied)."""
+    Returns (model, spec, learning rate)."""
     import tensorflow as tf
 
     hvd = dist.hvd()
-    fast = speed_settings(exp, len(tf.config.get_visible_devices("GPU")))
-    tf.keras.mixed_precision.set_global_policy("mixed_float16" if fast["mixed_precision"] else "float32")
-    if fast["xla"]:  # GPU operations; CPU ones were set up by use_xla before TensorFlow started
-        tf.config.optimizer.set_jit("autoclustering")
     spec = get_model(exp.model)
     model = spec(input_shape, classes, activation=exp.activation)
     lr = exp.learning_rate * (world.size if exp.scale_lr else 1)
@@ -114,7 +128,7 @@ def compile_model(exp, world, input_shape, classes):
     model.compile(optimizer=optimizer, metrics=["accuracy"],
                   steps_per_execution=exp.steps_per_execution,
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
-    return model, spec, lr, fast
+    return model, spec, lr
 
 
 def fit_image_size(exp, splits, world):
@@ -212,7 +226,7 @@ def restore(model, checkpoint: str, state: dict):
     tf.keras.backend.set_value(optimizer.learning_rate, state["learning_rate"])
 
 
-def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=True, run_dir=None, resume=None):
+def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_model=True, run_dir=None, resume=None):
     """Trains exp on this rank; returns (run folder or None on other ranks, test accuracy).
 
     resume: a run folder to continue from its latest checkpoint. A SLURM job that was requeued
@@ -251,7 +265,7 @@ def run(exp, world, data_dir=None, results_dir="results", argv=(), save_model=Tr
     val_ds = data.pipeline(data.shard(splits.x_val, world.rank, world.size),
                            data.shard(splits.y_val, world.rank, world.size), batch, splits.scale, exp.image_size)
     side = exp.image_size or splits.shape[0]
-    model, spec, lr, fast = compile_model(exp, world, (side, side, splits.shape[2]), len(splits.classes))
+    model, spec, lr = compile_model(exp, world, (side, side, splits.shape[2]), len(splits.classes))
     if checkpoint:
         restore(model, checkpoint, state)
 
@@ -423,9 +437,8 @@ def check_run_dir(run_dir) -> None:
 def train(argv):
     """Everything python -m hpccnn.train does, in this process: (run folder or None off rank 0, accuracy)."""
     args, exp = parse(argv)
-    use_xla(exp)
-    world = dist.init()
-    return run(exp, world, args.data_dir, args.results_dir, ["-m", "hpccnn.train", *argv],
+    world, fast = start(exp)
+    return run(exp, world, fast, args.data_dir, args.results_dir, ["-m", "hpccnn.train", *argv],
                not args.no_save_model, args.run_dir, args.resume)
 
 

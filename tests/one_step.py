@@ -10,18 +10,18 @@ import numpy as np
 import tensorflow as tf
 
 from hpccnn import data, dist
-from hpccnn.experiments import get_experiment, parse_value, with_overrides
-from hpccnn.train import compile_model
+from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
+from hpccnn.train import compile_model, start
 
 out, batch = sys.argv[1], 64
-settings = dict(item.split("=", 1) for item in sys.argv[2:])  # e.g. fp16_allreduce=true
-world = dist.init()
+settings = dict(parse_assignment(item, "one_step.py") for item in sys.argv[2:])  # e.g. fp16_allreduce=true
 # cnn_v3 has neither dropout nor batch norm, so one step is a deterministic function of the batch.
 exp = with_overrides(get_experiment("digits_cnn"), dict(model="cnn_v3", image_size=32, optimizer="sgd",
                                                         learning_rate=0.5,
                                                         **{k: parse_value(k, v) for k, v in settings.items()}))
+world, _ = start(exp)
 tf.keras.utils.set_random_seed(0)
-model, _, _, _ = compile_model(exp, world, (32, 32, 1), 10)
+model, _, _ = compile_model(exp, world, (32, 32, 1), 10)
 raw = data.load("digits")
 x, y = data.shard(raw.x_train[:batch], world.rank, world.size), data.shard(raw.y_train[:batch], world.rank, world.size)
 ds = data.pipeline(x, y, batch // world.size, raw.scale, image_size=32)

@@ -4,6 +4,15 @@ import csv
 
 from conftest import run_module
 
+from hpccnn.bench import MODELS, plan
+
+
+def test_options_override_each_models_own_batch_steps_and_warmup():
+    side, channels, batch, steps, warmup = MODELS["alexnet227"]
+    assert plan("alexnet227") == (batch, steps, warmup)
+    assert plan("alexnet227", batch=64, warmup=2) == (64, steps, 2)
+    assert plan("alexnet227", steps=9) == (batch, 9, warmup)
+
 
 def test_bench_writes_every_measure_for_each_runner(tmp_path):
     out = tmp_path / "bench"
@@ -17,9 +26,12 @@ def test_bench_writes_every_measure_for_each_runner(tmp_path):
         assert float(r["first_step_seconds"]) > 0 and float(r["peak_rss_mb_per_rank"]) > 100
         assert float(r["train_gflop_per_image"]) == 0.0273  # 3 x 2 x 4.55 MMAC, cnn_v3 at 32x32
     assert rows[0]["vs_keras"] == "1.0" and rows[1]["vs_1_rank"] == "1.0"
+    for r in rows[1:]:  # the rounds' spread brackets their median
+        assert float(r["vs_keras_min"]) <= float(r["vs_keras"]) <= float(r["vs_keras_max"])
     assert all(r["rounds"] == "2" for r in rows)
     table = (out / "bench.md").read_text()
-    assert "median of 2 rounds" in table
+    assert "median of 2 rounds" in table and "lowest and highest round" in table
+    assert f"{float(rows[1]['vs_keras']):.2f}× ({float(rows[1]['vs_keras_min']):.2f}–" in table
     assert table.count("| cnn_v3 | 32×32 | 32 |") == 3 and "matmul peak" in table
     assert table.count("Gbit/s |") == 3  # scaling on paper: one row per link speed
     again = run_module("hpccnn.bench", "--models", "cnn_v3", "--out", out)
@@ -40,3 +52,5 @@ def test_variants_measure_speed_options_against_the_defaults(tmp_path):
     assert "| cnn_v3 | 32 | 1 | none (A/A) |" in (out / "variants.md").read_text()
     bad = run_module("hpccnn.bench", "--variants", "warp drive", "--out", tmp_path / "x")
     assert bad.returncode == 2 and "unknown variant 'warp drive'" in bad.stderr and not (tmp_path / "x").exists()
+    bad = run_module("hpccnn.bench", "--warmup", "-1", "--out", tmp_path / "x")
+    assert bad.returncode == 2 and "--warmup" in bad.stderr and not (tmp_path / "x").exists()
