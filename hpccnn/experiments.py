@@ -30,7 +30,7 @@ class Experiment:
     reduce_lr_min_delta: float = 1e-4
     seed: int = 0
     # speed, not the model (python -m hpccnn.bench --variants measures them): "auto" is on with a
-    # GPU; on CPUs, off, except XLA for the models measured faster with it (ModelSpec.xla_on_cpu)
+    # GPU and off on CPUs, where what XLA gains depends on the CPU (README, Performance)
     xla: str = "auto"  # XLA auto-clustering of the training step
     mixed_precision: str = "auto"  # float16 compute with float32 weights (Keras mixed_float16)
     steps_per_execution: int = 1  # training steps per call into TensorFlow's graph

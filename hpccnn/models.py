@@ -73,7 +73,6 @@ class ModelSpec:
     seed: str
     input_side: int = 32  # the side of the seed's square input images
     logits: bool = False  # True where the seed's last layer has no softmax (from_logits=True)
-    xla_on_cpu: bool = False  # measured faster with XLA on CPUs: --xla auto turns it on there
 
     def __call__(self, input_shape, classes, activation="relu"):
         return self.build(tuple(input_shape), classes, activation=activation, **self.kwargs)
@@ -110,7 +109,7 @@ MODELS = {
         Conv(384, 3, 1, "same", batchnorm=True),
         Conv(384, 3, 1, "same", batchnorm=True),
         Conv(256, 3, 1, "same", batchnorm=True, pool=(3, 2)),
-    ], dense=[4096]), seed="000", input_side=69, xla_on_cpu=True),
+    ], dense=[4096]), seed="000", input_side=69),
     "cnn_v1": ModelSpec(small_cnn, dict(convs=[16, "pool", 32], dense=[32]), seed="001", logits=True),
     "cnn_v2": ModelSpec(small_cnn, dict(convs=[32, "pool", 64], dense=[64]), seed="001", logits=True),
     "cnn_v3": ModelSpec(small_cnn, dict(convs=[32, "pool", 64, "pool", 64], dense=[64]), seed="001", logits=True),

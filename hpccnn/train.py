@@ -56,14 +56,16 @@ def make_optimizer(name: str, learning_rate: float):
 
 
 def cpu_xla(exp) -> bool:
-    """Whether exp compiles with XLA on CPUs: --xla on, or auto for a model measured faster with it."""
-    return exp.xla == "on" or (exp.xla == "auto" and get_model(exp.model).xla_on_cpu)
+    """Whether exp compiles with XLA on CPUs: only when asked (--xla on). Its effect there depends on
+    the CPU, not only the model: alexnet_galaxy10 ran 1.34x faster with it on an AVX2 EPYC and 0.57x
+    as fast on an AVX-512 one, so no model turns it on by itself (README, Performance)."""
+    return exp.xla == "on"
 
 
 def speed_settings(exp, gpus: int) -> dict:
-    """What exp's speed settings come to on a node with this many GPUs. "auto" is on with a GPU; on
-    CPUs, mixed precision is off (measured 25x slower) and XLA on only for the models measured faster
-    with it (python -m hpccnn.bench --variants xla; README, Performance)."""
+    """What exp's speed settings come to on a node with this many GPUs. "auto" is on with a GPU and
+    off on CPUs: float16 was measured 25x slower there, and XLA's effect depends on the CPU (cpu_xla);
+    python -m hpccnn.bench --variants measures both on the node at hand."""
     def on(value):
         return value == "on" or (value == "auto" and gpus > 0)
 
