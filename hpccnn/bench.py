@@ -17,27 +17,47 @@ import os
 import resource
 import subprocess
 import sys
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpccnn.errors import Parser, UserError, cli
 
-# model: (input side, channels, default batch as in the seeds, timed steps, warm-up steps). The timed
-# steps are about 5 s of training here: fewer make the small CNNs' timings last under a second, and
-# their ratios mostly noise; more make the benchmark longer without making it steadier, since a
-# measurement varies more from one process to the next (up to +-10 % here) than within one.
+# model: (input side, channels, default batch as in the seeds, warm-up steps)
 MODELS = {
-    "cnn_v3": (32, 3, 32, 200, 8),
-    "mnist_cnn": (28, 1, 128, 32, 8),
-    "alexnet64": (64, 3, 32, 32, 8),
-    "alexnet_galaxy10": (69, 3, 32, 24, 8),  # warm-up includes XLA's compile
-    "alexnet227": (227, 3, 16, 6, 3),  # the seed's batch is 64; 16 keeps the benchmark to minutes
+    "cnn_v3": (32, 3, 32, 8),
+    "mnist_cnn": (28, 1, 128, 8),
+    "alexnet64": (64, 3, 32, 8),
+    "alexnet_galaxy10": (69, 3, 32, 8),
+    "alexnet227": (227, 3, 16, 3),  # the seed's batch is 64; 16 keeps the benchmark to minutes
 }
 
+# Timed training per measurement. A fixed step count lasts 3x longer on one CPU than on another;
+# under about 2 s the small CNNs' ratios are mostly noise, and more than 5 s makes the benchmark
+# longer without making it steadier: a measurement varies more from one process to the next
+# (up to +-10 % here) than within one.
+SECONDS = 5.0
 
-def plan(model, batch=0, steps=0, warmup=0) -> tuple:
-    """(batch, timed steps, warm-up steps) for model: the options given, else the model's defaults."""
-    return batch or MODELS[model][2], steps or MODELS[model][3], warmup or MODELS[model][4]
+
+@dataclass(frozen=True)
+class Plan:
+    """What one measurement of a model runs: the global batch, warm-up steps (graph tracing,
+    allocation; they also give the step rate), then steps timed, or, if steps is 0, as many
+    as last about seconds at the warm-up's rate."""
+    batch: int
+    warmup: int
+    steps: int = 0
+    seconds: float = SECONDS
+
+    def args(self) -> list:
+        return ["--batch", str(self.batch), "--warmup", str(self.warmup), "--steps", str(self.steps),
+                "--seconds", repr(self.seconds)]
+
+
+def plan(model, batch=0, steps=0, warmup=0, seconds=SECONDS) -> Plan:
+    """model's Plan: the options given, else the model's defaults."""
+    return Plan(batch or MODELS[model][2], warmup or MODELS[model][3], steps, seconds)
 
 
 def forward_macs(model) -> int:
@@ -62,7 +82,8 @@ def _images(side, channels, n, seed=0):
 
 
 class _Timer:
-    """Keras callback: wall time of the first finished step, and (step, time) once past warm-up.
+    """Keras callback: wall time of the first finished step, and (step, time) from the end of step
+    `warmup` to the last.
 
     With steps_per_execution > 1 Keras calls it once per execution, so the timed span runs from
     the first call at or past the warm-up to the last, whatever the steps in between."""
@@ -102,8 +123,9 @@ def worker(args):
     import tensorflow as tf
 
     side, channels = MODELS[args.model][:2]
-    batch, steps, warmup = args.batch, args.steps, args.warmup
-    total = warmup + steps
+    # Two fits of the same compiled model: the warm-up, whose last steps give the step rate, then
+    # the timed one, sized from that rate. The timed fit's first step (the new iterator) is untimed.
+    warm = _Timer(args.warmup // 2)
     if args.kind == "keras":
         from hpccnn.models import get_model
 
@@ -112,30 +134,44 @@ def worker(args):
         model = spec((side, side, channels), 10)
         model.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-3), metrics=["accuracy"],
                       loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
-        x, y = _images(side, channels, batch * total)
-        x = x.astype(np.float32) / 255  # the seeds scale the whole array up front
-        timer = _Timer(warmup)
-        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer.callback])
-        ranks, size = [{"rss_mb": _rss_mb()}], 1
+
+        def fit(steps, callbacks, seed):
+            x, y = _images(side, channels, args.batch * steps, seed)
+            x = x.astype(np.float32) / 255  # the seeds scale the whole array up front
+            model.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+
+        per_rank, share, start = args.batch, (lambda value: value), []
     else:
         from hpccnn import data, dist
         from hpccnn.train import compile_model
 
         tf.keras.utils.set_random_seed(0)
         model, spec, _ = compile_model(exp, world, (side, side, channels), 10)
-        per_rank = max(1, batch // world.size)  # the global batch is split between the ranks
-        x, y = _images(side, channels, per_rank * total, seed=world.rank)
-        ds = data.train_pipeline(x, y, per_rank, total, 1 / 255, 0, seed=(0, world.rank), epochs=1)
-        timer = _Timer(warmup)
-        model.fit(ds, steps_per_epoch=total, epochs=1, verbose=0, callbacks=[
-            dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0), timer.callback])
+        per_rank = max(1, args.batch // world.size)  # the global batch is split between the ranks
+
+        def fit(steps, callbacks, seed):
+            x, y = _images(side, channels, per_rank * steps, seed=(seed, world.rank))
+            ds = data.train_pipeline(x, y, per_rank, steps, 1 / 255, 0, seed=(seed, world.rank), epochs=1)
+            model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
+
+        # every rank runs rank 0's number of timed steps: each step's allreduce needs all of them
+        share = dist.broadcast_object
+        start = [dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0)]
+    fit(args.warmup, [*start, warm.callback], 0)
+    steps = share(args.steps or max(3, math.ceil(args.seconds * warm.steps_per_second())))
+    timer = _Timer(1)
+    fit(steps + 1, [timer.callback], 1)
+    if args.kind == "keras":
+        ranks, size = [{"rss_mb": _rss_mb()}], 1
+    else:
         ranks = dist.allgather_object({"rss_mb": _rss_mb(), "threads": world.intra_op_threads})
         size = world.size
         if not world.is_main:
             return 0
     print("BENCH " + json.dumps({
-        "images_per_second": timer.steps_per_second() * (batch if args.kind == "keras" else max(1, batch // size) * size),
-        "first_step_seconds": timer.first - args.launched, "ranks": ranks,
+        "images_per_second": timer.steps_per_second() * per_rank * size,
+        "timed_steps": timer.end[0] - timer.start[0], "timed_seconds": timer.end[1] - timer.start[1],
+        "first_step_seconds": warm.first - args.launched, "ranks": ranks,
         "forward_macs": forward_macs(model), "params": int(model.count_params())}), flush=True)
     return 0
 
@@ -165,12 +201,12 @@ def _env():
     return mpi_env()
 
 
-def measure(kind, model, ranks, batch, steps, warmup, settings=None, env=None) -> dict:
+def measure(kind, model, ranks, plan: Plan, settings=None, env=None) -> dict:
     """One measurement in its own process(es): settings are hpccnn.train settings, env extra variables."""
     from hpccnn.launch import horovodrun_prefix
 
-    cmd = [sys.executable, "-m", "hpccnn.bench", "--worker", kind, "--model", model, "--batch", str(batch),
-           "--steps", str(steps), "--warmup", str(warmup), "--launched", repr(time.time())]
+    cmd = [sys.executable, "-m", "hpccnn.bench", "--worker", kind, "--model", model, *plan.args(),
+           "--launched", repr(time.time())]
     cmd += [f"--set={k}={v}" for k, v in (settings or {}).items()]
     if kind == "hpccnn" and ranks > 1:
         cmd = [*horovodrun_prefix(ranks), *cmd]
@@ -200,17 +236,16 @@ VARIANTS = {
 }
 
 
-def _try(model, ranks, batch, steps, warmup, settings, env, name, log):
+def _try(model, ranks, plan, settings, env, name, log):
     """A variant's images/s, or None (said in the log) if it does not run."""
     try:
-        return measure("hpccnn", model, ranks, batch, steps, warmup, settings, env)["images_per_second"]
+        return measure("hpccnn", model, ranks, plan, settings, env)["images_per_second"]
     except RuntimeError as err:
         log(f"{model:17} {name:22} failed: {str(err).strip().splitlines()[-1][:200]}")
         return None
 
 
-def run_variants(models, variants, steps_override, warmup_override, batch_override, out_dir: Path, repeats=2,
-                 log=print):
+def run_variants(models, variants, options: dict, out_dir: Path, repeats=2, log=print):
     """Each variant against the defaults on the same ranks, in pairs whose order alternates (default
     first, then variant first), so neither a slow drift of a shared machine nor a bias for the first
     or second process of a pair favours either side; the ratio is the median of the pairs' ratios."""
@@ -218,14 +253,15 @@ def run_variants(models, variants, steps_override, warmup_override, batch_overri
 
     rows = []
     for model in models:
-        batch, steps, warmup = plan(model, batch_override, steps_override, warmup_override)
+        how = plan(model, **options)
         for name in variants:
             ranks, settings, env = VARIANTS[name]
+
             def default():
-                return measure("hpccnn", model, ranks, batch, steps, warmup)["images_per_second"]
+                return measure("hpccnn", model, ranks, how)["images_per_second"]
 
             def variant():
-                return _try(model, ranks, batch, steps, warmup, settings, env, name, log)
+                return _try(model, ranks, how, settings, env, name, log)
 
             pairs = []  # (default images/s, variant images/s or None if it failed)
             for repeat in range(repeats):
@@ -235,7 +271,7 @@ def run_variants(models, variants, steps_override, warmup_override, batch_overri
                 if got[variant] is None:
                     break
             failed = pairs[-1][1] is None
-            rows.append({"model": model, "batch": batch, "ranks": ranks, "variant": name,
+            rows.append({"model": model, "batch": how.batch, "ranks": ranks, "variant": name,
                          "default_images_per_second": round(statistics.median(b for b, _ in pairs), 1),
                          "variant_images_per_second": None if failed else round(statistics.median(t for _, t in pairs), 1),
                          "ratio": None if failed else round(statistics.median(t / b for b, t in pairs), 3),
@@ -255,7 +291,7 @@ def run_variants(models, variants, steps_override, warmup_override, batch_overri
     return rows, md
 
 
-def run(models, ranks, steps_override, warmup_override, batch_override, out_dir: Path, repeats=1, log=print):
+def run(models, ranks, options: dict, out_dir: Path, repeats=1, log=print):
     """Plain Keras, hpccnn on 1 rank and on each of ranks, per model, repeats rounds whose order
     alternates; images/s are the rounds' medians and each ratio the median of the rounds' ratios."""
     import statistics
@@ -264,13 +300,13 @@ def run(models, ranks, steps_override, warmup_override, batch_override, out_dir:
     log(f"matmul peak (4096x4096 float32, all {os.cpu_count()} cores): {peak:.1f} GFLOP/s")
     rows = []
     for model in models:
-        batch, steps, warmup = plan(model, batch_override, steps_override, warmup_override)
+        how = plan(model, **options)
+        batch = how.batch
         runners = [0, *sorted(set(ranks) | {1})]  # 0: plain Keras
         rounds = []
         for repeat in range(repeats):
             order = runners if repeat % 2 == 0 else runners[::-1]
-            rounds.append({n: measure("keras" if n == 0 else "hpccnn", model, max(n, 1), batch, steps, warmup)
-                           for n in order})
+            rounds.append({n: measure("keras" if n == 0 else "hpccnn", model, max(n, 1), how) for n in order})
         flops = 3 * 2 * rounds[0][0]["forward_macs"]
 
         def each(n, key="images_per_second", over=None):  # one value per round
@@ -294,6 +330,8 @@ def run(models, ranks, steps_override, warmup_override, batch_override, out_dir:
                 "step_seconds": round(batch / ips, 4),
                 "mfu": round(ips * flops / 1e9 / peak, 3),
                 "first_step_seconds": round(median(n, "first_step_seconds"), 1),
+                "timed_seconds": round(median(n, "timed_seconds"), 1),
+                "timed_steps": round(median(n, "timed_steps")),
                 "peak_rss_mb_per_rank": round(max(x["rss_mb"] for r in rounds for x in r[n]["ranks"])),
                 "rounds": repeats,
             })
@@ -326,18 +364,30 @@ def markdown(rows, peak, repeats=1) -> str:
             text += f" ({r['vs_keras_min']:.2f}–{r['vs_keras_max']:.2f})"
         return text
 
-    head = ("| model | input | batch | runner | images/s | vs plain Keras | vs 1 rank | MFU | launch to first step (s) "
-            "| peak RSS per rank (MB) |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| model | input | batch | runner | images/s | vs plain Keras | vs 1 rank | MFU | timed s (steps) "
+            "| launch to first step (s) | peak RSS per rank (MB) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
         f"| {r['model']} | {r['side']}×{r['side']} | {r['batch']} | {r['runner']} | {r['images_per_second']:,.1f} | "
         f"{vs_keras(r)} | {'' if r['vs_1_rank'] is None else format(r['vs_1_rank'], '.2f') + '×'} | "
-        f"{r['mfu']:.0%} | {r['first_step_seconds']:.1f} | {r['peak_rss_mb_per_rank']:,} |\n" for r in rows)
+        f"{r['mfu']:.0%} | {r['timed_seconds']:.1f} ({r['timed_steps']}) | {r['first_step_seconds']:.1f} | "
+        f"{r['peak_rss_mb_per_rank']:,} |\n" for r in rows)
     rounds = "" if repeats == 1 else (f" Each figure is the median of {repeats} rounds whose order alternates "
                                       f"(ratios: median of the rounds' ratios; in brackets, the lowest and "
                                       f"highest round).")
-    return (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} cores; matmul peak "
+    return (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {machine()}; matmul peak "
             f"{peak:.1f} GFLOP/s (4096² float32). MFU = images/s × 6 × forward MACs ÷ peak.{rounds}\n\n"
             + head + body)
+
+
+def machine() -> str:
+    """This machine in a few words: cores, CPU model and its widest vector unit, memory."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                "an unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vector = next((v for v, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2")) if flag in flags), "no AVX2")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return f"{os.cpu_count()} cores of {name} ({vector}), {memory:.0f} GB"
 
 
 def allreduce_seconds(gradient_mb: float, nodes: int, gbit_per_s: float) -> float:
@@ -375,10 +425,11 @@ def main(argv=None):
     p.add_argument("--models", default="cnn_v3,mnist_cnn,alexnet64,alexnet_galaxy10,alexnet227",
                    help=f"comma-separated, from: {', '.join(MODELS)}")
     p.add_argument("--ranks", default="1,2", help="rank counts for hpccnn (horovodrun on this machine)")
-    p.add_argument("--steps", type=int, default=0,
-                   help="timed training steps per measurement (default: per model, about 5 s of training on 2 cores)")
+    p.add_argument("--seconds", type=float, default=SECONDS,
+                   help="timed training per measurement: as many steps as last this long at the warm-up's rate")
+    p.add_argument("--steps", type=int, default=0, help="timed training steps per measurement, instead of --seconds")
     p.add_argument("--warmup", type=int, default=0,
-                   help="steps run before timing: graph tracing, allocation (default: per model, 3-8)")
+                   help="steps run before timing: graph tracing, allocation, the step rate (default: per model, 3-8)")
     p.add_argument("--batch", type=int, default=0, help="global batch for every model (default: each seed's)")
     p.add_argument("--variants", default=None, metavar="NAMES",
                    help="instead of the comparison with Keras, measure these speed options against hpccnn's "
@@ -403,8 +454,11 @@ def main(argv=None):
         ranks = sorted({int(r) for r in args.ranks.split(",")})
     except ValueError:
         raise UserError(f"--ranks wants comma-separated integers, got {args.ranks!r}") from None
-    if min(args.steps, args.warmup, args.batch) < 0 or min(ranks) < 1 or (args.repeats or 1) < 1:
-        raise UserError("--repeats and --ranks must be positive, --steps, --warmup and --batch not negative")
+    if min(args.steps, args.warmup, args.batch) < 0 or min(ranks) < 1 or (args.repeats or 1) < 1 or args.seconds <= 0:
+        raise UserError("--repeats, --ranks and --seconds must be positive, --steps, --warmup and --batch not negative")
+    if 0 < args.warmup < 2:
+        raise UserError("--warmup must be at least 2: the step rate is timed over the warm-up's second half")
+    options = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, seconds=args.seconds)
     out = args.out or Path("results") / f"bench-{datetime.datetime.now():%Y-%m-%d-%H%M%S}"
     if out.exists():
         raise UserError(f"--out {out} already exists; hpccnn never overwrites results")
@@ -413,11 +467,11 @@ def main(argv=None):
         unknown = [v for v in names if v not in VARIANTS]
         if unknown:
             raise UserError(f"unknown variant {unknown[0]!r}; choose from: {', '.join(VARIANTS)} (or all)")
-        rows, md = run_variants(models, names, args.steps, args.warmup, args.batch, out, args.repeats or 2)
+        rows, md = run_variants(models, names, options, out, args.repeats or 2)
         print("\n" + md)
         print(f"hpccnn: {out / 'variants.csv'}")
         return 0
-    rows, md = run(models, ranks, args.steps, args.warmup, args.batch, out, args.repeats or 1)
+    rows, md = run(models, ranks, options, out, args.repeats or 1)
     print("\n" + md)
     print(f"hpccnn: {out / 'bench.csv'}")
     return 0

@@ -4,19 +4,19 @@ import csv
 
 from conftest import run_module
 
-from hpccnn.bench import MODELS, plan
+from hpccnn.bench import MODELS, SECONDS, Plan, plan
 
 
-def test_options_override_each_models_own_batch_steps_and_warmup():
-    side, channels, batch, steps, warmup = MODELS["alexnet227"]
-    assert plan("alexnet227") == (batch, steps, warmup)
-    assert plan("alexnet227", batch=64, warmup=2) == (64, steps, 2)
-    assert plan("alexnet227", steps=9) == (batch, 9, warmup)
+def test_options_override_each_models_own_batch_and_warmup_and_time_the_rest():
+    side, channels, batch, warmup = MODELS["alexnet227"]
+    assert plan("alexnet227") == Plan(batch, warmup, steps=0, seconds=SECONDS)  # timed by the clock
+    assert plan("alexnet227", batch=64, warmup=2) == Plan(64, 2, 0, SECONDS)
+    assert plan("alexnet227", steps=9, seconds=2) == Plan(batch, warmup, 9, 2)
 
 
 def test_bench_writes_every_measure_for_each_runner(tmp_path):
     out = tmp_path / "bench"
-    proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--steps", "3", "--warmup", "2", "--repeats", "2",
+    proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--seconds", "1", "--warmup", "4", "--repeats", "2",
                       "--out", out, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "bench.csv")))
@@ -25,6 +25,8 @@ def test_bench_writes_every_measure_for_each_runner(tmp_path):
         assert float(r["images_per_second"]) > 0 and 0 < float(r["mfu"]) < 1.5
         assert float(r["first_step_seconds"]) > 0 and float(r["peak_rss_mb_per_rank"]) > 100
         assert float(r["train_gflop_per_image"]) == 0.0273  # 3 x 2 x 4.55 MMAC, cnn_v3 at 32x32
+        # about a second of steps, sized from the warm-up's rate (and agreed by both ranks: else a hang)
+        assert 0.4 < float(r["timed_seconds"]) < 3 and int(r["timed_steps"]) > 3
     assert rows[0]["vs_keras"] == "1.0" and rows[1]["vs_1_rank"] == "1.0"
     for r in rows[1:]:  # the rounds' spread brackets their median
         assert float(r["vs_keras_min"]) <= float(r["vs_keras"]) <= float(r["vs_keras_max"])
@@ -32,7 +34,7 @@ def test_bench_writes_every_measure_for_each_runner(tmp_path):
     table = (out / "bench.md").read_text()
     assert "median of 2 rounds" in table and "lowest and highest round" in table
     assert f"{float(rows[1]['vs_keras']):.2f}× ({float(rows[1]['vs_keras_min']):.2f}–" in table
-    assert table.count("| cnn_v3 | 32×32 | 32 |") == 3 and "matmul peak" in table
+    assert table.count("| cnn_v3 | 32×32 | 32 |") == 3 and "matmul peak" in table and " cores of " in table
     assert table.count("Gbit/s |") == 3  # scaling on paper: one row per link speed
     again = run_module("hpccnn.bench", "--models", "cnn_v3", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
@@ -52,5 +54,6 @@ def test_variants_measure_speed_options_against_the_defaults(tmp_path):
     assert "| cnn_v3 | 32 | 1 | none (A/A) |" in (out / "variants.md").read_text()
     bad = run_module("hpccnn.bench", "--variants", "warp drive", "--out", tmp_path / "x")
     assert bad.returncode == 2 and "unknown variant 'warp drive'" in bad.stderr and not (tmp_path / "x").exists()
-    bad = run_module("hpccnn.bench", "--warmup", "-1", "--out", tmp_path / "x")
-    assert bad.returncode == 2 and "--warmup" in bad.stderr and not (tmp_path / "x").exists()
+    for option, value in (("--warmup", "-1"), ("--warmup", "1"), ("--seconds", "0")):
+        bad = run_module("hpccnn.bench", option, value, "--out", tmp_path / "x")
+        assert bad.returncode == 2 and option in bad.stderr and not (tmp_path / "x").exists(), bad.stderr
