@@ -123,9 +123,13 @@ def worker(args):
     import tensorflow as tf
 
     side, channels = MODELS[args.model][:2]
-    # Two fits of the same compiled model: the warm-up, whose last steps give the step rate, then
-    # the timed one, sized from that rate. The timed fit's first step (the new iterator) is untimed.
-    warm = _Timer(args.warmup // 2)
+    # Two fits of the same compiled model: the warm-up, whose second half gives the step rate, then
+    # the timed one, sized from that rate; its first execution (the new iterator) is untimed. Keras
+    # calls back once per execution of `every` steps, so both fits run whole executions, at least
+    # three of them in the warm-up: two calls make the shortest span a rate can be timed over.
+    every = exp.steps_per_execution if args.kind == "hpccnn" else 1
+    warmup = max(args.warmup, 3 * every)
+    warm = _Timer(warmup // 2)
     if args.kind == "keras":
         from hpccnn.models import get_model
 
@@ -157,10 +161,11 @@ def worker(args):
         # every rank runs rank 0's number of timed steps: each step's allreduce needs all of them
         share = dist.broadcast_object
         start = [dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0)]
-    fit(args.warmup, [*start, warm.callback], 0)
+    fit(warmup, [*start, warm.callback], 0)
     steps = share(args.steps or max(3, math.ceil(args.seconds * warm.steps_per_second())))
-    timer = _Timer(1)
-    fit(steps + 1, [timer.callback], 1)
+    steps = math.ceil(steps / every) * every
+    timer = _Timer(every)
+    fit(steps + every, [timer.callback], 1)
     if args.kind == "keras":
         ranks, size = [{"rss_mb": _rss_mb()}], 1
     else:
