@@ -13,11 +13,11 @@ import argparse
 import csv
 import datetime
 import json
+import math
 import os
 import resource
 import subprocess
 import sys
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +144,7 @@ def worker(args):
             x = x.astype(np.float32) / 255  # the seeds scale the whole array up front
             model.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
 
-        per_rank, share, start = args.batch, (lambda value: value), []
+        per_rank, share, first_callbacks = args.batch, (lambda value: value), []
     else:
         from hpccnn import data, dist
         from hpccnn.train import compile_model
@@ -160,8 +160,8 @@ def worker(args):
 
         # every rank runs rank 0's number of timed steps: each step's allreduce needs all of them
         share = dist.broadcast_object
-        start = [dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0)]
-    fit(warmup, [*start, warm.callback], 0)
+        first_callbacks = [dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0)]
+    fit(warmup, [*first_callbacks, warm.callback], 0)
     steps = share(args.steps or max(3, math.ceil(args.seconds * warm.steps_per_second())))
     steps = math.ceil(steps / every) * every
     timer = _Timer(every)
