@@ -7,6 +7,10 @@ For each model it measures, after warm-up, training images/second of
 then the ratios 1-rank/keras and N-ranks/1-rank, model FLOPs utilisation against a matmul
 peak measured in the same run, the time from launch to the first finished step, and peak
 memory (RSS) per rank. Each measurement runs in its own process. Writes bench.csv and bench.md.
+
+--interleave N instead trains plain Keras and hpccnn's 1-rank path in one process, N alternating
+chunks each: the cost per step of each path, without the drift of a shared machine between
+processes (interleaved.csv, interleaved.md). --variants measures speed options (variants.csv).
 """
 
 import argparse
@@ -108,20 +112,57 @@ class _Timer:
         return (self.end[0] - self.start[0]) / (self.end[1] - self.start[1])
 
 
-def worker(args):
-    """One measurement, in this process: prints a JSON line (rank 0 only)."""
-    from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
-    from hpccnn.train import start
-
-    settings = dict(model=args.model, optimizer="sgd")
-    settings.update((k, parse_value(k, v)) for k, v in (parse_assignment(item, "--set") for item in args.set))
-    exp = with_overrides(get_experiment("digits_cnn"), settings)
-    if args.kind == "hpccnn":  # before TensorFlow starts (XLA's CPU flags); plain Keras is the seeds' way
-        world, _ = start(exp)
-
+def _runner(kind, exp, world, side, channels, batch):
+    """(compiled model, fit(steps, callbacks, seed), batch per rank) of one runner:
+    keras, the seeds' way, or hpccnn's rank world.rank of world.size."""
     import numpy as np
     import tensorflow as tf
 
+    tf.keras.utils.set_random_seed(0)
+    if kind == "keras":
+        from hpccnn.models import get_model
+
+        spec = get_model(exp.model)
+        model = spec((side, side, channels), 10)
+        model.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-3), metrics=["accuracy"],
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
+
+        def fit(steps, callbacks, seed):
+            x, y = _images(side, channels, batch * steps, seed)
+            x = x.astype(np.float32) / 255  # the seeds scale the whole array up front
+            model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+
+        return model, fit, batch
+    from hpccnn import data
+    from hpccnn.train import compile_model
+
+    model, _, _ = compile_model(exp, world, (side, side, channels), 10)
+    per_rank = max(1, batch // world.size)  # the global batch is split between the ranks
+
+    def fit(steps, callbacks, seed):
+        x, y = _images(side, channels, per_rank * steps, seed=(seed, world.rank))
+        ds = data.train_pipeline(x, y, per_rank, steps, 1 / 255, 0, seed=(seed, world.rank), epochs=1)
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
+
+    return model, fit, per_rank
+
+
+def _experiment(args):
+    from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
+
+    settings = dict(model=args.model, optimizer="sgd")
+    settings.update((k, parse_value(k, v)) for k, v in (parse_assignment(item, "--set") for item in args.set))
+    return with_overrides(get_experiment("digits_cnn"), settings)
+
+
+def worker(args):
+    """One measurement, in this process: prints a JSON line (rank 0 only)."""
+    from hpccnn.train import start
+
+    exp = _experiment(args)
+    world = None
+    if args.kind == "hpccnn":  # before TensorFlow starts (XLA's CPU flags); plain Keras is the seeds' way
+        world, _ = start(exp)
     side, channels = MODELS[args.model][:2]
     # Two fits of the same compiled model: the warm-up, whose second half gives the step rate, then
     # the timed one, sized from that rate; its first execution (the new iterator) is untimed. Keras
@@ -130,33 +171,11 @@ def worker(args):
     every = exp.steps_per_execution if args.kind == "hpccnn" else 1
     warmup = max(args.warmup, 3 * every)
     warm = _Timer(warmup // 2)
+    model, fit, per_rank = _runner(args.kind, exp, world, side, channels, args.batch)
     if args.kind == "keras":
-        from hpccnn.models import get_model
-
-        tf.keras.utils.set_random_seed(0)
-        spec = get_model(args.model)
-        model = spec((side, side, channels), 10)
-        model.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-3), metrics=["accuracy"],
-                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
-
-        def fit(steps, callbacks, seed):
-            x, y = _images(side, channels, args.batch * steps, seed)
-            x = x.astype(np.float32) / 255  # the seeds scale the whole array up front
-            model.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
-
-        per_rank, share, first_callbacks = args.batch, (lambda value: value), []
+        share, first_callbacks = (lambda value: value), []
     else:
-        from hpccnn import data, dist
-        from hpccnn.train import compile_model
-
-        tf.keras.utils.set_random_seed(0)
-        model, spec, _ = compile_model(exp, world, (side, side, channels), 10)
-        per_rank = max(1, args.batch // world.size)  # the global batch is split between the ranks
-
-        def fit(steps, callbacks, seed):
-            x, y = _images(side, channels, per_rank * steps, seed=(seed, world.rank))
-            ds = data.train_pipeline(x, y, per_rank, steps, 1 / 255, 0, seed=(seed, world.rank), epochs=1)
-            model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
+        from hpccnn import dist
 
         # every rank runs rank 0's number of timed steps: each step's allreduce needs all of them
         share = dist.broadcast_object
@@ -178,6 +197,38 @@ def worker(args):
         "timed_steps": timer.end[0] - timer.start[0], "timed_seconds": timer.end[1] - timer.start[1],
         "first_step_seconds": warm.first - args.launched, "ranks": ranks,
         "forward_macs": forward_macs(model), "params": int(model.count_params())}), flush=True)
+    return 0
+
+
+def interleaved_worker(args):
+    """Plain Keras and hpccnn's 1-rank path in this one process, trained in alternating chunks of
+    steps (Keras first, then hpccnn first, and so on), each chunk timed after its first step: what
+    each path costs per step, with the machine's drift between processes taken out. Both share
+    hpccnn's process settings (Horovod started, threads per core), which on CPUs are TensorFlow's
+    own apart from Horovod's background thread. Prints a JSON line."""
+    from hpccnn.train import start
+
+    exp = _experiment(args)
+    world, _ = start(exp)
+    side, channels = MODELS[args.model][:2]
+    runners = {kind: _runner(kind, exp, world, side, channels, args.batch) for kind in ("keras", "hpccnn")}
+    rates = {}
+    for kind, (_, fit, _) in runners.items():
+        warm = _Timer(max(2, args.warmup) // 2)
+        fit(max(2, args.warmup), [warm.callback], 0)
+        rates[kind] = warm.steps_per_second()
+    # each chunk lasts about --seconds at the slower runner's warm-up rate
+    steps = args.steps or max(3, math.ceil(args.seconds * min(rates.values())))
+    chunks = {kind: [] for kind in runners}
+    for i in range(args.chunks):
+        for kind in (runners if i % 2 == 0 else reversed(list(runners))):
+            _, fit, batch = runners[kind]
+            timer = _Timer(1)
+            fit(steps + 1, [timer.callback], i + 1)
+            chunks[kind].append(timer.steps_per_second() * batch)
+    print("BENCH " + json.dumps({"steps_per_chunk": steps, "images_per_second": chunks,
+                                 "optimizers": {kind: f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}"
+                                                for kind, (model, _, _) in runners.items()}}), flush=True)
     return 0
 
 
@@ -233,6 +284,8 @@ VARIANTS = {
     "mixed precision": (1, {"mixed_precision": "on"}, {}),
     "steps_per_execution 8": (1, {"steps_per_execution": 8}, {}),
     "oneDNN off": (1, {}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    # Horovod's background thread wakes every cycle (1 ms by default) even with one rank
+    "Horovod cycle 20 ms 1 rank": (1, {}, {"HOROVOD_CYCLE_TIME": "20"}),
     "none (A/A) 2 ranks": (2, {}, {}),
     "fp16 allreduce": (2, {"fp16_allreduce": "true"}, {}),
     "Horovod cycle 10 ms": (2, {}, {"HOROVOD_CYCLE_TIME": "10"}),
@@ -293,6 +346,45 @@ def run_variants(models, variants, options: dict, out_dir: Path, repeats=2, log=
               + ("failed | |" if r["ratio"] is None else f"{r['variant_images_per_second']:,.1f} | {r['ratio']:.2f}× |")
               + "\n" for r in rows))
     write(out_dir, "variants", rows, md)
+    return rows, md
+
+
+def run_interleaved(models, options: dict, out_dir: Path, chunks: int, log=print):
+    """Per model, plain Keras against hpccnn's 1-rank path in one process, in alternating chunks
+    (interleaved_worker); images/s are the chunks' medians, the ratio the median of the chunk pairs'."""
+    import statistics
+
+    rows = []
+    for model in models:
+        how = plan(model, **options)
+        cmd = [sys.executable, "-m", "hpccnn.bench", "--worker", "interleaved", "--model", model, *how.args(),
+               "--chunks", str(chunks)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=3600)
+        line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH ")), None)
+        if line is None:
+            raise RuntimeError(f"interleaved {model} failed:\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}")
+        got = json.loads(line[len("BENCH "):])
+        keras, ours = got["images_per_second"]["keras"], got["images_per_second"]["hpccnn"]
+        ratios = sorted(b / a for a, b in zip(keras, ours))
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        rows.append({"model": model, "batch": how.batch, "chunks": chunks, "steps_per_chunk": got["steps_per_chunk"],
+                     "keras_images_per_second": round(statistics.median(keras), 1),
+                     "hpccnn_images_per_second": round(statistics.median(ours), 1),
+                     "ratio": round(statistics.median(ratios), 3), "ratio_q1": round(quartiles[0], 3),
+                     "ratio_q3": round(quartiles[2], 3), "keras_optimizer": got["optimizers"]["keras"],
+                     "hpccnn_optimizer": got["optimizers"]["hpccnn"]})
+        r = rows[-1]
+        log(f"{model:17} keras {r['keras_images_per_second']:8.1f} img/s  hpccnn 1 rank "
+            f"{r['hpccnn_images_per_second']:8.1f} img/s  x{r['ratio']:.3f} (quartiles {r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})")
+    md = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {machine()}: plain Keras and hpccnn's 1-rank "
+          f"path in one process, {chunks} chunks each, alternating which goes first; images/s are the chunks' "
+          f"medians, the ratio is the median of the chunk pairs' ratios (in brackets, their quartiles).\n\n"
+          "| model | batch | steps per chunk | plain Keras images/s | hpccnn 1 rank images/s | hpccnn / Keras |\n"
+          "|---|---|---|---|---|---|\n" + "".join(
+              f"| {r['model']} | {r['batch']} | {r['steps_per_chunk']} | {r['keras_images_per_second']:,.1f} | "
+              f"{r['hpccnn_images_per_second']:,.1f} | {r['ratio']:.3f}× ({r['ratio_q1']:.2f}–{r['ratio_q3']:.2f}) |\n"
+              for r in rows))
+    write(out_dir, "interleaved", rows, md)
     return rows, md
 
 
@@ -439,18 +531,23 @@ def main(argv=None):
     p.add_argument("--variants", default=None, metavar="NAMES",
                    help="instead of the comparison with Keras, measure these speed options against hpccnn's "
                         f"defaults (comma-separated, or 'all'): {', '.join(VARIANTS)}")
+    p.add_argument("--interleave", type=int, default=0, metavar="CHUNKS",
+                   help="instead, train plain Keras and hpccnn's 1-rank path in one process, CHUNKS chunks of "
+                        "about --seconds each in alternating order: their per-step cost without the drift "
+                        "between processes")
     p.add_argument("--repeats", type=int, default=None,
                    help="rounds per model, in alternating order (default 1; with --variants, 2 pairs)")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.csv and bench.md "
                                                           "(default results/bench-<date>-<time>)")
-    p.add_argument("--worker", choices=("keras", "hpccnn"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("keras", "hpccnn", "interleaved"), help=argparse.SUPPRESS)
+    p.add_argument("--chunks", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--launched", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         args.kind = args.worker
-        return worker(args)
+        return interleaved_worker(args) if args.kind == "interleaved" else worker(args)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -459,8 +556,11 @@ def main(argv=None):
         ranks = sorted({int(r) for r in args.ranks.split(",")})
     except ValueError:
         raise UserError(f"--ranks wants comma-separated integers, got {args.ranks!r}") from None
-    if min(args.steps, args.warmup, args.batch) < 0 or min(ranks) < 1 or (args.repeats or 1) < 1 or args.seconds <= 0:
-        raise UserError("--repeats, --ranks and --seconds must be positive, --steps, --warmup and --batch not negative")
+    if min(args.steps, args.warmup, args.batch, args.interleave) < 0 or min(ranks) < 1 or (args.repeats or 1) < 1 or args.seconds <= 0:
+        raise UserError("--repeats, --ranks and --seconds must be positive, --steps, --warmup, --batch and "
+                        "--interleave not negative")
+    if args.interleave and args.variants:
+        raise UserError("--interleave and --variants are two different measurements; give one of them")
     if 0 < args.warmup < 2:
         raise UserError("--warmup must be at least 2: the step rate is timed over the warm-up's second half")
     options = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, seconds=args.seconds)
@@ -475,6 +575,11 @@ def main(argv=None):
         rows, md = run_variants(models, names, options, out, args.repeats or 2)
         print("\n" + md)
         print(f"hpccnn: {out / 'variants.csv'}")
+        return 0
+    if args.interleave:
+        rows, md = run_interleaved(models, options, out, args.interleave)
+        print("\n" + md)
+        print(f"hpccnn: {out / 'interleaved.csv'}")
         return 0
     rows, md = run(models, ranks, options, out, args.repeats or 1)
     print("\n" + md)

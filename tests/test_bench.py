@@ -59,3 +59,21 @@ def test_variants_measure_speed_options_against_the_defaults(tmp_path):
     for option, value in (("--warmup", "-1"), ("--warmup", "1"), ("--seconds", "0")):
         bad = run_module("hpccnn.bench", option, value, "--out", tmp_path / "x")
         assert bad.returncode == 2 and option in bad.stderr and not (tmp_path / "x").exists(), bad.stderr
+
+
+def test_interleave_trains_both_runners_in_one_process_in_alternating_chunks(tmp_path):
+    out = tmp_path / "interleaved"
+    proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--interleave", "4", "--seconds", "0.3",
+                      "--warmup", "4", "--out", out, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    [row] = list(csv.DictReader(open(out / "interleaved.csv")))
+    assert row["model"] == "cnn_v3" and row["chunks"] == "4" and int(row["steps_per_chunk"]) >= 3
+    # the two runners really are the two paths: Keras' own SGD, and Horovod's wrapper around it
+    assert row["keras_optimizer"].startswith("keras.") and row["keras_optimizer"].endswith(".SGD")
+    assert row["hpccnn_optimizer"].startswith("horovod."), row["hpccnn_optimizer"]
+    assert float(row["keras_images_per_second"]) > 0 and float(row["hpccnn_images_per_second"]) > 0
+    assert float(row["ratio_q1"]) <= float(row["ratio"]) <= float(row["ratio_q3"])
+    assert 0.3 < float(row["ratio"]) < 3
+    assert f"| cnn_v3 | 32 | {row['steps_per_chunk']} |" in (out / "interleaved.md").read_text()
+    bad = run_module("hpccnn.bench", "--interleave", "3", "--variants", "xla", "--out", tmp_path / "x")
+    assert bad.returncode == 2 and "--interleave" in bad.stderr and not (tmp_path / "x").exists()

@@ -87,6 +87,27 @@ def test_two_rank_run_writes_one_folder_from_rank_zero_with_the_whole_test_set(d
     assert prov["launcher"] == "horovodrun"
 
 
+def test_a_process_alone_wakes_horovod_every_20_ms_and_jobs_of_several_ranks_keep_its_default():
+    """Horovod's background thread cycles every 1 ms by default, with nothing to do for one rank."""
+    import json
+
+    def wakeups(cmd, **env):
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                              env={**mpi_env(), "PYTHONPATH": str(ROOT), **env})
+        line = next((x for x in proc.stdout.splitlines() if "WAKEUPS " in x), None)
+        assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return json.loads(line.split("WAKEUPS ", 1)[1])
+
+    script = [sys.executable, str(ROOT / "tests" / "wakeups.py")]
+    alone = wakeups(script)
+    assert alone["size"] == 1 and alone["cycle_ms"] == "20"
+    assert alone["wakeups"] < 150, alone  # 50 in an idle second; about 900 at Horovod's 1 ms
+    asked = wakeups(script, HOROVOD_CYCLE_TIME="1")  # a user's own setting wins, and the count sees it
+    assert asked["cycle_ms"] == "1" and asked["wakeups"] > 300, asked
+    several = wakeups([*horovodrun_prefix(2), *script])
+    assert several["size"] == 2 and several["cycle_ms"] is None
+
+
 def test_mpirun_launches_the_same_command(tmp_path):
     proc = run(mpirun_command(2, ["--experiment", "digits_cnn", "--epochs", "1", "--no-save-model",
                                  "--results-dir", str(tmp_path)]))
