@@ -281,11 +281,12 @@ VARIANTS = {
     "none (A/A)": (1, {}, {}),  # the defaults against themselves: how far noise alone moves a ratio
     "xla": (1, {"xla": "on"}, {}),
     "xla off": (1, {"xla": "off"}, {}),  # not even GPU auto-clustering's flag
-    "mixed precision": (1, {"mixed_precision": "on"}, {}),
+    "mixed precision": (1, {"mixed_precision": "on"}, {}),  # float16
+    "bfloat16": (1, {"mixed_precision": "bfloat16"}, {}),
     "steps_per_execution 8": (1, {"steps_per_execution": 8}, {}),
     "oneDNN off": (1, {}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-    # Horovod's background thread wakes every cycle (1 ms by default) even with one rank
-    "Horovod cycle 20 ms 1 rank": (1, {}, {"HOROVOD_CYCLE_TIME": "20"}),
+    # Horovod's own cycle for one rank, where hpccnn sets 20 ms (hpccnn.dist: SINGLE_RANK_CYCLE_MS)
+    "Horovod cycle 1 ms 1 rank": (1, {}, {"HOROVOD_CYCLE_TIME": "1"}),
     "none (A/A) 2 ranks": (2, {}, {}),
     "fp16 allreduce": (2, {"fp16_allreduce": "true"}, {}),
     "Horovod cycle 10 ms": (2, {}, {"HOROVOD_CYCLE_TIME": "10"}),
@@ -478,11 +479,11 @@ def markdown(rows, peak, repeats=1) -> str:
 
 def machine() -> str:
     """This machine in a few words: cores, CPU model and its widest vector unit, memory."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                "an unknown CPU")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    vector = next((v for v, flag in (("AVX-512", "avx512f"), ("AVX2", "avx2")) if flag in flags), "no AVX2")
+    from hpccnn.dist import cpu_model_and_flags
+
+    name, flags = cpu_model_and_flags()
+    vector = next((v for v, flag in (("AVX-512 with BF16", "avx512_bf16"), ("AVX-512", "avx512f"), ("AVX2", "avx2"))
+                   if flag in flags), "no AVX2")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     return f"{os.cpu_count()} cores of {name} ({vector}), {memory:.0f} GB"
 

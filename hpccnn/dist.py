@@ -77,6 +77,17 @@ def cores_for_this_rank(local_size: int) -> int:
     return max(1, visible)
 
 
+def cpu_model_and_flags(cpuinfo="/proc/cpuinfo") -> tuple:
+    """(this CPU's model name, the set of its feature flags), from Linux's cpuinfo."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        return "an unknown CPU", set()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "an unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    return name, flags
+
+
 _world: World | None = None
 
 # Horovod's background thread wakes every HOROVOD_CYCLE_TIME ms (1 by default) to negotiate the

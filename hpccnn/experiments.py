@@ -32,7 +32,9 @@ class Experiment:
     # speed, not the model (python -m hpccnn.bench --variants measures them): "auto" is on with a
     # GPU and off on CPUs, where what XLA gains depends on the CPU (README, Performance)
     xla: str = "auto"  # XLA auto-clustering of the training step
-    mixed_precision: str = "auto"  # float16 compute with float32 weights (Keras mixed_float16)
+    # on: float16 compute with float32 weights (Keras mixed_float16); bfloat16: Keras mixed_bfloat16,
+    # for CPUs with AVX-512 BF16 or AMX (never chosen by auto)
+    mixed_precision: str = "auto"
     steps_per_execution: int = 1  # training steps per call into TensorFlow's graph
     fp16_allreduce: bool = False  # Horovod sends gradients as float16: half the bytes, some precision lost
     reported: str = ""  # the figure the seed reports for this experiment
@@ -74,7 +76,7 @@ CHOICES = {
     "optimizer": ("sgd", "adam", "adadelta", "rmsprop"),
     "validation": ("split", "test"),
     "xla": ("auto", "on", "off"),
-    "mixed_precision": ("auto", "on", "off"),
+    "mixed_precision": ("auto", "on", "off", "bfloat16"),
 }
 
 

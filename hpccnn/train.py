@@ -65,13 +65,23 @@ def cpu_xla(exp) -> bool:
 def speed_settings(exp, gpus: int) -> dict:
     """What exp's speed settings come to on a node with this many GPUs. "auto" is on with a GPU and
     off on CPUs: float16 was measured 25x slower there, and XLA's effect depends on the CPU (cpu_xla);
-    python -m hpccnn.bench --variants measures both on the node at hand."""
+    python -m hpccnn.bench --variants measures both on the node at hand. mixed_precision comes to the
+    compute type: "float16", "bfloat16" (only when asked) or "off" (float32)."""
     def on(value):
         return value == "on" or (value == "auto" and gpus > 0)
 
+    precision = "bfloat16" if exp.mixed_precision == "bfloat16" else "float16" if on(exp.mixed_precision) else "off"
     return {"device": "GPU" if gpus else "CPU", "xla": on(exp.xla) or cpu_xla(exp),
-            "mixed_precision": on(exp.mixed_precision), "steps_per_execution": exp.steps_per_execution,
+            "mixed_precision": precision, "steps_per_execution": exp.steps_per_execution,
             "fp16_allreduce": exp.fp16_allreduce}
+
+
+POLICIES = {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16", "off": "float32"}
+
+
+def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX-512 BF16 or AMX), which oneDNN uses."""
+    return bool(dist.cpu_model_and_flags(cpuinfo)[1] & {"avx512_bf16", "amx_bf16"})
 
 
 XLA_CPU_FLAGS = ("--tf_xla_auto_jit=2", "--tf_xla_cpu_global_jit")
@@ -108,7 +118,11 @@ def start(exp):
     import tensorflow as tf
 
     fast = speed_settings(exp, len(tf.config.get_visible_devices("GPU")))
-    tf.keras.mixed_precision.set_global_policy("mixed_float16" if fast["mixed_precision"] else "float32")
+    tf.keras.mixed_precision.set_global_policy(POLICIES[fast["mixed_precision"]])
+    if fast["mixed_precision"] == "bfloat16" and fast["device"] == "CPU" and not cpu_has_bfloat16() and world.is_main:
+        print("hpccnn: this CPU has neither AVX-512 BF16 nor AMX, so bfloat16 is computed in software and is "
+              "likely slower than float32; measure it with python -m hpccnn.bench --variants bfloat16",
+              file=sys.stderr, flush=True)
     # GPU operations; CPU ones were set up by use_xla before TensorFlow started
     tf.config.optimizer.set_jit("autoclustering" if fast["xla"] else False)
     return world, fast

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import ROOT, read_json, run_folders, run_module
 from hpccnn.launch import horovodrun_command, horovodrun_prefix, mpi_env
@@ -18,12 +19,30 @@ from hpccnn.experiments import EXPERIMENTS, get_experiment, with_overrides
 def test_auto_turns_xla_and_mixed_precision_on_with_a_gpu_and_off_on_cpus():
     # This machine has no GPU, so the GPU count is passed in: the only stand-in in this file.
     exp = get_experiment("cifar_alexnet64")
-    assert speed_settings(exp, gpus=0) == {"device": "CPU", "xla": False, "mixed_precision": False,
+    assert speed_settings(exp, gpus=0) == {"device": "CPU", "xla": False, "mixed_precision": "off",
                                            "steps_per_execution": 1, "fp16_allreduce": False}
     on_gpu = speed_settings(exp, gpus=1)
-    assert on_gpu["device"] == "GPU" and on_gpu["xla"] and on_gpu["mixed_precision"]
+    assert on_gpu["device"] == "GPU" and on_gpu["xla"] and on_gpu["mixed_precision"] == "float16"
     forced = with_overrides(exp, dict(xla="off", mixed_precision="on"))
-    assert not speed_settings(forced, gpus=4)["xla"] and speed_settings(forced, gpus=0)["mixed_precision"]
+    assert not speed_settings(forced, gpus=4)["xla"] and speed_settings(forced, gpus=0)["mixed_precision"] == "float16"
+    # bfloat16 only when asked, GPU or not
+    for gpus in (0, 1):
+        assert speed_settings(with_overrides(exp, dict(mixed_precision="bfloat16")), gpus)["mixed_precision"] == "bfloat16"
+
+
+def test_bfloat16_hardware_is_read_from_the_cpus_flags(tmp_path):
+    from hpccnn.train import cpu_has_bfloat16
+
+    def cpuinfo(flags):
+        path = tmp_path / f"cpuinfo-{len(flags)}"
+        path.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: " + " ".join(flags) + "\n\n")
+        return path
+
+    assert not cpu_has_bfloat16(cpuinfo(["fpu", "avx2", "fma"]))  # AVX2 only: bfloat16 in software
+    assert not cpu_has_bfloat16(cpuinfo(["avx2", "avx512f", "avx512bw"]))  # AVX-512 without BF16
+    assert cpu_has_bfloat16(cpuinfo(["avx2", "avx512f", "avx512_bf16"]))  # e.g. AMD Zen 4, Cooper Lake
+    assert cpu_has_bfloat16(cpuinfo(["avx512f", "amx_tile", "amx_bf16"]))  # Sapphire Rapids
+    assert not cpu_has_bfloat16(tmp_path / "missing")
 
 
 def test_auto_never_compiles_with_xla_on_cpus_whatever_the_model():
@@ -65,25 +84,27 @@ def test_xla_mixed_precision_steps_per_execution_and_fp16_allreduce_train_under_
         # 3 epochs of digits learn (float16 compute learns a little slower at first)
         assert metrics["test_accuracy"] > (0.8 if name == "on" else 0.5)
         assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [1, 2, 3]
-        assert prov["speed"] == {"device": "CPU", "xla": name == "on", "mixed_precision": name == "auto",
+        assert prov["speed"] == {"device": "CPU", "xla": name == "on",
+                                 "mixed_precision": "float16" if name == "auto" else "off",
                                  "steps_per_execution": 4, "fp16_allreduce": True}
     # XLA compiled parts of the step on the CPU only when asked ("auto" leaves CPUs alone)
     assert any((tmp_path / "xla-on").glob("*.txt")) and not (tmp_path / "xla-auto").exists()
 
 
-def test_mixed_precision_computes_in_float16_keeps_float32_outputs_and_resumes(tmp_path):
+@pytest.mark.parametrize("option,compute", [("on", "float16"), ("bfloat16", "bfloat16")])
+def test_mixed_precision_computes_in_its_type_keeps_float32_outputs_and_resumes(tmp_path, option, compute):
     import tensorflow as tf
 
-    proc = run_module("hpccnn.train", "--experiment", "digits_cnn", "--epochs", "2", "--mixed-precision", "on",
+    proc = run_module("hpccnn.train", "--experiment", "digits_cnn", "--epochs", "2", "--mixed-precision", option,
                       "--results-dir", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = run_folders(tmp_path)
-    assert read_json(folder / "provenance.json")["speed"]["mixed_precision"] is True
+    assert read_json(folder / "provenance.json")["speed"]["mixed_precision"] == compute
     model = tf.keras.models.load_model(folder / "model.h5")
-    assert model.layers[0].dtype_policy.name == "mixed_float16"
+    assert model.layers[0].dtype_policy.name == f"mixed_{compute}"
     assert model.layers[-1].dtype_policy.name == "float32"  # softmax in float32: float16 overflows
     assert np.isfinite(read_json(folder / "metrics.json")["test_loss"])
-    again = run_module("hpccnn.train", "--resume", folder, "--epochs", "3")  # loss-scaled optimizer restored
+    again = run_module("hpccnn.train", "--resume", folder, "--epochs", "3")  # (loss-scaled) optimizer restored
     assert again.returncode == 0, again.stderr[-3000:]
     assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [1, 2, 3]
     assert read_json(folder / "metrics.json")["test_accuracy"] > 0.5
