@@ -339,7 +339,7 @@ def run_variants(models, variants, options: dict, out_dir: Path, repeats=2, log=
             log(f"{model:17} {name:22} {ranks} rank(s)  default {rows[-1]['default_images_per_second']:8.1f} img/s  "
                 + ("failed" if ratio is None else f"variant {rows[-1]['variant_images_per_second']:8.1f} img/s  "
                                                   f"x{ratio:.2f}"))
-    md = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {os.cpu_count()} cores: each variant against "
+    md = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {machine()}: each variant against "
           f"hpccnn's defaults on the same ranks, {repeats} pairs in alternating order, median ratio.\n\n"
           "| model | batch | ranks | variant | default images/s | variant images/s | variant / default |\n"
           "|---|---|---|---|---|---|---|\n" + "".join(

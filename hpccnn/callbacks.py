@@ -86,6 +86,8 @@ class StopOnSignal(tf.keras.callbacks.Callback):
     def _agree(self) -> int:
         import horovod.tensorflow as hvd_tf
 
+        if hvd_tf.size() == 1:  # alone, nothing to agree on: no collective every few steps
+            return self.received
         return int(hvd_tf.allreduce(tf.constant(self.received, tf.int32), op=hvd_tf.Max, name="hpccnn_stop").numpy())
 
     @property
