@@ -137,3 +137,16 @@ def test_srun_with_pmix_launches_the_same_command(tmp_path, slurm_env):
     assert prov["world_size"] == 2 and prov["launcher"] == "srun"
     assert prov["slurm"]["SLURM_JOB_ID"] and folder.name.endswith(f"job{prov['slurm']['SLURM_JOB_ID']}")
     assert all(r["intra_op_threads"] == 1 for r in prov["ranks"])  # --cpus-per-task=1
+
+
+def test_allreduce_time_script_times_each_models_whole_gradient_between_two_ranks():
+    """scripts/allreduce_time.py, which the README's 2-rank analysis quotes."""
+    import re
+
+    proc = subprocess.run([*horovodrun_prefix(2), sys.executable, "scripts/allreduce_time.py", "cnn_v3", "mnist_cnn"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**mpi_env(), "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    found = dict(re.findall(r"(\w+): ([\d.]+) MB of float32 gradient, allreduce over 2 ranks [\d.]+ ms", proc.stdout))
+    # cnn_v3 and mnist_cnn have 122,570 and 1,199,882 parameters (float32: 4 bytes each)
+    assert found == {"cnn_v3": "0.5", "mnist_cnn": "4.8"}, proc.stdout[-2000:]

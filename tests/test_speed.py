@@ -20,7 +20,7 @@ def test_auto_turns_xla_and_mixed_precision_on_with_a_gpu_and_off_on_cpus():
     # This machine has no GPU, so the GPU count is passed in: the only stand-in in this file.
     exp = get_experiment("cifar_alexnet64")
     assert speed_settings(exp, gpus=0) == {"device": "CPU", "xla": False, "mixed_precision": "off",
-                                           "steps_per_execution": 1, "fp16_allreduce": False}
+                                           "steps_per_execution": 8, "fp16_allreduce": False}
     on_gpu = speed_settings(exp, gpus=1)
     assert on_gpu["device"] == "GPU" and on_gpu["xla"] and on_gpu["mixed_precision"] == "float16"
     forced = with_overrides(exp, dict(xla="off", mixed_precision="on"))
