@@ -147,3 +147,18 @@ def callback_state(callback) -> dict:
 def restore_callback_state(callback, state: dict):
     for key, value in state.items():
         setattr(callback, key, int(value) if key != "best" else value)
+
+
+def lr_warmup(lr, warmup_epochs, steps_per_epoch, steps_per_execution):
+    """Horovod's LearningRateWarmupCallback (lr/size up to lr over warmup_epochs), set once per call
+    into the graph. Keras calls on_train_batch_begin once per execution of steps_per_execution
+    steps, with the first step's index; Horovod's ramp would then give each call its first step's
+    rate and end one call short of lr, where it would stay. Each call gets its last step's rate
+    instead, so the warm-up ends at exactly lr whatever the steps per execution."""
+    import horovod.tensorflow.keras as hvd
+
+    class Warmup(hvd.callbacks.LearningRateWarmupCallback):
+        def on_batch_begin(self, batch, logs=None):
+            super().on_batch_begin(min(batch + steps_per_execution, steps_per_epoch) - 1, logs)
+
+    return Warmup(initial_lr=lr, warmup_epochs=warmup_epochs, steps_per_epoch=steps_per_epoch, verbose=0)

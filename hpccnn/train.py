@@ -251,7 +251,7 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
     """
     import tensorflow as tf
 
-    from hpccnn.callbacks import (EpochStats, RankZeroRecorder, ReseedRandomLayers, StopOnSignal,
+    from hpccnn.callbacks import (EpochStats, RankZeroRecorder, ReseedRandomLayers, StopOnSignal, lr_warmup,
                                   restore_callback_state)
 
     hvd = dist.hvd()
@@ -314,8 +314,7 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
         ReseedRandomLayers((exp.seed, world.rank)),
     ]
     if exp.warmup_epochs:  # ramps lr from lr/size up to lr: large effective batches diverge otherwise
-        callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
-            initial_lr=lr, warmup_epochs=exp.warmup_epochs, steps_per_epoch=steps, verbose=0))
+        callbacks.append(lr_warmup(lr, exp.warmup_epochs, steps, exp.steps_per_execution))
     stateful = []
     if exp.reduce_lr_monitor:
         plateau = tf.keras.callbacks.ReduceLROnPlateau(
