@@ -162,3 +162,66 @@ def lr_warmup(lr, warmup_epochs, steps_per_epoch, steps_per_execution):
             super().on_batch_begin(min(batch + steps_per_execution, steps_per_epoch) - 1, logs)
 
     return Warmup(initial_lr=lr, warmup_epochs=warmup_epochs, steps_per_epoch=steps_per_epoch, verbose=0)
+
+
+class Watchdog(tf.keras.callbacks.Callback):
+    """Ends this rank when training has made no progress for too long: a rank stuck in a collective.
+
+    Open MPI has no collective timeout, and a rank whose peer's node vanished (its link down, no
+    TCP reset) waits in the allreduce for ever, where neither srun nor mpirun reaches it: SLURM can
+    mark the lost node DOWN and end the job, but a rank on a node cut off from the controller never
+    hears of it. A thread on every rank notes each step, validation batch and prediction batch; with
+    none for `limit` seconds (HPCCNN_STALL_TIMEOUT, default 600; 0 turns it off), and at least ten
+    times the longest gap seen so far, it calls on_stall (rank 0 records the run as failed) and
+    ends the process, which ends the job (srun --kill-on-bad-exit, mpirun) on every side.
+    """
+
+    EXIT_STALLED = 4
+
+    def __init__(self, limit: float, on_stall=None, poll: float = 1.0):
+        super().__init__()
+        self.limit, self.on_stall, self.poll = limit, on_stall, poll
+        self.last = time.monotonic()
+        self.longest = 0.0
+        self.done = False
+        self._thread = None
+
+    def start(self):
+        import threading
+
+        if self.limit > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="hpccnn-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self):
+        self.done = True
+
+    def beat(self, *args, **kwargs):
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = beat
+    on_epoch_begin = on_epoch_end = on_test_begin = on_predict_begin = beat
+
+    def allowed(self) -> float:
+        return max(self.limit, 10 * self.longest)
+
+    def _watch(self):
+        import os
+        import sys
+
+        while not self.done:
+            time.sleep(self.poll)
+            quiet = time.monotonic() - self.last
+            if self.done or quiet < self.allowed():
+                continue
+            message = (f"no progress for {quiet:.0f} s (the longest gap before was {self.longest:.1f} s): "
+                       f"a rank or its node was lost, or the network between them is down")
+            try:
+                if self.on_stall is not None:
+                    self.on_stall(message)
+            finally:
+                print(f"hpccnn: {message}; ending this rank", file=sys.stderr, flush=True)
+                os._exit(self.EXIT_STALLED)

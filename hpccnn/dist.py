@@ -5,8 +5,11 @@ Training reads its place in the job from Horovod, whatever launched it (plain
 the training code never cares how it was started.
 """
 
+import ipaddress
 import os
+import re
 import socket
+import subprocess
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -99,15 +102,158 @@ _world: World | None = None
 SINGLE_RANK_CYCLE_MS = "20"
 
 
+def expand_hostlist(text: str) -> list:
+    """SLURM's compressed host list as names: 'n[1-3,7],gpu01' -> ['n1', 'n2', 'n3', 'n7', 'gpu01']."""
+    names = []
+    for item in re.findall(r"[^,\[]+(?:\[[^\]]*\][^,\[]*)*", text):
+        match = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", item)
+        if not match:
+            names.append(item)
+            continue
+        prefix, ranges, suffix = match.groups()
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                for rest in expand_hostlist(suffix) if "[" in suffix else [suffix]:
+                    names.append(f"{prefix}{i:0{len(lo)}d}{rest}")
+    return names
+
+
+def local_interfaces() -> dict:
+    """{interface: [IPv4 networks of its addresses]} on this node, loopback left out."""
+    import psutil
+
+    found = {}
+    for name, addresses in psutil.net_if_addrs().items():
+        for a in addresses:
+            if a.family == socket.AF_INET and a.netmask and not a.address.startswith("127."):
+                found.setdefault(name, []).append(ipaddress.ip_interface(f"{a.address}/{a.netmask}"))
+    return found
+
+
+def route_interface(address: str) -> str | None:
+    """The interface the kernel sends to address through (ip route get), or None."""
+    try:
+        out = subprocess.run(["ip", "-o", "route", "get", address], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\bdev (\S+)", out)
+    return match.group(1) if match else None
+
+
+def network_interface(environ=os.environ, interfaces=None, resolve=socket.gethostbyname, route=route_interface):
+    """(interface, how it was chosen) that MPI should send between this job's nodes, or (None, why not).
+
+    HPCCNN_NETWORK_INTERFACE, when set, is the answer. Otherwise, in a SLURM job on several
+    nodes, it is the interface whose subnet holds the other nodes' addresses (their names as
+    this node resolves them), or failing that the one the kernel routes to them through.
+    Real nodes have interfaces that don't lead to the other nodes (a docker bridge, a second
+    network with the same addresses on every node); left to choose, Open MPI tries them all
+    and hangs in its first collective when one leads nowhere.
+    """
+    if environ.get("HPCCNN_NETWORK_INTERFACE"):
+        return environ["HPCCNN_NETWORK_INTERFACE"], "HPCCNN_NETWORK_INTERFACE"
+    nodes = expand_hostlist(environ.get("SLURM_JOB_NODELIST", environ.get("SLURM_NODELIST", "")))
+    me = environ.get("SLURMD_NODENAME") or socket.gethostname()
+    others = [n for n in nodes if n != me]
+    if not others:
+        return None, "one node: no network between ranks"
+    try:
+        peers = [ipaddress.ip_address(resolve(n)) for n in others]
+    except (OSError, ValueError) as err:
+        return None, f"could not resolve the job's other nodes ({err}); set HPCCNN_NETWORK_INTERFACE"
+    interfaces = local_interfaces() if interfaces is None else interfaces
+    same_subnet = sorted(name for name, nets in interfaces.items()
+                         if all(any(p in net.network for net in nets) for p in peers))
+    if len(same_subnet) == 1:
+        return same_subnet[0], f"the subnet of the job's other nodes ({', '.join(others[:3])})"
+    routed = {route(str(p)) for p in peers}
+    if len(routed) == 1 and None not in routed:
+        return routed.pop(), f"the route to the job's other nodes ({', '.join(others[:3])})"
+    return None, "no single interface reaches the job's other nodes; set HPCCNN_NETWORK_INTERFACE"
+
+
+def mpi_settings(environ=os.environ) -> tuple:
+    """(variables to set before MPI starts, how the interface was chosen); a user's own variables win.
+
+    They are set in the rank itself, before Horovod starts MPI, so they take effect whoever
+    started the ranks: horovodrun, mpirun, srun, submitit, or hpccnn's own launchers.
+    """
+    # Open MPI busy-polls while a rank waits in a collective; with ranks sharing a node's cores that
+    # spinning takes the cores from TensorFlow's threads. Yield instead (README, Performance).
+    wanted = {"OMPI_MCA_mpi_yield_when_idle": "1"}
+    interface, how = network_interface(environ)
+    chosen_by_user = any(k in environ for k in ("OMPI_MCA_btl_tcp_if_include", "OMPI_MCA_btl_tcp_if_exclude"))
+    if interface and not chosen_by_user:
+        wanted.update(OMPI_MCA_btl_tcp_if_include=interface,  # Open MPI's TCP transport between nodes
+                      NCCL_SOCKET_IFNAME=interface,  # NCCL's, on GPU nodes
+                      HOROVOD_GLOO_IFACE=interface)  # Gloo's, when Horovod runs without MPI
+    elif chosen_by_user:
+        how = "the job's own OMPI_MCA_btl_tcp_if_include/exclude"
+    return {k: v for k, v in wanted.items() if k not in environ}, how
+
+
+MPI_T_VARIABLES = {"mpi_yield_when_idle": int, "btl_tcp_if_include": str, "btl_tcp_if_exclude": str}
+
+
+def mpi_parameters(names=MPI_T_VARIABLES) -> dict:
+    """Open MPI's parameters as this running process has them, read back through MPI's tool
+    interface (MPI_T) after MPI has started: what took effect, not what was asked for."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("mpi") or "libmpi.so.40", mode=ctypes.RTLD_GLOBAL)
+        provided = ctypes.c_int()
+        if lib.MPI_T_init_thread(0, ctypes.byref(provided)) != 0:
+            return {}
+    except (OSError, AttributeError):
+        return {}
+    found = {}
+    for name, kind in names.items():
+        index, handle, count = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_int()
+        if lib.MPI_T_cvar_get_index(name.encode(), ctypes.byref(index)) != 0:
+            continue
+        if lib.MPI_T_cvar_handle_alloc(index, None, ctypes.byref(handle), ctypes.byref(count)) != 0:
+            continue
+        buffer = ctypes.create_string_buffer(max(16, count.value + 1) if kind is str else 16)
+        if lib.MPI_T_cvar_read(handle, buffer) == 0:
+            found[name] = buffer.value.decode() if kind is str else ctypes.c_int.from_buffer(buffer).value
+        lib.MPI_T_cvar_handle_free(ctypes.byref(handle))
+    lib.MPI_T_finalize()
+    return found
+
+
+_network = None  # how this rank's interface was chosen, for provenance
+
+
+def refuse_horovodrun_beside_slurm(launched_by: str, size: int, local_size: int, environ=os.environ) -> None:
+    """horovodrun inside a SLURM job of several nodes starts every rank on the first node (it reads
+    no allocation: horovod issue #2097), leaving the others idle while the job pays for them."""
+    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES") or "1"
+    if launched_by == "horovodrun" and nodes.isdigit() and int(nodes) > 1 and local_size == size:
+        raise UserError(f"horovodrun ignores SLURM's allocation (horovod issue #2097) and started all {size} ranks "
+                        f"on {socket.gethostname()}, one of the job's {nodes} nodes; start them with "
+                        f"'srun --mpi=pmix python -m hpccnn.train ...' (or mpirun, which reads the allocation)")
+
+
 def init() -> World:
     """Starts Horovod once, pins one GPU per local rank, and splits CPU cores between local ranks."""
-    global _world
+    global _world, _network
     if _world is not None:
         return _world
     if not any(v in os.environ for v in MPI_LAUNCHER_VARIABLES):
         os.environ.setdefault("HOROVOD_CYCLE_TIME", SINGLE_RANK_CYCLE_MS)
+    settings, _network = mpi_settings(os.environ)
+    os.environ.update(settings)  # before MPI starts: it reads them once, at MPI_Init
     hvd = _import_horovod()
     hvd.init()
+    try:
+        refuse_horovodrun_beside_slurm(launcher(), hvd.size(), hvd.local_size())
+    except UserError:
+        if hvd.rank() != 0:  # one line from rank 0, not one per rank
+            os._exit(2)
+        raise
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -142,8 +288,11 @@ def broadcast_object(obj, root_rank: int = 0):
 
 
 def host_and_rank(world: World) -> dict:
+    """This rank's place and resources, as provenance.json lists them (rank 0 gathers every rank's)."""
     return {"host": socket.gethostname(), "rank": world.rank, "local_rank": world.local_rank,
-            "pid": os.getpid(), "intra_op_threads": world.intra_op_threads}
+            "local_size": world.local_size, "pid": os.getpid(), "intra_op_threads": world.intra_op_threads,
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "mpi": {**mpi_parameters(), "interface_chosen_by": _network} if world.size > 1 else {}}
 
 
 def _ancestors(pid: int, limit=12):

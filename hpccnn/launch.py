@@ -38,8 +38,7 @@ def mpi_env(base=None) -> dict:
     if os.geteuid() == 0:  # Open MPI refuses root unless told twice; containers and CI run as root
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Open MPI busy-polls while a rank waits in a collective; with ranks sharing a node's cores that
-    # spinning takes the cores from TensorFlow (measured: 2 ranks on 2 cores ran at 0.67x one rank
-    # for alexnet_galaxy10, and at 1.16x with yielding). Yield instead.
-    env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
+    # The MPI settings that matter (yielding cores while waiting, the interface between nodes) are
+    # not set here: each rank sets them itself before MPI starts (hpccnn.dist.mpi_settings), so that
+    # they reach a horovodrun or mpirun line typed by hand as well.
     return env

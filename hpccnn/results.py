@@ -136,9 +136,9 @@ class RunWriter:
     def guard(self):
         """Starts hpccnn.guard, which marks this run failed if this process dies without saying so
         (SIGKILL, out of memory, or the launcher killing it after another rank died)."""
-        subprocess.Popen([sys.executable, "-m", "hpccnn.guard", str(os.getpid()), str(self.folder)],
-                         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "hpccnn.guard", "--detach", str(os.getpid()), str(self.folder)],
+                       start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60)  # returns once the guard has detached
 
     def path(self, name: str) -> Path:
         return self.folder / name

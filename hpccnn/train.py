@@ -173,11 +173,12 @@ def per_rank_batch(exp, world) -> int:
     return exp.batch_size // world.size
 
 
-def gather_predictions(model, splits, exp, world, batch):
+def gather_predictions(model, splits, exp, world, batch, callbacks=()):
     """Each rank predicts its shard of the test set; rank 0 gets all of it, in test-set order."""
     index = data.shard(np.arange(len(splits.x_test)), world.rank, world.size)
     x, y = splits.x_test[index], splits.y_test[index]
-    outputs = model.predict(data.pipeline(x, y, batch, splits.scale, exp.image_size), verbose=0)
+    outputs = model.predict(data.pipeline(x, y, batch, splits.scale, exp.image_size), verbose=0,
+                            callbacks=list(callbacks))
     parts = dist.allgather_object((index, outputs))
     if not world.is_main:
         return None
@@ -251,10 +252,11 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
     """
     import tensorflow as tf
 
-    from hpccnn.callbacks import (EpochStats, RankZeroRecorder, ReseedRandomLayers, StopOnSignal, lr_warmup,
-                                  restore_callback_state)
+    from hpccnn.callbacks import (EpochStats, RankZeroRecorder, ReseedRandomLayers, StopOnSignal, Watchdog,
+                                  lr_warmup, restore_callback_state)
 
     hvd = dist.hvd()
+    stall_limit = stall_timeout()
     stopper = StopOnSignal().install()  # noted from now on; acted on once training runs
     tf.keras.utils.set_random_seed(exp.seed)
     tf.keras.backend.experimental.enable_tf_random_generator()  # dropout reseedable per epoch
@@ -305,7 +307,14 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
               f"{steps} steps per epoch; results in {writer.folder}"
               + (f"; resuming after epoch {first_epoch}" if decision else ""), flush=True)
 
+    def record_stall(message):
+        if writer is not None:
+            writer.status("failed", reason=f"{message}; resume with --resume {writer.folder}",
+                          wall_seconds=writer.wall_seconds(started))
+
+    watchdog = Watchdog(stall_limit, record_stall)  # started with training, on every rank
     callbacks = [
+        watchdog,
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # every rank starts from rank 0's weights
         # metrics averaged over ranks before anyone reads them; one rank's are its own (and each
         # allreduce would wait for Horovod's next cycle, 20 ms for a process alone: hpccnn.dist)
@@ -332,13 +341,15 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
                       tf.keras.callbacks.TensorBoard(log_dir=str(writer.path("tensorboard")), profile_batch=0)]
 
     started = time.time()
+    watchdog.start()
     try:
         if first_epoch < exp.epochs:
             model.fit(train_ds, steps_per_epoch=steps, epochs=exp.epochs, initial_epoch=first_epoch,
                       validation_data=val_ds, callbacks=callbacks, verbose=2 if world.is_main else 0)
         if stopper.stopped:
             raise stopped(stopper, writer, started)
-        outputs = gather_predictions(model, splits, exp, world, batch)
+        outputs = gather_predictions(model, splits, exp, world, batch, callbacks=[watchdog])
+        watchdog.stop()
         if not world.is_main:
             return None, None
         accuracy, loss, y_pred = score(outputs, splits.y_test, spec.logits)
@@ -359,7 +370,20 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
             writer.status("failed", reason=f"{type(err).__name__}: {err}", wall_seconds=writer.wall_seconds(started))
         raise
     finally:
+        watchdog.stop()
         stopper.uninstall()
+
+
+def stall_timeout(environ=os.environ) -> float:
+    """HPCCNN_STALL_TIMEOUT: seconds without progress after which a rank gives up (0: never)."""
+    value = environ.get("HPCCNN_STALL_TIMEOUT", "600")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise UserError(f"HPCCNN_STALL_TIMEOUT={value!r} must be a number of seconds (0 turns the watchdog off)")
+    return seconds
 
 
 def stopped(stopper, writer, started) -> Interrupted:

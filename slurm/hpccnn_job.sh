@@ -8,7 +8,6 @@ cd "${SLURM_SUBMIT_DIR:-.}"
 venv=${HPCCNN_VENV:-.venv}
 if [ -f "$venv/bin/activate" ]; then source "$venv/bin/activate"; fi
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-export OMPI_MCA_mpi_yield_when_idle=${OMPI_MCA_mpi_yield_when_idle:-1}  # waiting ranks yield their cores (hpccnn.launch.mpi_env)
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 settings=()
 [ -n "${DATASET:-}" ] && settings+=(--dataset "$DATASET")

@@ -83,21 +83,38 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
-@pytest.fixture(scope="session")
-def slurm_env():
-    """A real one-node SLURM cluster (scripts/local_slurm.sh), started for the tests and stopped after."""
+def _cluster(directory: str, *start_args, **env):
+    """Starts scripts/local_slurm.sh's cluster in directory (unless it runs already); yields its environment."""
     import shutil
 
     if shutil.which("slurmctld") is None or os.geteuid() != 0:
         pytest.skip("this machine has no SLURM daemons or is not root (scripts/install_system.sh installs them)")
-    was_running = subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0
+    env = dict(os.environ, HPCCNN_SLURM_DIR=directory, **env)
+    pid = Path(directory) / "slurmctld.pid"
+    was_running = pid.exists() and Path(f"/proc/{pid.read_text().strip()}").exists()
     script = ROOT / "scripts" / "local_slurm.sh"
-    proc = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([str(script), "start", *start_args], capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    env = dict(os.environ, SLURM_CONF=os.environ.get("HPCCNN_SLURM_DIR", "/tmp/hpccnn-slurm") + "/slurm.conf")
-    yield env
+    yield dict(env, SLURM_CONF=f"{directory}/slurm.conf")
     if not was_running:
-        subprocess.run([str(script), "stop"], capture_output=True, timeout=60)
+        subprocess.run([str(script), "stop"], capture_output=True, timeout=120, env=env)
+
+
+@pytest.fixture(scope="session")
+def slurm_env():
+    """A real one-node SLURM cluster (scripts/local_slurm.sh), started for the tests and stopped after."""
+    yield from _cluster(os.environ.get("HPCCNN_SLURM_DIR", "/tmp/hpccnn-slurm"))
+
+
+NODE_CORES = {"n1": [0], "n2": [1 % os.cpu_count()]}  # each namespace node's pinned core (local_slurm.sh)
+
+
+@pytest.fixture(scope="session")
+def nodes_env():
+    """A real SLURM cluster of 2 nodes, each a network namespace (n1, n2) with its own core and a second
+    interface that leads nowhere; both declare 2 CPUs, so a 2 x 2 job oversubscribes each node's core."""
+    yield from _cluster("/tmp/hpccnn-slurm-nodes", "--nodes", "2", "--cpus-per-node", "2",
+                        HPCCNN_SLURMCTLD_PORT="6827", HPCCNN_SLURMD_TIMEOUT="20")
 
 
 GRID_ARGS = ["--grid", "cifar_hparams", "--dataset", "digits", "--epochs", "1",

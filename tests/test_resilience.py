@@ -58,10 +58,15 @@ def job_field(env, job, key):
 
 
 def test_requeued_twice_by_real_signals_ends_where_an_uninterrupted_run_does(slurm_env, tmp_path):
+    requeued_twice_ends_where_an_uninterrupted_run_does(slurm_env, tmp_path)
+
+
+def requeued_twice_ends_where_an_uninterrupted_run_does(slurm_env, tmp_path, *layout):
     """A 2-rank sbatch job gets SLURM's warning signal twice (scancel --signal=USR2), requeues
-    itself each time and resumes; its final weights, metrics and history equal a run left alone."""
+    itself each time and resumes; its final weights, metrics and history equal a run left alone.
+    layout: sbatch options placing the ranks (test_nodes puts them on 2 nodes)."""
     epochs = "8"
-    common = ["--export=ALL", "--cpus-per-task=1", "--mem=3G", "--time=20"]
+    common = ["--export=ALL", "--cpus-per-task=1", "--mem=3G", "--time=20", *layout]
     env = dict(slurm_env, EXPERIMENT="digits_cnn", EPOCHS=epochs)
 
     alone = tmp_path / "alone"
@@ -95,6 +100,7 @@ def test_requeued_twice_by_real_signals_ends_where_an_uninterrupted_run_does(slu
     prov = read_json(folder / "provenance.json")
     assert [r["after_epoch"] for r in prov["resumes"]] == sorted(r["after_epoch"] for r in prov["resumes"])
     assert all(r["after_epoch"] >= 2 for r in prov["resumes"]) and prov["world_size"] == 2
+    return prov
     assert log.read_text().count("stopped by SIGUSR2") >= 2
 
 
