@@ -416,6 +416,7 @@ def stopped(stopper, writer, started) -> Interrupted:
 def parse(argv):
     """(options, Experiment) from hpccnn.train's command line; a UserError if anything is wrong."""
     args = build_parser().parse_args(argv)
+    stall_timeout()  # checked before anything starts
     changes = overrides(args)
     if args.resume is not None:
         return args, resumed_experiment(args, changes)

@@ -125,6 +125,27 @@ def test_two_ranks_on_two_nodes_take_the_same_step_as_one_rank_on_the_whole_batc
         np.testing.assert_allclose(a[f"arr_{i}"], b[f"arr_{i}"], rtol=1e-4, atol=1e-5)
 
 
+ALLREDUCE = ("import os, sys; from hpccnn import dist; "
+             "os.environ.update(dist.mpi_settings()[0]) if sys.argv[1] == 'hpccnn' else None; "
+             "import numpy as np; from mpi4py import MPI; x = np.ones(1 << 20, np.float32); "
+             "MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, x); print('SUM', x[0], flush=True)")
+
+
+@pytest.mark.parametrize("settings", ["none", "hpccnn"])
+def test_the_second_interface_hangs_mpi_unless_the_interface_is_chosen(nodes_env, settings):
+    """eth1 has an address in the same subnet on both nodes but is connected to nothing, as a
+    second network of real nodes can be. Left to choose, Open MPI tries it and hangs in the first
+    collective; with the interface hpccnn chooses (what every hpccnn rank sets) it finishes at once."""
+    proc = subprocess.run(["srun", "-N2", "-n2", "--mpi=pmix", "--time=2", "timeout", "15", sys.executable, "-c",
+                           ALLREDUCE, settings], capture_output=True, text=True, env=mpi_env(nodes_env), cwd=ROOT,
+                          timeout=120)
+    if settings == "hpccnn":
+        assert proc.returncode == 0 and proc.stdout.split().count("2.0") == 2, proc.stdout + proc.stderr[-2000:]
+    else:
+        assert proc.returncode != 0 and "SUM" not in proc.stdout, proc.stdout  # still waiting after 15 s
+        assert "10.78.0.1" in proc.stderr  # Open MPI tried eth1's addresses
+
+
 def test_mpirun_inside_a_two_node_allocation_uses_both_nodes(nodes_env, tmp_path):
     results = tmp_path / "results"
     state, log = run_on_nodes(nodes_env, tmp_path, "mpirun",

@@ -1,0 +1,124 @@
+"""The MPI settings each rank gives itself before MPI starts, whoever started the ranks."""
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, read_json, run_folders
+from hpccnn.dist import expand_hostlist, mpi_settings, network_interface
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def test_slurm_host_lists_expand_as_scontrol_show_hostnames_does():
+    assert expand_hostlist("n[1-3,7],gpu01") == ["n1", "n2", "n3", "n7", "gpu01"]
+    assert expand_hostlist("cn[008-010]") == ["cn008", "cn009", "cn010"]
+    assert expand_hostlist("n1") == ["n1"] and expand_hostlist("") == []
+    # what `scontrol show hostnames` prints for it (SLURM 22.05)
+    assert expand_hostlist("a[1-2,9],b[01-02]c,single") == ["a1", "a2", "a9", "b01c", "b02c", "single"]
+
+
+INTERFACES = {"eth0": [ipaddress.ip_interface("10.77.0.11/24")],
+              "eth1": [ipaddress.ip_interface("10.78.0.11/24")],  # the same on every node, leads nowhere
+              "docker0": [ipaddress.ip_interface("172.17.0.1/16")]}
+HOSTS = {"n1": "10.77.0.11", "n2": "10.77.0.12", "n3": "10.77.0.13", "far": "192.168.5.5"}
+
+
+def resolve(name):
+    if name not in HOSTS:
+        raise OSError(f"[Errno -2] Name or service not known: {name}")  # as socket.gethostbyname does
+    return HOSTS[name]
+
+
+def choose(environ, route=lambda address: None):
+    return network_interface(environ, INTERFACES, resolve, route)
+
+
+def test_the_interface_is_the_one_whose_subnet_holds_the_other_nodes():
+    assert choose({"SLURM_JOB_NODELIST": "n[1-3]", "SLURMD_NODENAME": "n1"})[0] == "eth0"
+
+
+def test_routed_nodes_get_the_interface_the_kernel_routes_through():
+    found, how = choose({"SLURM_JOB_NODELIST": "n1,far", "SLURMD_NODENAME": "n1"},
+                        route=lambda address: "eth0" if address == "192.168.5.5" else None)
+    assert found == "eth0" and "route" in how
+
+
+def test_the_documented_setting_wins_and_one_node_needs_no_interface():
+    assert choose({"HPCCNN_NETWORK_INTERFACE": "ib0", "SLURM_JOB_NODELIST": "n[1-2]"}) == \
+        ("ib0", "HPCCNN_NETWORK_INTERFACE")
+    assert choose({"SLURM_JOB_NODELIST": "n1", "SLURMD_NODENAME": "n1"})[0] is None
+    found, how = choose({"SLURM_JOB_NODELIST": "n1,nowhere", "SLURMD_NODENAME": "n1"})
+    assert found is None and "HPCCNN_NETWORK_INTERFACE" in how  # can't tell: says which setting to use
+
+
+def test_a_users_own_mpi_variables_win():
+    environ = {"HPCCNN_NETWORK_INTERFACE": "eth0"}
+    wanted, _ = mpi_settings(environ)
+    assert wanted["OMPI_MCA_btl_tcp_if_include"] == "eth0" and wanted["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    wanted, how = mpi_settings({**environ, "OMPI_MCA_btl_tcp_if_exclude": "eth1", "OMPI_MCA_mpi_yield_when_idle": "0"})
+    assert "OMPI_MCA_btl_tcp_if_include" not in wanted and "OMPI_MCA_mpi_yield_when_idle" not in wanted
+    assert "job's own" in how
+
+
+def plain_shell(**extra):
+    """A shell with only PATH (the venv first, as after `source .venv/bin/activate`), HOME and
+    Open MPI's two run-as-root variables: nothing hpccnn's own launchers would add."""
+    env = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), **extra}
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return env
+
+
+@pytest.mark.parametrize("line", [
+    "horovodrun -np 2 -H localhost:2 python -m hpccnn.train --experiment digits_cnn",
+    "mpirun -np 2 --bind-to none python -m hpccnn.train --experiment digits_cnn",
+])
+def test_the_readmes_launch_lines_typed_in_a_plain_shell_get_hpccnns_mpi_settings(tmp_path, line):
+    """The README's Run lines, as typed (results land in ./results of the working folder): each rank
+    reads Open MPI's parameters back through MPI_T, so provenance shows what took effect."""
+    assert line in (ROOT / "README.md").read_text()
+    proc = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in plain_shell().items()), "sh", "-c", line],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (folder,) = run_folders(tmp_path / "results")
+    prov = read_json(folder / "provenance.json")
+    assert prov["world_size"] == 2 and prov["launcher"] == line.split()[0]
+    for rank in prov["ranks"]:
+        assert rank["mpi"]["mpi_yield_when_idle"] == 1, rank  # waiting ranks give their core to TensorFlow
+
+
+def test_mpi_t_reads_what_took_effect_so_a_users_own_value_shows(tmp_path):
+    """The read-back is Open MPI's own: a value the user exported (0) is what provenance would show."""
+    script = "from hpccnn import dist; w = dist.init(); import json; print('MPI ' + json.dumps(dist.host_and_rank(w)['mpi']))"
+    proc = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in plain_shell(OMPI_MCA_mpi_yield_when_idle="0").items()),
+                           "mpirun", "-np", "2", "--bind-to", "none", "python", "-c", script],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("MPI ")]
+    assert len(found) == 2 and all(f["mpi_yield_when_idle"] == 0 for f in found), proc.stdout
+
+
+def test_the_stall_watchdog_ends_a_rank_that_makes_no_progress(tmp_path):
+    script = ("import time; from hpccnn.callbacks import Watchdog\n"
+              "Watchdog(1.5, on_stall=lambda m: print('STALL ' + m, flush=True), poll=0.2).start()\n"
+              "time.sleep(30)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert proc.stdout.startswith("STALL no progress for 2 s") and "ending this rank" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "inf", "nan"])
+def test_a_bad_stall_timeout_is_refused_in_one_line(tmp_path, value):
+    from conftest import run_module
+
+    proc = run_module("hpccnn.train", "--epochs", "1", "--results-dir", tmp_path / "results",
+                      env={**os.environ, "HPCCNN_STALL_TIMEOUT": value})
+    assert proc.returncode == 2 and "HPCCNN_STALL_TIMEOUT" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert not (tmp_path / "results").exists()
