@@ -97,7 +97,16 @@ def _cluster(directory: str, *start_args, **env):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     yield dict(env, SLURM_CONF=f"{directory}/slurm.conf")
     if not was_running:
-        subprocess.run([str(script), "stop"], capture_output=True, timeout=120, env=env)
+        proc = subprocess.run([str(script), "stop"], capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # stop removed what start made: daemons (by their pid files), namespaces, links, host names
+        for pidfile in Path(directory).glob("*.pid"):
+            assert not Path(f"/proc/{pidfile.read_text().strip()}").exists(), f"{pidfile} still runs"
+        if "--nodes" in start_args:
+            left = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+            assert "hpccnnbr0" not in left and " hpn1" not in left, left
+            assert not list(Path("/var/run/netns").glob("hpccnn-n*"))
+            assert f"hpccnn-local-slurm {directory}" not in Path("/etc/hosts").read_text()
 
 
 @pytest.fixture(scope="session")

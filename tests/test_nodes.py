@@ -146,6 +146,33 @@ def test_the_second_interface_hangs_mpi_unless_the_interface_is_chosen(nodes_env
         assert "10.78.0.1" in proc.stderr  # Open MPI tried eth1's addresses
 
 
+TIMED_ALLREDUCE = ("import os, time; from hpccnn import dist; os.environ.update(dist.mpi_settings()[0]); "
+                   "import numpy as np; from mpi4py import MPI; x = np.ones(1 << 20, np.float32); "
+                   "MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, x); t = time.perf_counter(); "
+                   "MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, x); print('SECONDS', time.perf_counter() - t)")
+
+
+def test_link_gbit_shapes_what_crosses_between_the_nodes(nodes_env):
+    """link --gbit 0.1: a 4 MB allreduce between the 2 nodes must send at least 4 MB over some node's
+    link (each node sends 2 x (N-1)/N of it), which at 100 Mbit/s takes at least 0.32 s; unshaped it
+    takes a few tens of ms here. A shaper can only slow it, so the bound can't fail from noise."""
+    def allreduce_seconds():
+        proc = subprocess.run(["srun", "-N2", "-n2", "--mpi=pmix", "--time=2", sys.executable, "-c", TIMED_ALLREDUCE],
+                              capture_output=True, text=True, env=mpi_env(nodes_env), cwd=ROOT, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return max(float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("SECONDS"))
+
+    shaped = subprocess.run([str(SCRIPT), "link", "--gbit", "0.1"], capture_output=True, text=True, env=nodes_env)
+    assert shaped.returncode == 0, shaped.stderr
+    try:
+        slow = allreduce_seconds()
+    finally:
+        subprocess.run([str(SCRIPT), "link", "--unshaped"], capture_output=True, env=nodes_env)
+    fast = allreduce_seconds()
+    assert slow >= 0.8 * (4 * 2 ** 20 * 8) / 0.1e9, slow
+    assert fast < slow / 3, (fast, slow)
+
+
 def test_mpirun_inside_a_two_node_allocation_uses_both_nodes(nodes_env, tmp_path):
     results = tmp_path / "results"
     state, log = run_on_nodes(nodes_env, tmp_path, "mpirun",
