@@ -183,6 +183,7 @@ class Watchdog(tf.keras.callbacks.Callback):
         self.limit, self.on_stall, self.poll = limit, on_stall, poll
         self.last = time.monotonic()
         self.longest = 0.0
+        self.first = True
         self.done = False
         self._thread = None
 
@@ -199,11 +200,17 @@ class Watchdog(tf.keras.callbacks.Callback):
 
     def beat(self, *args, **kwargs):
         now = time.monotonic()
-        self.longest = max(self.longest, now - self.last)
+        if not self.first:  # a phase's first batch traces and compiles its function: not a step's gap
+            self.longest = max(self.longest, now - self.last)
+        self.first = False
         self.last = now
 
-    on_train_batch_end = on_test_batch_end = on_predict_batch_end = beat
-    on_epoch_begin = on_epoch_end = on_test_begin = on_predict_begin = beat
+    def phase(self, *args, **kwargs):
+        self.beat()
+        self.first = True
+
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = on_epoch_end = beat
+    on_train_begin = on_epoch_begin = on_test_begin = on_predict_begin = phase
 
     def allowed(self) -> float:
         return max(self.limit, 10 * self.longest)

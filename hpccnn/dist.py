@@ -141,6 +141,9 @@ def route_interface(address: str) -> str | None:
     return match.group(1) if match else None
 
 
+PEERS_LOOKED_UP = 4  # a few of the other nodes tell the interface; thousands of ranks needn't each ask DNS of all
+
+
 def network_interface(environ=os.environ, interfaces=None, resolve=socket.gethostbyname, route=route_interface):
     """(interface, how it was chosen) that MPI should send between this job's nodes, or (None, why not).
 
@@ -153,9 +156,14 @@ def network_interface(environ=os.environ, interfaces=None, resolve=socket.gethos
     """
     if environ.get("HPCCNN_NETWORK_INTERFACE"):
         return environ["HPCCNN_NETWORK_INTERFACE"], "HPCCNN_NETWORK_INTERFACE"
-    nodes = expand_hostlist(environ.get("SLURM_JOB_NODELIST", environ.get("SLURM_NODELIST", "")))
+    listed = next((environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+                   if environ.get(k)), "")
+    try:
+        nodes = expand_hostlist(listed)
+    except ValueError:
+        return None, f"could not read SLURM's node list {listed!r}; set HPCCNN_NETWORK_INTERFACE"
     me = environ.get("SLURMD_NODENAME") or socket.gethostname()
-    others = [n for n in nodes if n != me]
+    others = [n for n in nodes if n != me][:PEERS_LOOKED_UP]
     if not others:
         return None, "one node: no network between ranks"
     try:
@@ -251,7 +259,10 @@ def init() -> World:
     try:
         refuse_horovodrun_beside_slurm(launcher(), hvd.size(), hvd.local_size())
     except UserError:
-        if hvd.rank() != 0:  # one line from rank 0, not one per rank
+        if hvd.rank() != 0:  # one line from rank 0, not one per rank; the launcher ends this rank
+            import time  # once rank 0 has exited, which it does after printing its line
+
+            time.sleep(30)
             os._exit(2)
         raise
     import tensorflow as tf

@@ -52,13 +52,21 @@ def slurm_view(job_id: str | None, wait_seconds=15.0) -> str:
     return f" (SLURM: job {job_id} {state}" + (f", {reason})" if reason not in ("None", "(null)") else ")")
 
 
-def mark_failed(metrics_path: Path, reason: str) -> bool:
+def read_metrics(metrics_path: Path) -> dict:
     try:
-        metrics = json.loads(metrics_path.read_text())
+        return json.loads(metrics_path.read_text())
     except (OSError, ValueError):
-        return False
+        return {}
+
+
+def mark_failed(metrics_path: Path, reason: str, attempt=None) -> bool:
+    """metrics.json says failed with reason, if it still says running (and, given an attempt, the
+    same attempt: a resume started since then is not this one to judge)."""
+    metrics = read_metrics(metrics_path)
     if metrics.get("status") != "running":
         return False  # the run said how it ended
+    if attempt is not None and metrics.get("resumes", 0) != attempt:
+        return False
     metrics.update(status="failed", reason=reason, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
     tmp = metrics_path.with_name(f".metrics.json.tmp{os.getpid()}")
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -73,16 +81,29 @@ def main(argv=None):
         if os.fork() > 0:
             os._exit(0)
         os.setsid()
+    if argv and argv[0] == "--job-ended":
+        return job_ended(*argv[1:3])
     pid, folder = argv[:2]
     pid, metrics_path = int(pid), Path(folder) / "metrics.json"
+    attempt = read_metrics(metrics_path).get("resumes", 0)
     while alive(pid):
         time.sleep(0.5)
-    try:
-        if json.loads(metrics_path.read_text()).get("status") != "running":
-            return 0
-    except (OSError, ValueError):
+    if read_metrics(metrics_path).get("status") != "running":
         return 0
-    mark_failed(metrics_path, REASON + slurm_view(os.environ.get("SLURM_JOB_ID")))
+    mark_failed(metrics_path, REASON + slurm_view(os.environ.get("SLURM_JOB_ID")), attempt)
+    return 0
+
+
+def job_ended(status: str, results_dir: str) -> int:
+    """After srun in slurm/hpccnn_job.sh: the job's run folder, if it still says running, failed.
+
+    The guard above is the first line; where SLURM tracks processes by cgroup (proctrack/cgroup,
+    most clusters), it is killed with the step, and this, in the batch script, records the end."""
+    from hpccnn.results import job_tag
+
+    for folder in Path(results_dir).glob(f"*/*-{job_tag()}"):
+        mark_failed(folder / "metrics.json", f"{REASON}; srun exited with status {status}"
+                    + slurm_view(os.environ.get("SLURM_JOB_ID"), wait_seconds=0))
     return 0
 
 

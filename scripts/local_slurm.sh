@@ -37,7 +37,7 @@ shape() {
     local run=() name=$dev
     if [[ $dev == ns:* ]]; then run=(ip netns exec "hpccnn-n$k"); name=${dev#ns:}; fi
     "${run[@]}" tc qdisc del dev "$name" root 2>/dev/null || true
-    if [ "$gbit" != "0" ]; then
+    if awk -v g="$gbit" 'BEGIN {exit !(g > 0)}'; then
       bytes=$(awk -v g="$gbit" 'BEGIN {printf "%d", g * 1e9 / 8}')
       burst=$(( bytes / 250 > 65536 ? bytes / 250 : 65536 ))
       "${run[@]}" tc qdisc add dev "$name" root tbf rate "${gbit}gbit" burst "$burst" latency 50ms
@@ -59,8 +59,18 @@ network_up() {
     ip netns exec "hpccnn-n$k" sh -c "ip link set lo up; ip addr add $NET.0.$((10 + k))/24 dev eth0;
       ip link set eth0 up; ip addr add $DEAD.0.$((10 + k))/24 dev eth1; ip link set eth1 up"
     shape "$k" "$gbit"
-    echo "$NET.0.$((10 + k)) n$k  # hpccnn-local-slurm $D" >> /etc/hosts
   done
+  hosts_remove
+  [ -z "$(tail -c1 /etc/hosts)" ] || echo >> /etc/hosts  # a last line without its newline stays whole
+  for k in $(seq "$n"); do echo "$NET.0.$((10 + k)) n$k  # hpccnn-local-slurm $D" >> /etc/hosts; done
+}
+
+# /etc/hosts may be a bind mount: rewrite it in place rather than replace it
+hosts_remove() {
+  if grep -qF "# hpccnn-local-slurm $D" /etc/hosts; then
+    grep -vF "# hpccnn-local-slurm $D" /etc/hosts > "$D/hosts.tmp" || true
+    cat "$D/hosts.tmp" > /etc/hosts && rm -f "$D/hosts.tmp"
+  fi
 }
 
 network_down() {
@@ -71,11 +81,7 @@ network_down() {
     ip netns del "hpccnn-n$k" 2>/dev/null || true
   done
   ip link del "$BRIDGE" 2>/dev/null || true
-  # /etc/hosts may be a bind mount: rewrite it in place rather than replace it
-  if grep -q "# hpccnn-local-slurm $D\$" /etc/hosts; then
-    grep -v "# hpccnn-local-slurm $D\$" /etc/hosts > "$D/hosts.tmp" || true
-    cat "$D/hosts.tmp" > /etc/hosts && rm -f "$D/hosts.tmp"
-  fi
+  hosts_remove
 }
 
 write_conf() {
@@ -143,7 +149,7 @@ start() {
   [[ $n =~ ^[1-9][0-9]?$ ]] || die "--nodes must be a whole number from 1 to 99, not '$n'"
   [[ -z $cpus || $cpus =~ ^[1-9][0-9]*$ ]] || die "--cpus-per-node must be a positive whole number, not '$cpus'"
   [[ $gbit =~ ^[0-9]*\.?[0-9]+$ ]] || die "--link-gbit must be a number of Gbit/s (0: unshaped), not '$gbit'"
-  [ "$n" -gt 1 ] || [ "$gbit" = "0" ] || die "--link-gbit needs --nodes 2 or more (one node has no link)"
+  [ "$n" -gt 1 ] || ! awk -v g="$gbit" 'BEGIN {exit !(g > 0)}' || die "--link-gbit needs --nodes 2 or more (one node has no link)"
   if alive "$D/slurmctld.pid"; then
     [ "$(nodes)" = "$n" ] || die "a cluster of $(nodes) node(s) is already running from $D; stop it first"
     echo "local SLURM cluster already running: export SLURM_CONF=$SLURM_CONF"; return 0
@@ -158,7 +164,8 @@ start() {
   if ! pgrep -x munged >/dev/null; then
     mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
     [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-    runuser -u munge -- /usr/sbin/munged --pid-file="$D/munged.pid"
+    install -d -o munge -g munge "$D/munge"  # munged runs as munge and writes its pid file there
+    runuser -u munge -- /usr/sbin/munged --pid-file="$D/munge/munged.pid"
   fi
   for i in 0 1; do [ -c "$D/dev/fakegpu$i" ] || mknod "$D/dev/fakegpu$i" c 1 3; done
   write_conf "$n" "$cpus" $(( mem_mb / n ))
@@ -210,7 +217,7 @@ link() {
     esac
   done
   if [ -n "$action" ]; then
-    [[ $node =~ ^n([0-9]+)$ ]] && [ "${BASH_REMATCH[1]}" -le "$(nodes)" ] || die "--node must be one of n1..n$(nodes)"
+    [[ $node =~ ^n([1-9][0-9]*)$ ]] && [ "${BASH_REMATCH[1]}" -le "$(nodes)" ] || die "--node must be one of n1..n$(nodes)"
     ip link set "hp$node" "$action"
     # back up: ask the controller to take the node again now, rather than at its next ping
     [ "$action" = up ] && scontrol update NodeName="$node" State=RESUME >/dev/null 2>&1 || true
@@ -220,10 +227,16 @@ link() {
 stop() {
   local n
   n=$(nodes)
-  if alive "$D/slurmctld.pid"; then
+  if alive "$D/slurmctld.pid"; then  # end the jobs first: their steps would outlive slurmd
     scancel --quiet --full --user=root >/dev/null 2>&1 || true
+    for _ in $(seq 60); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.5; done
   fi
-  for pidfile in "$D"/slurmd.*.pid "$D/slurmctld.pid" "$D/munged.pid"; do
+  local others=0 own
+  own=$(cat "$D/slurmctld.pid" 2>/dev/null || echo none)
+  for pid in $(pgrep -x slurmctld || true); do [ "$pid" = "$own" ] || others=1; done
+  for pidfile in "$D"/slurmd.*.pid "$D/slurmctld.pid" "$D/munge/munged.pid"; do
+    # munged serves every cluster on this machine: it stays while another one runs
+    [ "$pidfile" = "$D/munge/munged.pid" ] && [ "$others" -eq 1 ] && continue
     alive "$pidfile" && kill "$(cat "$pidfile")" 2>/dev/null || true
   done
   for _ in $(seq 20); do
@@ -232,7 +245,7 @@ stop() {
     [ "$left" -eq 0 ] && break
     sleep 0.5
   done
-  [ "$n" -gt 1 ] && network_down "$n"
+  if [ "$n" -gt 1 ]; then network_down "$n"; fi
   rm -f "$D/nodes" "$D/link-gbit"
   echo "local SLURM cluster stopped"
 }

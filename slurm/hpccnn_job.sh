@@ -22,4 +22,8 @@ else
 fi
 [ -n "${DATA_DIR:-}" ] && args+=(--data-dir "$DATA_DIR")
 echo "hpccnn: job $SLURM_JOB_ID on $SLURM_JOB_NODELIST: $SLURM_NTASKS rank(s), ${SLURM_CPUS_PER_TASK:-1} core(s) each, gpus=${CUDA_VISIBLE_DEVICES:-none}"
-exec srun --mpi=pmix --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" python -m hpccnn.train "${args[@]}" "$@"
+status=0
+srun --mpi=pmix --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" python -m hpccnn.train "${args[@]}" "$@" || status=$?
+# a run that ended without saying so (a rank killed with its guard, as proctrack/cgroup does) is failed
+[ "$status" -eq 0 ] || python -m hpccnn.guard --job-ended "$status" "${RESULTS_DIR:-results}" || true
+exit "$status"

@@ -123,7 +123,7 @@ def nodes_env():
     """A real SLURM cluster of 2 nodes, each a network namespace (n1, n2) with its own core and a second
     interface that leads nowhere; both declare 2 CPUs, so a 2 x 2 job oversubscribes each node's core."""
     yield from _cluster("/tmp/hpccnn-slurm-nodes", "--nodes", "2", "--cpus-per-node", "2",
-                        HPCCNN_SLURMCTLD_PORT="6827", HPCCNN_SLURMD_TIMEOUT="20")
+                        HPCCNN_SLURMCTLD_PORT="6827", HPCCNN_SLURMD_TIMEOUT="60")
 
 
 GRID_ARGS = ["--grid", "cifar_hparams", "--dataset", "digits", "--epochs", "1",

@@ -100,8 +100,8 @@ def requeued_twice_ends_where_an_uninterrupted_run_does(slurm_env, tmp_path, *la
     prov = read_json(folder / "provenance.json")
     assert [r["after_epoch"] for r in prov["resumes"]] == sorted(r["after_epoch"] for r in prov["resumes"])
     assert all(r["after_epoch"] >= 2 for r in prov["resumes"]) and prov["world_size"] == 2
-    return prov
     assert log.read_text().count("stopped by SIGUSR2") >= 2
+    return prov
 
 
 def rank_pids(parent: int):
