@@ -156,8 +156,8 @@ def network_interface(environ=os.environ, interfaces=None, resolve=socket.gethos
     """
     if environ.get("HPCCNN_NETWORK_INTERFACE"):
         return environ["HPCCNN_NETWORK_INTERFACE"], "HPCCNN_NETWORK_INTERFACE"
-    listed = next((environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
-                   if environ.get(k)), "")
+    # the job's nodes, not the step's: mpirun inside a job starts one single-node step per node
+    listed = next((environ[k] for k in ("SLURM_JOB_NODELIST", "SLURM_NODELIST") if environ.get(k)), "")
     try:
         nodes = expand_hostlist(listed)
     except ValueError:

@@ -26,7 +26,10 @@ mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 85 / 100 ))
 export SLURM_CONF="$D/slurm.conf"
 
 die() { echo "local_slurm.sh: $*" >&2; exit 2; }
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# a process that runs, not a zombie left for a parent that never reaps (gVisor's init doesn't)
+running() { [ -r "/proc/$1/stat" ] && [ "$(cut -d')' -f2 "/proc/$1/stat" | cut -d' ' -f2)" != Z ]; }
+alive() { [ -s "$1" ] && running "$(cat "$1")"; }
+running_named() { for pid in $(pgrep -x "$1" || true); do running "$pid" && echo "$pid"; done; }
 nodes() { cat "$D/nodes" 2>/dev/null || echo 1; }
 
 # tc tbf on both ends of node k's link: what it sends and what it receives. burst holds 4 ms
@@ -76,6 +79,8 @@ hosts_remove() {
 network_down() {
   local n=$1
   for k in $(seq "$n"); do
+    # whatever still runs on the node (a step whose controller went away first) goes with it
+    for pid in $(ip netns pids "hpccnn-n$k" 2>/dev/null || true); do kill -9 "$pid" 2>/dev/null || true; done
     ip link del "hpn$k" 2>/dev/null || true
     ip link del "hpn${k}x" 2>/dev/null || true
     ip netns del "hpccnn-n$k" 2>/dev/null || true
@@ -161,7 +166,7 @@ start() {
   cpus=${cpus:-$share}
   mkdir -p "$D"/{state,spool,log,dev,tmp}
   echo "$n" > "$D/nodes"
-  if ! pgrep -x munged >/dev/null; then
+  if [ -z "$(running_named munged)" ]; then
     mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
     [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
     install -d -o munge -g munge "$D/munge"  # munged runs as munge and writes its pid file there
@@ -233,18 +238,21 @@ stop() {
   fi
   local others=0 own
   own=$(cat "$D/slurmctld.pid" 2>/dev/null || echo none)
-  for pid in $(pgrep -x slurmctld || true); do [ "$pid" = "$own" ] || others=1; done
+  for pid in $(running_named slurmctld); do [ "$pid" = "$own" ] || others=1; done
+  local pids=()  # read first: slurmd removes its pid file on SIGTERM, before it has ended
   for pidfile in "$D"/slurmd.*.pid "$D/slurmctld.pid" "$D/munge/munged.pid"; do
     # munged serves every cluster on this machine: it stays while another one runs
     [ "$pidfile" = "$D/munge/munged.pid" ] && [ "$others" -eq 1 ] && continue
-    alive "$pidfile" && kill "$(cat "$pidfile")" 2>/dev/null || true
+    if alive "$pidfile"; then pids+=("$(cat "$pidfile")"); kill "${pids[-1]}" 2>/dev/null || true; fi
   done
   for _ in $(seq 20); do
-    local left=0
-    for pidfile in "$D"/slurmd.*.pid "$D/slurmctld.pid"; do alive "$pidfile" && left=1; done
-    [ "$left" -eq 0 ] && break
+    local left=()
+    for pid in "${pids[@]}"; do running "$pid" && left+=("$pid"); done
+    [ "${#left[@]}" -eq 0 ] && break
     sleep 0.5
   done
+  # a slurmd waiting on a step that can't reach the controller any more doesn't end by itself
+  for pid in "${pids[@]}"; do running "$pid" && kill -9 "$pid" 2>/dev/null || true; done
   if [ "$n" -gt 1 ]; then network_down "$n"; fi
   rm -f "$D/nodes" "$D/link-gbit"
   echo "local SLURM cluster stopped"

@@ -83,6 +83,14 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def running(pid) -> bool:
+    """Whether a process runs (a zombie that nobody reaps has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _cluster(directory: str, *start_args, **env):
     """Starts scripts/local_slurm.sh's cluster in directory (unless it runs already); yields its environment."""
     import shutil
@@ -95,13 +103,14 @@ def _cluster(directory: str, *start_args, **env):
     script = ROOT / "scripts" / "local_slurm.sh"
     proc = subprocess.run([str(script), "start", *start_args], capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    daemons = {f.name: f.read_text().strip() for f in Path(directory).glob("*.pid")}
     yield dict(env, SLURM_CONF=f"{directory}/slurm.conf")
     if not was_running:
         proc = subprocess.run([str(script), "stop"], capture_output=True, text=True, timeout=120, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        # stop removed what start made: daemons (by their pid files), namespaces, links, host names
-        for pidfile in Path(directory).glob("*.pid"):
-            assert not Path(f"/proc/{pidfile.read_text().strip()}").exists(), f"{pidfile} still runs"
+        # stop removed what start made: its daemons, namespaces, links and host names
+        for name, pid in daemons.items():
+            assert not running(pid), f"{name}'s process {pid} still runs after stop"
         if "--nodes" in start_args:
             left = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
             assert "hpccnnbr0" not in left and " hpn1" not in left, left

@@ -214,7 +214,10 @@ def test_a_grid_runs_every_point_on_two_nodes(nodes_env, tmp_path):
     rows = pd.read_csv(grid / "grid.csv")
     assert len(rows) == 12 and set(rows["status"]) == {"completed"} and set(rows["world_size"]) == {2}
     for folder in rows["run_folder"]:
-        assert read_json(Path(folder) / "provenance.json")["hosts"] == ["n1", "n2"], folder
+        prov = read_json(Path(folder) / "provenance.json")
+        assert prov["hosts"] == ["n1", "n2"], folder
+        for rank in prov["ranks"]:  # submitit's ranks set the same MPI settings as any other
+            assert_interface_chosen(rank)
 
 
 def test_requeued_twice_on_two_nodes_ends_where_an_uninterrupted_run_does(nodes_env, tmp_path):
@@ -294,15 +297,16 @@ def test_a_node_whose_link_goes_down_ends_the_job_in_bounded_time_and_the_run_re
     assert down.returncode == 0, down.stderr
     cut = time.time()
     try:
-        assert wait_for(nodes_env, job, timeout=180) in {"FAILED", "NODE_FAIL", "CANCELLED"}
-        wait_until(lambda: not training_processes(results), 60, "no rank left waiting in a collective")
+        wait_until(lambda: not training_processes(results), 90, "no rank left waiting in a collective")
         took = time.time() - cut
         state = metrics(folder)
         assert state["status"] == "failed" and "no progress for" in state["reason"], state
         assert "--resume" in state["reason"] and state["last_epoch"] >= 2
+        # SLURM ends the job once it has marked n2 DOWN (SlurmdTimeout) and heard from n1
+        assert wait_for(nodes_env, job, timeout=240) in {"FAILED", "NODE_FAIL", "CANCELLED"}
     finally:
         subprocess.run([str(SCRIPT), "link", "--node", "n2", "--up"], capture_output=True, env=env)
-    assert took < 120, f"{took:.0f} s from the link going down to no rank left"
+    assert took < 60, f"{took:.0f} s from the link going down to no rank left"
     resume_on_n1(nodes_env, folder, epochs=str(state["last_epoch"] + 2))
     # n2 back in service for the tests after this one
     wait_until(lambda: "n2 idle" in subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True,
