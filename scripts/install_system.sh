@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages hpccnn needs: Open MPI (Horovod and mpi4py build against it),
-# SLURM and munge (the local test cluster), and a headless Chromium with its WebDriver
+# SLURM and munge (the local test clusters; iproute2 makes their namespace nodes and links), and a headless Chromium with its WebDriver
 # (the tests open hpccnn's HTML reports in it). Quick when everything is installed.
 set -euo pipefail
-packages=(openmpi-bin libopenmpi-dev slurm-wlm munge)
+packages=(openmpi-bin libopenmpi-dev slurm-wlm munge iproute2)  # iproute2: ip and tc for the namespace nodes
 browser=(chromium chromium-driver)  # installed without Recommends: a headless browser needs none
 missing=()
 for p in "${packages[@]}" "${browser[@]}"; do
