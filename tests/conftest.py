@@ -99,7 +99,7 @@ def _cluster(directory: str, *start_args, **env):
         pytest.skip("this machine has no SLURM daemons or is not root (scripts/install_system.sh installs them)")
     env = dict(os.environ, HPCCNN_SLURM_DIR=directory, **env)
     pid = Path(directory) / "slurmctld.pid"
-    was_running = pid.exists() and Path(f"/proc/{pid.read_text().strip()}").exists()
+    was_running = pid.exists() and running(pid.read_text().strip())
     script = ROOT / "scripts" / "local_slurm.sh"
     proc = subprocess.run([str(script), "start", *start_args], capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
