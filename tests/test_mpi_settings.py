@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, read_json, run_folders
-from hpccnn.dist import expand_hostlist, mpi_settings, network_interface
+from hpccnn.dist import ALLREDUCE_RULES, expand_hostlist, mpi_settings, network_interface
 
 VENV_BIN = str(Path(sys.executable).parent)
 
@@ -67,6 +67,53 @@ def test_a_users_own_mpi_variables_win():
     assert "job's own" in how
 
 
+def test_the_allreduce_rules_are_set_for_jobs_across_nodes_unless_the_user_chose_open_mpis_collectives():
+    mpirun_on_2_nodes = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
+    for across in (mpirun_on_2_nodes, {"SLURM_STEP_NUM_NODES": "2"}):
+        wanted, _ = mpi_settings(across)
+        assert wanted["OMPI_MCA_coll_tuned_use_dynamic_rules"] == "1"
+        assert wanted["OMPI_MCA_coll_tuned_dynamic_rules_filename"] == str(ALLREDUCE_RULES)
+    assert ALLREDUCE_RULES.is_file()
+    # one node (horovodrun on a workstation, srun on one node, a process alone): Open MPI's own choice
+    for one in ({}, {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, {"SLURM_STEP_NUM_NODES": "1"}):
+        wanted, _ = mpi_settings(one)
+        assert not any(k.startswith("OMPI_MCA_coll_tuned_") for k in wanted), (one, wanted)
+    for own in ({"OMPI_MCA_coll_tuned_use_dynamic_rules": "0"}, {"OMPI_MCA_coll_tuned_allreduce_algorithm": "4"}):
+        wanted, _ = mpi_settings({**mpirun_on_2_nodes, **own})
+        assert not any(k.startswith("OMPI_MCA_coll_tuned_") for k in wanted), wanted
+
+
+def read_rules(path):
+    """{collective id: {communicator size: [(message bytes, algorithm)]}}, read as Open MPI 4.1's
+    coll/tuned reader does: numbers in order, a '#' comment to the end of its line."""
+    numbers = iter(int(n) for line in path.read_text().splitlines() for n in line.split("#")[0].split())
+    rules = {}
+    for _ in range(next(numbers)):
+        sizes = rules.setdefault(next(numbers), {})
+        for _ in range(next(numbers)):
+            size = next(numbers)
+            sizes[size] = [(next(numbers), next(numbers), next(numbers), next(numbers))[:2] for _ in range(next(numbers))]
+    assert next(numbers, None) is None, "numbers left over: the counts in the file are wrong"
+    return rules
+
+
+def chosen(rules, ranks, nbytes):
+    """The algorithm Open MPI takes: the rule of the largest listed size at or below each."""
+    size = max(s for s in rules if s <= ranks)
+    return max((m, alg) for m, alg in rules[size] if m <= nbytes)[1]
+
+
+def test_the_allreduce_rules_pick_what_measured_fastest():
+    """Two ranks exchange the whole buffer once (recursive doubling, 3); more ranks use the ring (4)
+    for a gradient's megabytes and leave small messages to Open MPI (0)."""
+    allreduce = read_rules(ALLREDUCE_RULES)[2]
+    assert all(chosen(allreduce, 2, n) == 3 for n in (8, 2 ** 20, 250 * 2 ** 20))
+    for ranks in (3, 4, 7, 8, 64, 1024):
+        assert chosen(allreduce, ranks, 8) == 0 and chosen(allreduce, ranks, 19 * 10 ** 6) == 4, ranks
+    assert all(comment.count("#") <= 1 and not any(c.isdigit() for c in comment.partition("#")[2])
+               for comment in ALLREDUCE_RULES.read_text().splitlines())
+
+
 def plain_shell(**extra):
     """A shell with only PATH (the venv first, as after `source .venv/bin/activate`), HOME and
     Open MPI's two run-as-root variables: nothing hpccnn's own launchers would add."""
@@ -92,6 +139,8 @@ def test_the_readmes_launch_lines_typed_in_a_plain_shell_get_hpccnns_mpi_setting
     assert prov["world_size"] == 2 and prov["launcher"] == line.split()[0]
     for rank in prov["ranks"]:
         assert rank["mpi"]["mpi_yield_when_idle"] == 1, rank  # waiting ranks give their core to TensorFlow
+        # one node: Open MPI's own allreduce choice, the faster one in memory (README, Scaling)
+        assert rank["mpi"]["coll_tuned_use_dynamic_rules"] == 0, rank
 
 
 def test_mpi_t_reads_what_took_effect_so_a_users_own_value_shows(tmp_path):

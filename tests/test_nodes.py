@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import GRID_ARGS, NODE_CORES, ROOT, read_json, run_folders, run_module
+from hpccnn.dist import ALLREDUCE_RULES
 from hpccnn.launch import mpi_env
 from test_resilience import SLOW, metrics, requeued_twice_ends_where_an_uninterrupted_run_does, wait_until
 from test_slurm_templates import sbatch, wait_for
@@ -54,6 +55,9 @@ def assert_interface_chosen(rank):
     assert rank["mpi"]["btl_tcp_if_include"] == "eth0", rank
     assert "subnet of the job's other nodes" in rank["mpi"]["interface_chosen_by"], rank
     assert rank["mpi"]["mpi_yield_when_idle"] == 1, rank
+    # across nodes, Open MPI's allreduce follows hpccnn's rules (the ring's speed: README, Scaling)
+    assert rank["mpi"]["coll_tuned_use_dynamic_rules"] == 1, rank
+    assert rank["mpi"]["coll_tuned_dynamic_rules_filename"] == str(ALLREDUCE_RULES), rank
 
 
 def test_the_cpu_template_trains_across_two_nodes(nodes_env, tmp_path):
