@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpccnn import scaling
 from hpccnn.errors import Parser, UserError, cli
 
 # model: (input side, channels, default batch as in the seeds, warm-up steps)
@@ -185,6 +186,9 @@ def worker(args):
     steps = math.ceil(steps / every) * every
     timer = _Timer(every)
     fit(steps + every, [timer.callback], 1)
+    extra = {}
+    if args.allreduce:  # every rank: one whole-gradient allreduce between them, on its own
+        extra["allreduce_seconds"] = scaling.time_allreduce(model, fp16=exp.fp16_allreduce)
     if args.kind == "keras":
         ranks, size = [{"rss_mb": _rss_mb()}], 1
     else:
@@ -196,7 +200,7 @@ def worker(args):
         "images_per_second": timer.steps_per_second() * per_rank * size,
         "timed_steps": timer.end[0] - timer.start[0], "timed_seconds": timer.end[1] - timer.start[1],
         "first_step_seconds": warm.first - args.launched, "ranks": ranks,
-        "forward_macs": forward_macs(model), "params": int(model.count_params())}), flush=True)
+        "forward_macs": forward_macs(model), "params": int(model.count_params()), **extra}), flush=True)
     return 0
 
 
@@ -265,18 +269,31 @@ def measure(kind, model, ranks, plan: Plan, settings=None, env=None) -> dict:
     """One measurement in its own process(es): settings are hpccnn.train settings, env extra variables."""
     from hpccnn.launch import horovodrun_prefix
 
-    cmd = [sys.executable, "-m", "hpccnn.bench", "--worker", kind, "--model", model, *plan.args(),
-           "--launched", repr(time.time())]
-    cmd += [f"--set={k}={v}" for k, v in (settings or {}).items()]
+    cmd = worker_command(kind, model, plan, settings)
     if kind == "hpccnn" and ranks > 1:
         cmd = [*horovodrun_prefix(ranks), *cmd]
         cmd[cmd.index("--launched") + 1] = repr(time.time())
     out = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), **(env or {})}, timeout=3600)
-    for line in out.stdout.splitlines():
+    try:
+        return parse_result(out.stdout)
+    except RuntimeError:
+        raise RuntimeError(f"{kind} {model} on {ranks} rank(s) failed:\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}") from None
+
+
+def worker_command(kind, model, plan: Plan, settings=None, allreduce=False) -> list:
+    """The command of one measurement's process (each rank's, under a launcher)."""
+    return [sys.executable, "-m", "hpccnn.bench", "--worker", kind, "--model", model, *plan.args(),
+            "--launched", repr(time.time()), *(["--allreduce"] if allreduce else []),
+            *(f"--set={k}={v}" for k, v in (settings or {}).items())]
+
+
+def parse_result(output: str) -> dict:
+    """The JSON a worker printed after 'BENCH ' (rank 0's)."""
+    for line in output.splitlines():
         if "BENCH " in line:
             # horovodrun interleaves the ranks' output: take the first JSON value on the line
             return json.JSONDecoder().raw_decode(line.split("BENCH ", 1)[1])[0]
-    raise RuntimeError(f"{kind} {model} on {ranks} rank(s) failed:\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}")
+    raise RuntimeError(f"no measurement in the output:\n{output[-1500:]}")
 
 
 # What --variants tries, each against hpccnn's defaults on the same rank count, measured back to back:
@@ -439,7 +456,7 @@ def run(models, ranks, options: dict, out_dir: Path, repeats=1, log=print):
                 "rounds": repeats,
             })
             log(format_row(rows[-1]))
-    md = markdown(rows, peak, repeats) + "\n" + scaling(rows)
+    md = markdown(rows, peak, repeats) + "\n" + scaling.paper(rows)
     write(out_dir, "bench", rows, md)
     return rows, md
 
@@ -493,35 +510,6 @@ def machine() -> str:
     return f"{os.cpu_count()} cores of {name} ({vector}), {memory:.0f} GB"
 
 
-def allreduce_seconds(gradient_mb: float, nodes: int, gbit_per_s: float) -> float:
-    """Ring allreduce: each node sends and receives 2 (N-1)/N of the gradient over its link."""
-    return 2 * (nodes - 1) / nodes * gradient_mb * 8e6 / (gbit_per_s * 1e9)
-
-
-def scaling(rows, nodes=(2, 4, 8, 16, 32, 64), links=(10, 25, 100)) -> str:
-    """Expected scaling efficiency past one machine, on paper, from this run's 1-rank step times.
-
-    efficiency = compute / (compute + allreduce), with no overlap of the two (Horovod overlaps
-    part of the allreduce with the backward pass, so this is a lower bound).
-    """
-    out = ["Scaling on paper: per-step compute time measured above (hpccnn, 1 rank, this machine), "
-           "float32 gradients in one ring allreduce per step, no overlap. Efficiency = compute / "
-           "(compute + allreduce).\n",
-           "| model | gradient (MB) | step (s) | link | " + " | ".join(f"{n} nodes" for n in nodes) + " |",
-           "|---|---|---|---|" + "---|" * len(nodes)]
-    for r in rows:
-        if r["runner"] != "hpccnn 1 rank":
-            continue
-        for link in links:
-            cells = []
-            for n in nodes:
-                comm = allreduce_seconds(r["gradient_mb"], n, link)
-                cells.append(f"{r['step_seconds'] / (r['step_seconds'] + comm):.0%} ({comm * 1000:.0f} ms)")
-            out.append(f"| {r['model']} | {r['gradient_mb']:.1f} | {r['step_seconds']:.3f} | {link} Gbit/s | "
-                       + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
-
-
 @cli
 def main(argv=None):
     p = Parser(prog="python -m hpccnn.bench", description=__doc__.split("\n\n")[0])
@@ -545,7 +533,16 @@ def main(argv=None):
                    help="rounds per model, in alternating order (default 1; with --variants, 2 pairs)")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.csv and bench.md "
                                                           "(default results/bench-<date>-<time>)")
+    p.add_argument("--nodes", type=int, default=0,
+                   help="instead, measure scaling over a network: this many namespace nodes on this machine "
+                        "(root; one rank per node, each on its own cores), at each --link-gbit, against the "
+                        "README's scaling model; --batch is then the batch per rank (default: each seed's)")
+    p.add_argument("--link-gbit", default="0.2,0.5,1,2", metavar="SPEEDS",
+                   help="with --nodes: the link speeds in Gbit/s, comma-separated (default 0.2,0.5,1,2)")
+    p.add_argument("--fp16-allreduce", action="store_true",
+                   help="with --nodes: send the gradients as float16 (Horovod's Compression.fp16)")
     p.add_argument("--worker", choices=("keras", "hpccnn", "interleaved"), help=argparse.SUPPRESS)
+    p.add_argument("--allreduce", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--chunks", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--launched", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -573,6 +570,14 @@ def main(argv=None):
     out = args.out or Path("results") / f"bench-{datetime.datetime.now():%Y-%m-%d-%H%M%S}"
     if out.exists():
         raise UserError(f"--out {out} already exists; hpccnn never overwrites results")
+    if args.nodes:
+        if args.interleave or args.variants:
+            raise UserError("--nodes is a measurement of its own; give it without --interleave or --variants")
+        rows, md = scaling.run_nodes(models, args.nodes, scaling.parse_links(args.link_gbit), options, out,
+                                     fp16=args.fp16_allreduce)
+        print("\n" + md)
+        print(f"hpccnn: {out / 'nodes.csv'}")
+        return 0
     if args.variants:
         names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]
         unknown = [v for v in names if v not in VARIANTS]

@@ -1,0 +1,245 @@
+"""Scaling past one machine: the README's model on paper, and measured on namespace nodes.
+
+The model: a step on N nodes takes the compute of one node's step plus one ring allreduce of
+the gradient, in which each node sends and receives 2 (N-1)/N of it over its link; no overlap.
+
+`python -m hpccnn.bench --nodes 2 --link-gbit 0.5,1,2` checks it. It starts a SLURM cluster of N
+network-namespace nodes on this machine (scripts/local_slurm.sh), each pinned to its own cores
+and joined to a bridge by a link that tc shapes to each speed in turn, and measures per model:
+  compute   images/s of 1 rank on one node (its cores only): the step the model starts from;
+  N nodes   images/s of N ranks, one per node, each with that node's cores and the same batch;
+  allreduce one whole-gradient allreduce (as Horovod sends it) between the nodes, timed on its own;
+and beside them what the model predicts from the compute step and the link's speed.
+"""
+
+import math
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hpccnn.errors import UserError
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "local_slurm.sh"
+PORT = "6837"  # the tests' clusters use 6817 and 6827
+ALLREDUCES = 7  # timed; the median is reported, after 2 untimed ones
+
+
+def allreduce_seconds(gradient_mb: float, nodes: int, gbit_per_s: float) -> float:
+    """Ring allreduce: each node sends and receives 2 (N-1)/N of the gradient over its link."""
+    return 2 * (nodes - 1) / nodes * gradient_mb * 8e6 / (gbit_per_s * 1e9)
+
+
+def predicted_images_per_second(step_seconds, batch_per_rank, gradient_mb, nodes, gbit_per_s) -> float:
+    """The README's model: N ranks, each a compute step then a ring allreduce, no overlap."""
+    return nodes * batch_per_rank / (step_seconds + allreduce_seconds(gradient_mb, nodes, gbit_per_s))
+
+
+def paper(rows, nodes=(2, 4, 8, 16, 32, 64), links=(10, 25, 100)) -> str:
+    """Expected scaling efficiency past one machine, on paper, from a run's 1-rank step times.
+
+    efficiency = compute / (compute + allreduce), with no overlap of the two (Horovod overlaps
+    part of the allreduce with the backward pass, so this is a lower bound).
+    """
+    out = ["Scaling on paper: per-step compute time measured above (hpccnn, 1 rank, this machine), "
+           "float32 gradients in one ring allreduce per step, no overlap. Efficiency = compute / "
+           "(compute + allreduce).\n",
+           "| model | gradient (MB) | step (s) | link | " + " | ".join(f"{n} nodes" for n in nodes) + " |",
+           "|---|---|---|---|" + "---|" * len(nodes)]
+    for r in rows:
+        if r["runner"] != "hpccnn 1 rank":
+            continue
+        for link in links:
+            cells = []
+            for n in nodes:
+                comm = allreduce_seconds(r["gradient_mb"], n, link)
+                cells.append(f"{r['step_seconds'] / (r['step_seconds'] + comm):.0%} ({comm * 1000:.0f} ms)")
+            out.append(f"| {r['model']} | {r['gradient_mb']:.1f} | {r['step_seconds']:.3f} | {link} Gbit/s | "
+                       + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def time_allreduce(model, repeats=ALLREDUCES, fp16=False) -> float:
+    """Median seconds of one allreduce of model's whole gradient between this job's ranks, as
+    Horovod's DistributedOptimizer sends it (one grouped, fused allreduce); every rank calls it."""
+    import horovod.tensorflow as hvd_tf
+    import tensorflow as tf
+
+    compression = hvd_tf.Compression.fp16 if fp16 else hvd_tf.Compression.none
+    grads = [tf.ones_like(v) for v in model.trainable_variables]
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        out = hvd_tf.grouped_allreduce(grads, op=hvd_tf.Average, compression=compression, name=f"bench_{i}")
+        _ = [o.numpy() for o in out]
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def parse_links(text: str) -> list:
+    try:
+        links = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        links = []
+    if not links or min(links) <= 0 or max(links) > 100:
+        raise UserError(f"--link-gbit wants comma-separated link speeds in Gbit/s between 0 and 100 "
+                        f"(for example 0.5,1,2), got {text!r}")
+    return links
+
+
+def check_machine(nodes: int) -> int:
+    """Cores per node, or a UserError saying why namespace nodes can't run here."""
+    cores = os.cpu_count() or 1
+    if nodes < 2 or nodes > cores:
+        raise UserError(f"--nodes {nodes}: the multi-node benchmark needs 2 to {cores} nodes on this machine "
+                        f"({cores} cores), so that every node computes on cores of its own")
+    if os.geteuid() != 0:
+        raise UserError("the multi-node benchmark makes network namespaces and shapes links: run it as root")
+    if not SCRIPT.is_file():
+        raise UserError(f"the multi-node benchmark needs hpccnn's checkout ({SCRIPT} is missing)")
+    for tool in ("sbatch", "slurmctld", "ip", "tc"):
+        if not shutil.which(tool):
+            raise UserError(f"the multi-node benchmark needs {tool}; run 'make install' (scripts/install_system.sh)")
+    if Path("/var/run/netns/hpccnn-n1").exists():
+        raise UserError("namespace nodes of another local cluster are running (hpccnn-n1); stop it with "
+                        "scripts/local_slurm.sh stop (and its HPCCNN_SLURM_DIR) first")
+    return cores // nodes
+
+
+class Cluster:
+    """scripts/local_slurm.sh's cluster of namespace nodes, started in a folder of its own and stopped
+    (namespaces, links, daemons) when the with-block ends, whatever happened in it."""
+
+    def __init__(self, nodes, cores_per_node, gbit):
+        self.dir = Path(tempfile.mkdtemp(prefix="hpccnn-bench-nodes-"))
+        self.dir.chmod(0o755)  # munged runs as its own user
+        self.env = {**os.environ, "HPCCNN_SLURM_DIR": str(self.dir), "HPCCNN_SLURMCTLD_PORT": PORT,
+                    "SLURM_CONF": str(self.dir / "slurm.conf")}
+        self.start = ["start", "--nodes", str(nodes), "--cpus-per-node", str(cores_per_node), "--link-gbit", str(gbit)]
+
+    def script(self, *args, timeout=120):
+        proc = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=self.env, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"local_slurm.sh {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
+
+    def __enter__(self):
+        try:
+            self.script(*self.start)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run([str(SCRIPT), "stop"], capture_output=True, env=self.env, timeout=180)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def job(self, nodes, cores, command, out, timeout=1800):
+        """Runs command under srun on nodes (one task each, cores each) and waits: its output."""
+        wrap = "srun --mpi=pmix " + shlex.join(command)
+        proc = subprocess.run(["sbatch", "--wait", "--parsable", f"--nodes={nodes}", "--ntasks-per-node=1",
+                               f"--cpus-per-task={cores}", f"--nodelist={','.join(f'n{k + 1}' for k in range(nodes))}",
+                               f"--time={timeout // 60}", f"--output={out}", "--wrap", wrap],
+                              capture_output=True, text=True, env=self.env, timeout=timeout + 120)
+        text = out.read_text() if out.exists() else ""
+        if proc.returncode != 0:
+            raise RuntimeError(f"job on {nodes} node(s) failed: {proc.stderr.strip()[-300:]}\n{text[-1500:]}")
+        return text
+
+
+def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=print):
+    """Per model: compute on one node, then at each link speed N nodes' images/s and a whole-gradient
+    allreduce, beside the README model's prediction for that link. Writes nodes.csv and nodes.md."""
+    from hpccnn import bench
+
+    cores = check_machine(nodes)
+    work = out_dir.with_name(out_dir.name + ".partial")
+    work.mkdir(parents=True, exist_ok=False)
+    settings = {"steps_per_execution": 1, **({"fp16_allreduce": "true"} if fp16 else {})}
+    rows = []
+    try:
+        with Cluster(nodes, cores, links[0]) as cluster:
+            log(f"{nodes} namespace nodes up, {cores} core(s) each (scripts/local_slurm.sh)")
+            compute = {}
+            for model in models:
+                how = bench.plan(model, **options)
+                compute[model] = bench.parse_result(cluster.job(
+                    1, cores, bench.worker_command("hpccnn", model, how, settings), work / f"{model}-1.out"))
+                log(f"{model:17} 1 node    {compute[model]['images_per_second']:9.1f} img/s (compute)")
+            for gbit in links:
+                cluster.script("link", "--gbit", str(gbit))
+                for model in models:
+                    how = bench.plan(model, **options)
+                    per_rank = bench.Plan(how.batch * nodes, how.warmup, how.steps, how.seconds)
+                    got = bench.parse_result(cluster.job(
+                        nodes, cores, bench.worker_command("hpccnn", model, per_rank, settings, allreduce=True),
+                        work / f"{model}-{nodes}-{gbit}.out"))
+                    rows.append(row(model, nodes, gbit, how.batch, compute[model], got, fp16))
+                    log(format_row(rows[-1]))
+        md = markdown(rows, nodes, cores, fp16)
+        bench.write(work / "tables", "nodes", rows, md)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # no half-written results: the error says what failed
+        raise
+    for f in (work / "tables").iterdir():
+        f.rename(work / f.name)
+    (work / "tables").rmdir()
+    work.rename(out_dir)
+    return rows, md
+
+
+def row(model, nodes, gbit, batch, compute, got, fp16) -> dict:
+    gradient_mb = compute["params"] * 4 / 1e6
+    sent_mb = gradient_mb / 2 if fp16 else gradient_mb
+    step = batch / compute["images_per_second"]
+    ring = allreduce_seconds(sent_mb, nodes, gbit)
+    predicted = predicted_images_per_second(step, batch, sent_mb, nodes, gbit)
+    return {"model": model, "nodes": nodes, "link_gbit": gbit, "batch_per_rank": batch,
+            "gradient_mb": round(gradient_mb, 2), "fp16_allreduce": fp16,
+            "compute_images_per_second": round(compute["images_per_second"], 1), "compute_step_seconds": round(step, 4),
+            "allreduce_ms": round(got["allreduce_seconds"] * 1000, 1), "ring_bound_ms": round(ring * 1000, 1),
+            "allreduce_vs_ring": round(got["allreduce_seconds"] / ring, 3),
+            "images_per_second": round(got["images_per_second"], 1),
+            "predicted_images_per_second": round(predicted, 1),
+            "measured_vs_predicted": round(got["images_per_second"] / predicted, 3),
+            # the model with the allreduce as measured: what is left is overlap and shared CPU
+            "with_measured_allreduce": round(nodes * batch / (step + got["allreduce_seconds"]), 1),
+            "efficiency": round(got["images_per_second"] / (nodes * compute["images_per_second"]), 3),
+            "predicted_efficiency": round(predicted / (nodes * compute["images_per_second"]), 3),
+            "timed_steps": got["timed_steps"],
+            "peak_rss_mb_per_rank": round(max(r["rss_mb"] for r in got["ranks"]))}
+
+
+def format_row(r) -> str:
+    return (f"{r['model']:17} {r['nodes']} nodes {r['link_gbit']:5g} Gbit/s {r['images_per_second']:9.1f} img/s "
+            f"(predicted {r['predicted_images_per_second']:.1f}, x{r['measured_vs_predicted']:.2f})  allreduce "
+            f"{r['allreduce_ms']:.0f} ms = x{r['allreduce_vs_ring']:.2f} the ring's {r['ring_bound_ms']:.0f} ms")
+
+
+def markdown(rows, nodes, cores, fp16) -> str:
+    from hpccnn.bench import machine
+
+    from datetime import datetime
+
+    head = (f"Measured {datetime.now():%Y-%m-%d %H:%M} on {machine()}: {nodes} network-namespace nodes of "
+            f"{cores} core(s) each, one rank per node, links shaped by tc tbf; "
+            f"{'fp16' if fp16 else 'float32'} gradients. Compute: 1 rank on one node. Predicted: N x batch / "
+            f"(compute step + ring allreduce of the gradient at the link's speed), no overlap. The allreduce "
+            f"is timed on its own, {ALLREDUCES} times (median).\n\n")
+    table = ("| model | batch per rank | gradient (MB) | link (Gbit/s) | compute, 1 node (img/s) | "
+             f"{nodes} nodes measured (img/s) | predicted (img/s) | measured / predicted | efficiency "
+             "measured (predicted) | allreduce measured (ms) | ring bound (ms) | allreduce / ring |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {r['model']} | {r['batch_per_rank']} | {r['gradient_mb']:.1f} | {r['link_gbit']:g} | "
+        f"{r['compute_images_per_second']:,.1f} | {r['images_per_second']:,.1f} | "
+        f"{r['predicted_images_per_second']:,.1f} | {r['measured_vs_predicted']:.2f}× | "
+        f"{r['efficiency']:.0%} ({r['predicted_efficiency']:.0%}) | {r['allreduce_ms']:,.0f} | "
+        f"{r['ring_bound_ms']:,.0f} | {r['allreduce_vs_ring']:.2f}× |\n" for r in rows)
+    return head + table + body
