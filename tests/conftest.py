@@ -127,10 +127,11 @@ def slurm_env():
 NODE_CORES = {"n1": [0], "n2": [1 % os.cpu_count()]}  # each namespace node's pinned core (local_slurm.sh)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def nodes_env():
     """A real SLURM cluster of 2 nodes, each a network namespace (n1, n2) with its own core and a second
-    interface that leads nowhere; both declare 2 CPUs, so a 2 x 2 job oversubscribes each node's core."""
+    interface that leads nowhere; both declare 2 CPUs, so a 2 x 2 job oversubscribes each node's core.
+    Stopped after its module: the multi-node benchmark (test_bench.py) starts namespace nodes of its own."""
     yield from _cluster("/tmp/hpccnn-slurm-nodes", "--nodes", "2", "--cpus-per-node", "2",
                         HPCCNN_SLURMCTLD_PORT="6827", HPCCNN_SLURMD_TIMEOUT="60")
 

@@ -1,6 +1,12 @@
 """python -m hpccnn.bench end to end at tiny size (the targets are checked by running it, not here)."""
 
 import csv
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 
 from conftest import run_module
 
@@ -77,3 +83,53 @@ def test_interleave_trains_both_runners_in_one_process_in_alternating_chunks(tmp
     assert f"| cnn_v3 | 32 | {row['steps_per_chunk']} |" in (out / "interleaved.md").read_text()
     bad = run_module("hpccnn.bench", "--interleave", "3", "--variants", "xla", "--out", tmp_path / "x")
     assert bad.returncode == 2 and "--interleave" in bad.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("slurmctld") is None,
+                    reason="namespace nodes need root and SLURM's daemons (scripts/install_system.sh)")
+def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leaves_nothing(tmp_path):
+    """--nodes 2 at two link speeds, one small model: its own cluster up and down, and every figure of
+    the table consistent with the others (the speed targets are the full run's, in the README)."""
+    out = tmp_path / "nodes"
+    proc = run_module("hpccnn.bench", "--nodes", "2", "--link-gbit", "0.5,2", "--models", "mnist_cnn",
+                      "--seconds", "1", "--warmup", "3", "--out", out, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "nodes.csv")))
+    assert [(r["model"], r["nodes"], float(r["link_gbit"])) for r in rows] == [("mnist_cnn", "2", 0.5),
+                                                                            ("mnist_cnn", "2", 2.0)]
+    for r in rows:
+        gbit, mb, batch = float(r["link_gbit"]), float(r["gradient_mb"]), int(r["batch_per_rank"])
+        assert batch == MODELS["mnist_cnn"][2] and abs(mb - 4.8) < 0.1  # the seed's batch on each node
+        ring = 2 * (2 - 1) / 2 * mb * 8e6 / (gbit * 1e9)
+        assert abs(float(r["ring_bound_ms"]) - ring * 1000) < 0.1
+        step = batch / float(r["compute_images_per_second"])
+        assert abs(float(r["predicted_images_per_second"]) - 2 * batch / (step + ring)) < 0.2
+        # the link is really shaped: no allreduce beats the ring over it
+        assert float(r["allreduce_vs_ring"]) > 0.9, r
+        assert 0.3 < float(r["measured_vs_predicted"]) < 3 and int(r["timed_steps"]) >= 3
+    slow, fast = (float(r["allreduce_ms"]) for r in rows)
+    assert fast < slow / 2, (slow, fast)  # 4x the speed: well under half the time
+    table = (out / "nodes.md").read_text()
+    assert "| mnist_cnn | 128 | 4.8 | 0.5 |" in table and "| mnist_cnn | 128 | 4.8 | 2 |" in table
+    assert " cores of " in table and "2 network-namespace nodes" in table
+    assert sorted(p.name for p in out.iterdir()) == ["nodes.csv", "nodes.md"]
+    # its cluster is gone: namespaces, bridge, host names, daemons
+    assert not list(Path("/var/run/netns").glob("hpccnn-n*"))
+    assert "hpccnnbr0" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "hpccnn-bench-nodes-" not in Path("/etc/hosts").read_text()
+    processes = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
+    assert not [p for p in processes if "hpccnn-bench-nodes-" in p and not p.lstrip().startswith("Z")]
+    again = run_module("hpccnn.bench", "--nodes", "2", "--models", "mnist_cnn", "--out", out)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--nodes", "2", "--link-gbit", "fast"], "--link-gbit"),
+    (["--nodes", "2", "--link-gbit", "0"], "--link-gbit"),
+    (["--nodes", "1"], "--nodes 1"),
+    (["--nodes", "2", "--variants", "xla"], "--nodes"),
+])
+def test_bad_multi_node_bench_options_are_one_line(tmp_path, args, said):
+    proc = run_module("hpccnn.bench", *args, "--out", tmp_path / "x")
+    assert proc.returncode == 2 and said in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob("x.partial"))
