@@ -142,6 +142,7 @@ def route_interface(address: str) -> str | None:
 
 
 ALLREDUCE_RULES = Path(__file__).with_name("openmpi_allreduce.rules")
+TCP_EAGER_LIMIT = 64 * 2 ** 20  # Horovod's default fusion buffer: the largest message it sends
 
 PEERS_LOOKED_UP = 4  # a few of the other nodes tell the interface; thousands of ranks needn't each ask DNS of all
 
@@ -205,9 +206,15 @@ def mpi_settings(environ=os.environ) -> tuple:
     # Between nodes, Open MPI 4.1's own choice of allreduce algorithm for a gradient's megabytes took
     # 1.4-1.9x the ring's time (README, Scaling): the rules file picks what measured best. Within one
     # node Open MPI's choice was the faster one (memory, not a network, moves the gradient).
-    if spans_nodes(environ) and not any(k.startswith("OMPI_MCA_coll_tuned_") for k in environ):
+    across = spans_nodes(environ)
+    if across and not any(k.startswith("OMPI_MCA_coll_tuned_") for k in environ):
         wanted.update(OMPI_MCA_coll_tuned_use_dynamic_rules="1",
                       OMPI_MCA_coll_tuned_dynamic_rules_filename=str(ALLREDUCE_RULES))
+    # Above its eager limit (64 KB) Open MPI's TCP transport sends a message only once the receiver has
+    # answered; in training that held a gradient's allreduce to half the link's speed in most steps
+    # (README, Scaling). Up to Horovod's fusion buffer (64 MB), every fused gradient goes at once.
+    if across and not any(k.startswith(("OMPI_MCA_btl_tcp_eager", "OMPI_MCA_btl_tcp_rndv")) for k in environ):
+        wanted.update(OMPI_MCA_btl_tcp_eager_limit=str(TCP_EAGER_LIMIT), OMPI_MCA_btl_tcp_rndv_eager_limit=str(TCP_EAGER_LIMIT))
     interface, how = network_interface(environ)
     chosen_by_user = any(k in environ for k in ("OMPI_MCA_btl_tcp_if_include", "OMPI_MCA_btl_tcp_if_exclude"))
     if interface and not chosen_by_user:
@@ -220,7 +227,8 @@ def mpi_settings(environ=os.environ) -> tuple:
 
 
 MPI_T_VARIABLES = {"mpi_yield_when_idle": int, "btl_tcp_if_include": str, "btl_tcp_if_exclude": str,
-                   "coll_tuned_use_dynamic_rules": int, "coll_tuned_dynamic_rules_filename": str}
+                   "coll_tuned_use_dynamic_rules": int, "coll_tuned_dynamic_rules_filename": str,
+                   "btl_tcp_eager_limit": int, "btl_tcp_rndv_eager_limit": int}
 
 
 def mpi_parameters(names=MPI_T_VARIABLES) -> dict:
@@ -245,7 +253,8 @@ def mpi_parameters(names=MPI_T_VARIABLES) -> dict:
             continue
         buffer = ctypes.create_string_buffer(max(16, count.value + 1) if kind is str else 16)
         if lib.MPI_T_cvar_read(handle, buffer) == 0:
-            found[name] = buffer.value.decode() if kind is str else ctypes.c_int.from_buffer(buffer).value
+            # integers are 4 (int, bool) or 8 bytes (size_t) wide, little-endian in a zeroed buffer
+            found[name] = buffer.value.decode() if kind is str else ctypes.c_int64.from_buffer(buffer).value
         lib.MPI_T_cvar_handle_free(ctypes.byref(handle))
     lib.MPI_T_finalize()
     return found

@@ -6,7 +6,8 @@ the gradient, in which each node sends and receives 2 (N-1)/N of it over its lin
 `python -m hpccnn.bench --nodes 2 --link-gbit 0.5,1,2` checks it. It starts a SLURM cluster of N
 network-namespace nodes on this machine (scripts/local_slurm.sh), each pinned to its own cores
 and joined to a bridge by a link that tc shapes to each speed in turn, and measures per model:
-  compute   images/s of 1 rank on one node (its cores only): the step the model starts from;
+  compute   images/s of 1 rank on each node training alone, all nodes at the same time (so the
+            cores are as busy as in the N-node job, without the network): the model's compute step;
   N nodes   images/s of N ranks, one per node, each with that node's cores and the same batch;
   allreduce one whole-gradient allreduce (as Horovod sends it) between the nodes, timed on its own;
 and beside them what the model predicts from the compute step and the link's speed.
@@ -140,17 +141,31 @@ class Cluster:
         subprocess.run([str(SCRIPT), "stop"], capture_output=True, env=self.env, timeout=180)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def job(self, nodes, cores, command, out, timeout=1800):
-        """Runs command under srun on nodes (one task each, cores each) and waits: its output."""
+    def job(self, nodes, cores, command, out, timeout=1800) -> subprocess.Popen:
+        """Submits command under srun on the nodes named (one task each, cores each) with sbatch --wait,
+        and returns at once; wait() gives its measurement."""
         wrap = "srun --mpi=pmix " + shlex.join(command)
-        proc = subprocess.run(["sbatch", "--wait", "--parsable", f"--nodes={nodes}", "--ntasks-per-node=1",
-                               f"--cpus-per-task={cores}", f"--nodelist={','.join(f'n{k + 1}' for k in range(nodes))}",
-                               f"--time={timeout // 60}", f"--output={out}", "--wrap", wrap],
-                              capture_output=True, text=True, env=self.env, timeout=timeout + 120)
-        text = out.read_text() if out.exists() else ""
+        proc = subprocess.Popen(["sbatch", "--wait", "--parsable", f"--nodes={len(nodes)}", "--ntasks-per-node=1",
+                                 f"--cpus-per-task={cores}", f"--nodelist={','.join(nodes)}",
+                                 f"--time={timeout // 60}", f"--output={out}", "--wrap", wrap],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+        proc.out, proc.timeout = out, timeout + 120
+        return proc
+
+    @staticmethod
+    def wait(proc) -> dict:
+        """The measurement a job's rank 0 printed, or a RuntimeError with the job's last output."""
+        from hpccnn.bench import parse_result
+
+        try:
+            _, err = proc.communicate(timeout=proc.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise RuntimeError(f"a job did not end in {proc.timeout} s: {proc.out}") from None
+        text = proc.out.read_text() if proc.out.exists() else ""
         if proc.returncode != 0:
-            raise RuntimeError(f"job on {nodes} node(s) failed: {proc.stderr.strip()[-300:]}\n{text[-1500:]}")
-        return text
+            raise RuntimeError(f"a job failed: {err.strip()[-300:]}\n{text[-1500:]}")
+        return parse_result(text)
 
 
 def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=print):
@@ -160,26 +175,33 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
 
     cores = check_machine(nodes)
     work = out_dir.with_name(out_dir.name + ".partial")
-    work.mkdir(parents=True, exist_ok=False)
+    (work / "jobs").mkdir(parents=True, exist_ok=False)  # each job's output, kept beside the tables
     settings = {"steps_per_execution": 1, **({"fp16_allreduce": "true"} if fp16 else {})}
+    names = [f"n{k + 1}" for k in range(nodes)]
     rows = []
     try:
         with Cluster(nodes, cores, links[0]) as cluster:
             log(f"{nodes} namespace nodes up, {cores} core(s) each (scripts/local_slurm.sh)")
             compute = {}
             for model in models:
+                # each node trains alone, all at once: the cores are as busy as in the N-node job,
+                # and no rank waits on the network
                 how = bench.plan(model, **options)
-                compute[model] = bench.parse_result(cluster.job(
-                    1, cores, bench.worker_command("hpccnn", model, how, settings), work / f"{model}-1.out"))
-                log(f"{model:17} 1 node    {compute[model]['images_per_second']:9.1f} img/s (compute)")
+                alone = [cluster.job([node], cores, bench.worker_command("hpccnn", model, how, settings),
+                                     work / "jobs" / f"{model}-alone-{node}.out") for node in names]
+                alone = [cluster.wait(job) for job in alone]
+                compute[model] = {"images_per_second": statistics.mean(r["images_per_second"] for r in alone),
+                                  "per_node": [round(r["images_per_second"], 1) for r in alone],
+                                  "params": alone[0]["params"]}
+                log(f"{model:17} alone on each node at once: {compute[model]['per_node']} img/s (compute)")
             for gbit in links:
                 cluster.script("link", "--gbit", str(gbit))
                 for model in models:
                     how = bench.plan(model, **options)
                     per_rank = bench.Plan(how.batch * nodes, how.warmup, how.steps, how.seconds)
-                    got = bench.parse_result(cluster.job(
-                        nodes, cores, bench.worker_command("hpccnn", model, per_rank, settings, allreduce=True),
-                        work / f"{model}-{nodes}-{gbit}.out"))
+                    got = cluster.wait(cluster.job(
+                        names, cores, bench.worker_command("hpccnn", model, per_rank, settings, allreduce=True),
+                        work / "jobs" / f"{model}-{nodes}-nodes-{gbit}-gbit.out"))
                     rows.append(row(model, nodes, gbit, how.batch, compute[model], got, fp16))
                     log(format_row(rows[-1]))
         md = markdown(rows, nodes, cores, fp16)
@@ -203,6 +225,7 @@ def row(model, nodes, gbit, batch, compute, got, fp16) -> dict:
     return {"model": model, "nodes": nodes, "link_gbit": gbit, "batch_per_rank": batch,
             "gradient_mb": round(gradient_mb, 2), "fp16_allreduce": fp16,
             "compute_images_per_second": round(compute["images_per_second"], 1), "compute_step_seconds": round(step, 4),
+            "compute_per_node": " ".join(map(str, compute["per_node"])),
             "allreduce_ms": round(got["allreduce_seconds"] * 1000, 1), "ring_bound_ms": round(ring * 1000, 1),
             "allreduce_vs_ring": round(got["allreduce_seconds"] / ring, 3),
             "images_per_second": round(got["images_per_second"], 1),
@@ -229,10 +252,11 @@ def markdown(rows, nodes, cores, fp16) -> str:
 
     head = (f"Measured {datetime.now():%Y-%m-%d %H:%M} on {machine()}: {nodes} network-namespace nodes of "
             f"{cores} core(s) each, one rank per node, links shaped by tc tbf; "
-            f"{'fp16' if fp16 else 'float32'} gradients. Compute: 1 rank on one node. Predicted: N x batch / "
+            f"{'fp16' if fp16 else 'float32'} gradients. Compute: each node trains alone, all at the same time (the "
+            f"cores as busy as in the N-node job, no network). Predicted: N x batch / "
             f"(compute step + ring allreduce of the gradient at the link's speed), no overlap. The allreduce "
             f"is timed on its own, {ALLREDUCES} times (median).\n\n")
-    table = ("| model | batch per rank | gradient (MB) | link (Gbit/s) | compute, 1 node (img/s) | "
+    table = ("| model | batch per rank | gradient (MB) | link (Gbit/s) | compute, a node alone (img/s) | "
              f"{nodes} nodes measured (img/s) | predicted (img/s) | measured / predicted | efficiency "
              "measured (predicted) | allreduce measured (ms) | ring bound (ms) | allreduce / ring |\n"
              "|---|---|---|---|---|---|---|---|---|---|---|---|\n")

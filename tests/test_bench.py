@@ -112,7 +112,8 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     table = (out / "nodes.md").read_text()
     assert "| mnist_cnn | 128 | 4.8 | 0.5 |" in table and "| mnist_cnn | 128 | 4.8 | 2 |" in table
     assert " cores of " in table and "2 network-namespace nodes" in table
-    assert sorted(p.name for p in out.iterdir()) == ["nodes.csv", "nodes.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["jobs", "nodes.csv", "nodes.md"]
+    assert len(list((out / "jobs").glob("mnist_cnn-alone-n*.out"))) == 2  # compute: each node alone, at once
     # its cluster is gone: namespaces, bridge, host names, daemons
     assert not list(Path("/var/run/netns").glob("hpccnn-n*"))
     assert "hpccnnbr0" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -67,20 +67,24 @@ def test_a_users_own_mpi_variables_win():
     assert "job's own" in how
 
 
-def test_the_allreduce_rules_are_set_for_jobs_across_nodes_unless_the_user_chose_open_mpis_collectives():
+def test_the_allreduce_settings_are_set_for_jobs_across_nodes_unless_the_user_chose_them():
     mpirun_on_2_nodes = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}
     for across in (mpirun_on_2_nodes, {"SLURM_STEP_NUM_NODES": "2"}):
         wanted, _ = mpi_settings(across)
         assert wanted["OMPI_MCA_coll_tuned_use_dynamic_rules"] == "1"
         assert wanted["OMPI_MCA_coll_tuned_dynamic_rules_filename"] == str(ALLREDUCE_RULES)
+        assert wanted["OMPI_MCA_btl_tcp_eager_limit"] == wanted["OMPI_MCA_btl_tcp_rndv_eager_limit"] == str(64 * 2 ** 20)
     assert ALLREDUCE_RULES.is_file()
     # one node (horovodrun on a workstation, srun on one node, a process alone): Open MPI's own choice
     for one in ({}, {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, {"SLURM_STEP_NUM_NODES": "1"}):
         wanted, _ = mpi_settings(one)
-        assert not any(k.startswith("OMPI_MCA_coll_tuned_") for k in wanted), (one, wanted)
+        assert not any(k.startswith(("OMPI_MCA_coll_tuned_", "OMPI_MCA_btl_tcp_eager")) for k in wanted), (one, wanted)
     for own in ({"OMPI_MCA_coll_tuned_use_dynamic_rules": "0"}, {"OMPI_MCA_coll_tuned_allreduce_algorithm": "4"}):
         wanted, _ = mpi_settings({**mpirun_on_2_nodes, **own})
         assert not any(k.startswith("OMPI_MCA_coll_tuned_") for k in wanted), wanted
+        assert "OMPI_MCA_btl_tcp_eager_limit" in wanted  # the other setting stays
+    wanted, _ = mpi_settings({**mpirun_on_2_nodes, "OMPI_MCA_btl_tcp_eager_limit": "65536"})
+    assert not any(k.startswith(("OMPI_MCA_btl_tcp_eager", "OMPI_MCA_btl_tcp_rndv")) for k in wanted), wanted
 
 
 def read_rules(path):
