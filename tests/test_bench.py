@@ -3,12 +3,15 @@
 import csv
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_module
+from conftest import ROOT, run_module
+from hpccnn.launch import mpi_env
 
 from hpccnn.bench import MODELS, SECONDS, Plan, plan
 
@@ -41,7 +44,8 @@ def test_bench_writes_every_measure_for_each_runner(tmp_path):
     assert "median of 2 rounds" in table and "lowest and highest round" in table
     assert f"{float(rows[1]['vs_keras']):.2f}× ({float(rows[1]['vs_keras_min']):.2f}–" in table
     assert table.count("| cnn_v3 | 32×32 | 32 |") == 3 and "matmul peak" in table and " cores of " in table
-    assert table.count("Gbit/s |") == 3  # scaling on paper: one row per link speed
+    assert table.count("Gbit/s |") == 3  # scaling on paper: one row per link speed, efficiency as a range
+    assert "| cnn_v3 | 0.5 |" in table and "–" in table.split("Scaling on paper")[1]
     again = run_module("hpccnn.bench", "--models", "cnn_v3", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
 
@@ -122,6 +126,18 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     assert not [p for p in processes if "hpccnn-bench-nodes-" in p and not p.lstrip().startswith("Z")]
     again = run_module("hpccnn.bench", "--nodes", "2", "--models", "mnist_cnn", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr
+    # killed (SIGTERM: kill, a job's time limit) once its nodes are up: they go down with it, no output
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "hpccnn.bench", "--nodes", "2", "--models", "mnist_cnn",
+                             "--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=mpi_env({**os.environ, "PYTHONUNBUFFERED": "1"}), cwd=ROOT)
+    for line in proc.stdout:
+        if "namespace nodes up" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    assert proc.wait(timeout=300) != 0
+    assert not list(Path("/var/run/netns").glob("hpccnn-n*")) and not killed.exists()
+    assert not list(tmp_path.glob("killed.partial")) and "hpccnn-bench-nodes-" not in Path("/etc/hosts").read_text()
 
 
 @pytest.mark.parametrize("args, said", [
