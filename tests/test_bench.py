@@ -45,7 +45,7 @@ def test_bench_writes_every_measure_for_each_runner(tmp_path):
     assert f"{float(rows[1]['vs_keras']):.2f}× ({float(rows[1]['vs_keras_min']):.2f}–" in table
     assert table.count("| cnn_v3 | 32×32 | 32 |") == 3 and "matmul peak" in table and " cores of " in table
     assert table.count("Gbit/s |") == 3  # scaling on paper: one row per link speed, efficiency as a range
-    assert "| cnn_v3 | 0.5 |" in table and "–" in table.split("Scaling on paper")[1]
+    assert "| cnn_v3 | 0.5 |" in table and "wholly hidden" in table.split("Scaling on paper")[1]
     again = run_module("hpccnn.bench", "--models", "cnn_v3", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
 
