@@ -464,6 +464,11 @@ def run(models, ranks, options: dict, out_dir: Path, repeats=1, log=print):
 def write(out_dir: Path, name: str, rows, md):
     """name.csv and name.md in out_dir, a new folder (never an existing one)."""
     out_dir.mkdir(parents=True, exist_ok=False)
+    write_tables(out_dir, name, rows, md)
+
+
+def write_tables(out_dir: Path, name: str, rows, md):
+    """name.csv and name.md in the folder out_dir."""
     with open(out_dir / f"{name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -13,14 +13,12 @@ and joined to a bridge by a link that tc shapes to each speed in turn, and measu
 and beside them what the model predicts from the compute step and the link's speed.
 """
 
-import math
 import os
 import shlex
 import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,11 +33,6 @@ ALLREDUCES = 7  # timed; the median is reported, after 2 untimed ones
 def allreduce_seconds(gradient_mb: float, nodes: int, gbit_per_s: float) -> float:
     """Ring allreduce: each node sends and receives 2 (N-1)/N of the gradient over its link."""
     return 2 * (nodes - 1) / nodes * gradient_mb * 8e6 / (gbit_per_s * 1e9)
-
-
-def predicted_images_per_second(step_seconds, batch_per_rank, gradient_mb, nodes, gbit_per_s) -> float:
-    """The README's model: N ranks, each a compute step then a ring allreduce, no overlap."""
-    return nodes * batch_per_rank / (step_seconds + allreduce_seconds(gradient_mb, nodes, gbit_per_s))
 
 
 def paper(rows, nodes=(2, 4, 8, 16, 32, 64), links=(10, 25, 100)) -> str:
@@ -174,8 +167,9 @@ class Cluster:
 
 
 def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=print):
-    """Per model: compute on one node, then at each link speed N nodes' images/s and a whole-gradient
-    allreduce, beside the README model's prediction for that link. Writes nodes.csv and nodes.md."""
+    """Per model: compute (every node training alone, all at once), then at each link speed N nodes'
+    images/s and a whole-gradient allreduce, beside the README model's prediction for that link.
+    Writes nodes.csv, nodes.md and the jobs' output (jobs/) to out_dir, a new folder."""
     from hpccnn import bench
 
     cores = check_machine(nodes)
@@ -183,6 +177,7 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
     (work / "jobs").mkdir(parents=True, exist_ok=False)  # each job's output, kept beside the tables
     settings = {"steps_per_execution": 1, **({"fp16_allreduce": "true"} if fp16 else {})}
     names = [f"n{k + 1}" for k in range(nodes)]
+    plans = {model: bench.plan(model, **options) for model in models}
     rows = []
 
     def stop(signum, frame):  # SIGTERM (kill, a job's time limit) too takes the cluster down on its way out
@@ -196,8 +191,7 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
             for model in models:
                 # each node trains alone, all at once: the cores are as busy as in the N-node job,
                 # and no rank waits on the network
-                how = bench.plan(model, **options)
-                alone = [cluster.job([node], cores, bench.worker_command("hpccnn", model, how, settings),
+                alone = [cluster.job([node], cores, bench.worker_command("hpccnn", model, plans[model], settings),
                                      work / "jobs" / f"{model}-alone-{node}.out") for node in names]
                 alone = [cluster.wait(job) for job in alone]
                 compute[model] = {"images_per_second": statistics.mean(r["images_per_second"] for r in alone),
@@ -207,7 +201,7 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
             for gbit in links:
                 cluster.script("link", "--gbit", str(gbit))
                 for model in models:
-                    how = bench.plan(model, **options)
+                    how = plans[model]
                     per_rank = bench.Plan(how.batch * nodes, how.warmup, how.steps, how.seconds)
                     got = cluster.wait(cluster.job(
                         names, cores, bench.worker_command("hpccnn", model, per_rank, settings, allreduce=True),
@@ -215,15 +209,12 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
                     rows.append(row(model, nodes, gbit, how.batch, compute[model], got, fp16))
                     log(format_row(rows[-1]))
         md = markdown(rows, nodes, cores, fp16)
-        bench.write(work / "tables", "nodes", rows, md)
+        bench.write_tables(work, "nodes", rows, md)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # no half-written results: the error says what failed
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    for f in (work / "tables").iterdir():
-        f.rename(work / f.name)
-    (work / "tables").rmdir()
     work.rename(out_dir)
     return rows, md
 
@@ -233,7 +224,7 @@ def row(model, nodes, gbit, batch, compute, got, fp16) -> dict:
     sent_mb = gradient_mb / 2 if fp16 else gradient_mb
     step = batch / compute["images_per_second"]
     ring = allreduce_seconds(sent_mb, nodes, gbit)
-    predicted = predicted_images_per_second(step, batch, sent_mb, nodes, gbit)
+    predicted = nodes * batch / (step + ring)  # the README's model: a compute step, then the ring; no overlap
     return {"model": model, "nodes": nodes, "link_gbit": gbit, "batch_per_rank": batch,
             "gradient_mb": round(gradient_mb, 2), "fp16_allreduce": fp16,
             "compute_images_per_second": round(compute["images_per_second"], 1), "compute_step_seconds": round(step, 4),

@@ -112,10 +112,16 @@ def _cluster(directory: str, *start_args, **env):
         for name, pid in daemons.items():
             assert not running(pid), f"{name}'s process {pid} still runs after stop"
         if "--nodes" in start_args:
-            left = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-            assert "hpccnnbr0" not in left and " hpn1" not in left, left
-            assert not list(Path("/var/run/netns").glob("hpccnn-n*"))
-            assert f"hpccnn-local-slurm {directory}" not in Path("/etc/hosts").read_text()
+            assert_namespace_nodes_gone(f"hpccnn-local-slurm {directory}")
+
+
+def assert_namespace_nodes_gone(hosts_tag: str):
+    """No namespace node of scripts/local_slurm.sh is left: namespaces, bridge, links, /etc/hosts lines
+    (those tagged hosts_tag)."""
+    left = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "hpccnnbr0" not in left and " hpn1" not in left, left
+    assert not list(Path("/var/run/netns").glob("hpccnn-n*"))
+    assert hosts_tag not in Path("/etc/hosts").read_text()
 
 
 @pytest.fixture(scope="session")

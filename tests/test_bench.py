@@ -6,11 +6,10 @@ import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_module
+from conftest import ROOT, assert_namespace_nodes_gone, run_module
 from hpccnn.launch import mpi_env
 
 from hpccnn.bench import MODELS, SECONDS, Plan, plan
@@ -118,10 +117,8 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     assert " cores of " in table and "2 network-namespace nodes" in table
     assert sorted(p.name for p in out.iterdir()) == ["jobs", "nodes.csv", "nodes.md"]
     assert len(list((out / "jobs").glob("mnist_cnn-alone-n*.out"))) == 2  # compute: each node alone, at once
-    # its cluster is gone: namespaces, bridge, host names, daemons
-    assert not list(Path("/var/run/netns").glob("hpccnn-n*"))
-    assert "hpccnnbr0" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "hpccnn-bench-nodes-" not in Path("/etc/hosts").read_text()
+    # its cluster is gone: namespaces, bridge, links, host names, daemons
+    assert_namespace_nodes_gone("hpccnn-bench-nodes-")
     processes = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
     assert not [p for p in processes if "hpccnn-bench-nodes-" in p and not p.lstrip().startswith("Z")]
     again = run_module("hpccnn.bench", "--nodes", "2", "--models", "mnist_cnn", "--out", out)
@@ -136,8 +133,8 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
             proc.send_signal(signal.SIGTERM)
             break
     assert proc.wait(timeout=300) != 0
-    assert not list(Path("/var/run/netns").glob("hpccnn-n*")) and not killed.exists()
-    assert not list(tmp_path.glob("killed.partial")) and "hpccnn-bench-nodes-" not in Path("/etc/hosts").read_text()
+    assert_namespace_nodes_gone("hpccnn-bench-nodes-")
+    assert not killed.exists() and not list(tmp_path.glob("killed.partial"))
 
 
 @pytest.mark.parametrize("args, said", [
