@@ -11,6 +11,7 @@ from hpccnn.errors import UserError
 from hpccnn.launch import horovodrun_command, mpi_env
 
 
+@pytest.mark.mpi
 def test_scaled_learning_rate_warms_up_to_size_times_the_base(tmp_path):
     proc = subprocess.run(horovodrun_command(2, [
         "--experiment", "digits_cnn", "--epochs", "3", "--batch-size", "16", "--batch-per-rank", "true",
@@ -25,6 +26,7 @@ def test_scaled_learning_rate_warms_up_to_size_times_the_base(tmp_path):
     assert config["batch_per_rank"] is True and config["scale_lr"] is True
 
 
+@pytest.mark.mpi
 def test_checkpoint_of_the_last_epoch_is_kept_by_rank_zero(tmp_path):
     proc = subprocess.run(horovodrun_command(2, ["--experiment", "digits_cnn", "--epochs", "2", "--no-save-model",
                                                  "--results-dir", str(tmp_path)]),
