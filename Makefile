@@ -2,13 +2,17 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install system
+.PHONY: demo test test-fast install system
 
 demo: install
 	$(PY) -m hpccnn.demo
 
 test: install
 	$(PY) -m pytest -q
+
+# no SLURM cluster, no MPI ranks, nothing slow (the markers in pyproject.toml): under a minute, for development
+test-fast: install
+	$(PY) -m pytest -q -m "not slurm and not mpi and not slow"
 
 install: system $(VENV)/.installed
 

@@ -17,9 +17,9 @@ def available() -> bool:
     return shutil.which("sbatch") is not None
 
 
-def _run(cmd, timeout=60):
+def _run(cmd, timeout=60, env=None):
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -68,12 +68,13 @@ def parse_scontrol(text: str) -> dict:
     return states
 
 
-def job_states(job_id: str) -> dict:
-    """States of a job, or of every task of an array job: {'123_0': 'COMPLETED', ...}."""
-    proc = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", str(job_id)])
+def job_states(job_id: str, env=None) -> dict:
+    """States of a job, or of every task of an array job: {'123_0': 'COMPLETED', ...}.
+    env: the environment SLURM's commands run in (SLURM_CONF names the cluster), this process's by default."""
+    proc = _run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", str(job_id)], env=env)
     if proc is not None and proc.returncode == 0 and proc.stdout.strip():
         return parse_sacct(proc.stdout)
-    proc = _run(["scontrol", "show", "job", "-o", str(job_id)])
+    proc = _run(["scontrol", "show", "job", "-o", str(job_id)], env=env)
     if proc is not None and proc.returncode == 0:
         return parse_scontrol(proc.stdout)
     return {}
@@ -88,9 +89,9 @@ def max_array_size() -> int | None:
     return int(match.group(1)) if match else None
 
 
-def job_fields(job_id: str) -> dict:
+def job_fields(job_id: str, env=None) -> dict:
     """scontrol show job's fields for one job (or array task), {} if SLURM no longer knows it."""
-    proc = _run(["scontrol", "show", "job", "-o", str(job_id)])
+    proc = _run(["scontrol", "show", "job", "-o", str(job_id)], env=env)
     if proc is None or proc.returncode != 0 or not proc.stdout.strip():
         return {}
     return dict(f.split("=", 1) for f in proc.stdout.splitlines()[0].split() if "=" in f)

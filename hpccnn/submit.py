@@ -105,6 +105,7 @@ def slurm_parameters(args, name: str) -> dict:
 
 def sbatch_script(params: dict, folder: Path, points: int) -> str:
     """The sbatch script submitit writes for these parameters (submitit's own template)."""
+    # private to submitit, so requirements/constraints.txt holds submitit at the version it was read from
     from submitit.slurm.slurm import _make_sbatch_string
 
     command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])

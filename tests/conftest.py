@@ -5,6 +5,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,59 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The tiers of the suite (markers registered in pyproject.toml; `make test-fast` leaves all three out).
+# A test that uses a SLURM cluster fixture is marked slurm here (FIXTURE_MARKS), so that none is forgotten;
+# the others are marked by hand, and the guards below make a forgotten marker visible.
+FIXTURE_MARKS = {"slurm_env": "slurm", "nodes_env": "slurm",  # fixtures whose every user has the marker
+                 "digits_run": "slow", "digits_pair": "slow"}  # trainings shared by a module's tests
+LAUNCHERS = {"mpi": ("mpirun", "mpiexec", "orterun"), "slurm": ("sbatch", "srun", "salloc")}
+SLOW_SECONDS = 10  # a test over this (on the 2-core machine) is marked slow
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in FIXTURE_MARKS.keys() & set(item.fixturenames):  # with the fixtures' own fixtures
+            item.add_marker(FIXTURE_MARKS[fixture])
+
+
+@pytest.fixture(autouse=True)
+def launchers_need_their_marker(request, tmp_path_factory, monkeypatch):
+    """A test not marked mpi that runs mpirun (horovodrun runs it too), or not marked slurm that runs
+    sbatch or srun, fails: `make test-fast` would otherwise start MPI or SLURM. Stand-ins of those
+    commands come first on PATH, refuse to run, and note that they were called. (A command given its
+    absolute path or a PATH of its own passes by them: those tests are marked by reading them.)"""
+    marks = {mark.name for mark in request.node.iter_markers()}
+    refused = [(kind, tool) for kind, tools in LAUNCHERS.items() if kind not in marks for tool in tools]
+    if not refused:
+        yield
+        return
+    shims = tmp_path_factory.mktemp("unmarked-launchers")
+    called = shims / "called"
+    for kind, tool in refused:
+        (shims / tool).write_text(f"#!/bin/sh\necho \"{tool} (needs the {kind} marker)\" >> '{called}'\n"
+                                  f"echo 'hpccnn tests: {tool} in a test not marked {kind}' >&2\nexit 97\n")
+        (shims / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ.get('PATH', '')}")
+    yield
+    if called.exists():
+        pytest.fail(f"{request.node.nodeid} ran {', '.join(sorted(set(called.read_text().split(chr(10))) - {''}))}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Names the tests that took over SLOW_SECONDS without the slow marker (timings vary with the
+    machine's load, so this is said rather than failed)."""
+    seconds, keywords = {}, {}
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("", []):
+        if report.when in ("setup", "call"):  # setup: a fixture's training belongs to its first test
+            seconds[report.nodeid] = seconds.get(report.nodeid, 0) + report.duration
+            keywords[report.nodeid] = report.keywords
+    unmarked = [(took, nodeid) for nodeid, took in seconds.items()
+                if took > SLOW_SECONDS and not {"slow", "slurm", "mpi"} & set(keywords[nodeid])]
+    if unmarked:
+        terminalreporter.write_sep("-", f"over {SLOW_SECONDS} s without the slow marker")
+        for duration, nodeid in sorted(unmarked, reverse=True):
+            terminalreporter.write_line(f"{duration:6.1f} s  {nodeid}")
 
 
 def write_cifar10(folder: Path, per_batch=20, test=30, seed=0):
@@ -71,6 +125,30 @@ def run_module(module, *args, env=None, cwd=None, timeout=900):
 
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           env=mpi_env(env), cwd=cwd or ROOT, timeout=timeout)
+
+
+def refusal(main, *argv) -> str:
+    """The message of the UserError that a command's entry point raises for argv, run in this process
+    (its @cli wrapper, which prints the message as one line and exits 2, taken off); one line."""
+    from hpccnn.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        main.__wrapped__([str(a) for a in argv])
+    assert "\n" not in str(err.value), str(err.value)
+    return str(err.value)
+
+
+def train_refusal(*argv) -> str:
+    """The same for hpccnn.train, which refuses before it trains: its command line (train.parse), then its
+    data (data.load, as train.run loads it once TensorFlow and Horovod have started)."""
+    from hpccnn import data, train
+    from hpccnn.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        args, exp = train.parse([str(a) for a in argv])
+        data.load(exp.dataset, args.data_dir)
+    assert "\n" not in str(err.value), str(err.value)
+    return str(err.value)
 
 
 def run_folders(results_dir: Path):
@@ -140,6 +218,36 @@ def nodes_env():
     Stopped after its module: the multi-node benchmark (test_bench.py) starts namespace nodes of its own."""
     yield from _cluster("/tmp/hpccnn-slurm-nodes", "--nodes", "2", "--cpus-per-node", "2",
                         HPCCNN_SLURMCTLD_PORT="6827", HPCCNN_SLURMD_TIMEOUT="60")
+
+
+def sbatch(env, template, *options, args=()) -> str:
+    """sbatch --parsable OPTIONS TEMPLATE ARGS from the checkout (template None: the options hold --wrap);
+    the job id."""
+    command = ["sbatch", "--parsable", *options, *([template] if template else []), *args]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def wait_for(env, job, timeout=900) -> str:
+    """The state a job (or every task of an array) ended in, read by hpccnn.slurm as hpccnn.submit reads
+    it; tasks that ended differently give their states joined by commas. Fails the test after timeout s."""
+    from hpccnn.slurm import ACTIVE, job_states
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = set(job_states(job, env=env).values())
+        if states and not states & ACTIVE:  # REQUEUED is active too: a requeued job runs again
+            return ",".join(sorted(states))
+        time.sleep(2)
+    pytest.fail(f"job {job} did not finish in {timeout} s")
+
+
+def job_field(env, job, key):
+    """One field of scontrol show job (Restarts, say); None once SLURM no longer knows the job."""
+    from hpccnn.slurm import job_fields
+
+    return job_fields(job, env=env).get(key)
 
 
 GRID_ARGS = ["--grid", "cifar_hparams", "--dataset", "digits", "--epochs", "1",

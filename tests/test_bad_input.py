@@ -1,4 +1,7 @@
-"""Bad input: one line on stderr naming the problem, exit status 2, no traceback, nothing written."""
+"""Bad input: one line on stderr naming the problem, exit status 2, no traceback, nothing written.
+
+The tables run in this process against the parsers (the UserError the command would print); one case
+of each runs as the command, for the exit status and the one line."""
 
 import os
 import subprocess
@@ -7,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_module, write_cifar10, write_galaxy10, write_mnist
-from test_slurm_templates import sbatch, wait_for
+from conftest import ROOT, run_module, sbatch, train_refusal, wait_for, write_cifar10, write_galaxy10, write_mnist
 
 
 def snapshot(folder: Path):
@@ -56,12 +58,28 @@ def missing(d):
     return ["--dataset", "cifar10"], "is not staged", "python -m hpccnn.stage cifar10"
 
 
-@pytest.mark.parametrize("make", [truncated_cifar, mnist_wrong_shape, mnist_bad_labels, galaxy10_not_hdf5,
-                                  galaxy10_missing_key, missing])
-def test_a_bad_data_cache_is_named_with_the_fix(tmp_path, make):
+BAD_CACHES = [truncated_cifar, mnist_wrong_shape, mnist_bad_labels, galaxy10_not_hdf5, galaxy10_missing_key, missing]
+
+
+@pytest.mark.parametrize("make", BAD_CACHES)
+def test_a_bad_data_cache_is_named_with_the_fix(tmp_path, make, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     cache = tmp_path / "cache"
     cache.mkdir()
     args, problem, fix = make(cache)
+    before = snapshot(cache)
+    message = train_refusal("--experiment", "mnist_cnn", *args, "--data-dir", cache, "--epochs", "1",
+                            "--results-dir", tmp_path / "results")
+    assert problem in message and fix in message, message
+    assert not (tmp_path / "results").exists() and snapshot(cache) == before
+
+
+@pytest.mark.slow
+def test_a_bad_data_cache_stops_the_command_in_one_line_and_exit_2_writing_nothing(tmp_path):
+    """The command itself, once: the cache is read after TensorFlow and Horovod have started."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    args, problem, fix = truncated_cifar(cache)
     before = snapshot(cache)
     proc = run_module("hpccnn.train", "--experiment", "mnist_cnn", *args, "--data-dir", cache, "--epochs", "1",
                       "--results-dir", tmp_path / "results", timeout=300)
@@ -72,7 +90,7 @@ def test_a_bad_data_cache_is_named_with_the_fix(tmp_path, make):
     assert not (tmp_path / "results").exists() and snapshot(cache) == before
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_SETTINGS = [
     (["--model", "resnet"], "unknown model 'resnet'; choose one of: alexnet_galaxy10"),
     (["--optimizer", "lamb"], "--optimizer must be one of sgd, adam, adadelta, rmsprop"),
     (["--epochs", "0"], "--epochs must be a positive integer"),
@@ -84,13 +102,22 @@ def test_a_bad_data_cache_is_named_with_the_fix(tmp_path, make):
     (["--experimnet", "digits_cnn"], "unrecognized arguments: --experimnet"),
     (["--results-dir", "/proc/hpccnn-results"], "--results-dir /proc/hpccnn-results is not writable"),
     (["--results-dir", "README.md/results"], "is a file, not a folder"),
-])
-def test_bad_settings_and_places(tmp_path, args, message):
-    proc = run_module("hpccnn.train", "--epochs", "1", *args, cwd=ROOT if "README.md/results" in args else tmp_path,
-                      timeout=300)
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_SETTINGS)
+def test_bad_settings_and_places(tmp_path, args, message, monkeypatch):
+    monkeypatch.chdir(ROOT if "README.md/results" in args else tmp_path)
+    assert message in train_refusal("--epochs", "1", *args)
+    assert not (tmp_path / "results").exists() and not (ROOT / "README.md").is_dir()
+
+
+def test_a_bad_setting_is_one_line_on_stderr_and_exit_2(tmp_path):
+    args, message = BAD_SETTINGS[2]
+    proc = run_module("hpccnn.train", "--epochs", "1", *args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert not (tmp_path / "results").exists() and not (ROOT / "README.md").is_dir()
+    assert not (tmp_path / "results").exists()
 
 
 def test_shell_metacharacters_in_an_sbatch_override_are_never_run(slurm_env, tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, assert_namespace_nodes_gone, run_module
+from conftest import ROOT, assert_namespace_nodes_gone, refusal, run_module
 from hpccnn.launch import mpi_env
 
 from hpccnn.bench import MODELS, SECONDS, Plan, plan
@@ -22,6 +22,8 @@ def test_options_override_each_models_own_batch_and_warmup_and_time_the_rest():
     assert plan("alexnet227", steps=9, seconds=2) == Plan(batch, warmup, 9, 2)
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_bench_writes_every_measure_for_each_runner(tmp_path):
     out = tmp_path / "bench"
     proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--seconds", "1", "--warmup", "4", "--repeats", "2",
@@ -49,6 +51,7 @@ def test_bench_writes_every_measure_for_each_runner(tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
 
 
+@pytest.mark.slow
 def test_variants_measure_speed_options_against_the_defaults(tmp_path):
     out = tmp_path / "variants"
     # timed by the clock: with hpccnn's 8 steps per execution Keras calls back once per 8 steps, and an
@@ -70,6 +73,7 @@ def test_variants_measure_speed_options_against_the_defaults(tmp_path):
         assert bad.returncode == 2 and option in bad.stderr and not (tmp_path / "x").exists(), bad.stderr
 
 
+@pytest.mark.slow
 def test_interleave_trains_both_runners_in_one_process_in_alternating_chunks(tmp_path):
     out = tmp_path / "interleaved"
     proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--interleave", "4", "--seconds", "0.3",
@@ -88,6 +92,9 @@ def test_interleave_trains_both_runners_in_one_process_in_alternating_chunks(tmp
     assert bad.returncode == 2 and "--interleave" in bad.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slurm
+@pytest.mark.mpi
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("slurmctld") is None,
                     reason="namespace nodes need root and SLURM's daemons (scripts/install_system.sh)")
 def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leaves_nothing(tmp_path):
@@ -137,13 +144,24 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     assert not killed.exists() and not list(tmp_path.glob("killed.partial"))
 
 
-@pytest.mark.parametrize("args, said", [
+BAD_NODES_OPTIONS = [
     (["--nodes", "2", "--link-gbit", "fast"], "--link-gbit"),
     (["--nodes", "2", "--link-gbit", "0"], "--link-gbit"),
     (["--nodes", "1"], "--nodes 1"),
     (["--nodes", "2", "--variants", "xla"], "--nodes"),
-])
-def test_bad_multi_node_bench_options_are_one_line(tmp_path, args, said):
+]
+
+
+@pytest.mark.parametrize("args, said", BAD_NODES_OPTIONS)
+def test_bad_multi_node_bench_options_are_refused(tmp_path, args, said):
+    from hpccnn import bench
+
+    assert said in refusal(bench.main, *args, "--out", tmp_path / "x")
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob("x.partial"))
+
+
+def test_bad_multi_node_bench_options_are_one_line(tmp_path):
+    args, said = BAD_NODES_OPTIONS[2]
     proc = run_module("hpccnn.bench", *args, "--out", tmp_path / "x")
     assert proc.returncode == 2 and said in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob("x.partial"))

@@ -16,6 +16,7 @@ def run(cmd, timeout=900):
     return subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), cwd=ROOT, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_horovod_is_built_with_tensorflow_and_mpi():
     proc = run([horovodrun_prefix(1)[0], "--check-build"])
     assert proc.returncode == 0, proc.stderr
@@ -35,6 +36,7 @@ def test_build_problems_are_named_with_the_fix():
     assert "without MPI support" in message and "HOROVOD_WITH_MPI=1" in message
 
 
+@pytest.mark.mpi
 def test_two_ranks_on_half_batches_take_the_same_step_as_one_rank_on_the_whole_batch(tmp_path):
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
     p1 = run([sys.executable, "tests/one_step.py", str(one)])
@@ -64,6 +66,8 @@ def digits_pair(tmp_path_factory):
     return f1, folders, two
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_two_ranks_reach_the_accuracy_of_one_process(digits_pair):
     f1, (f2,), _ = digits_pair
     a1 = read_json(f1 / "metrics.json")["test_accuracy"]
@@ -71,6 +75,8 @@ def test_two_ranks_reach_the_accuracy_of_one_process(digits_pair):
     assert a1 > 0.9 and abs(a1 - a2) <= 0.02, (a1, a2)
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_two_rank_run_writes_one_folder_from_rank_zero_with_the_whole_test_set(digits_pair):
     _, folders, proc = digits_pair
     assert len(folders) == 1  # rank 1 created nothing
@@ -87,6 +93,7 @@ def test_two_rank_run_writes_one_folder_from_rank_zero_with_the_whole_test_set(d
     assert prov["launcher"] == "horovodrun"
 
 
+@pytest.mark.mpi
 def test_a_process_alone_wakes_horovod_every_20_ms_and_jobs_of_several_ranks_keep_its_default():
     """Horovod's background thread cycles every 1 ms by default, with nothing to do for one rank."""
     import json
@@ -109,6 +116,7 @@ def test_a_process_alone_wakes_horovod_every_20_ms_and_jobs_of_several_ranks_kee
     assert several["size"] == 2 and several["cycle_ms"] is None
 
 
+@pytest.mark.mpi
 def test_mpirun_launches_the_same_command(tmp_path):
     proc = run(mpirun_command(2, ["--experiment", "digits_cnn", "--epochs", "1", "--no-save-model",
                                  "--results-dir", str(tmp_path)]))
@@ -118,6 +126,7 @@ def test_mpirun_launches_the_same_command(tmp_path):
     assert read_json(folder / "provenance.json")["launcher"] == "mpirun"
 
 
+@pytest.mark.mpi
 def test_batch_smaller_than_the_ranks_is_refused(tmp_path):
     proc = run(horovodrun_command(2, ["--experiment", "digits_cnn", "--batch-size", "1",
                                       "--results-dir", str(tmp_path / "r")]))
@@ -126,6 +135,7 @@ def test_batch_smaller_than_the_ranks_is_refused(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.mpi
 def test_srun_with_pmix_launches_the_same_command(tmp_path, slurm_env):
     cmd = ["srun", "--ntasks=2", "--cpus-per-task=1", "--mpi=pmix", "--time=10",
            sys.executable, "-m", "hpccnn.train", "--experiment", "digits_cnn", "--epochs", "1",
@@ -139,6 +149,7 @@ def test_srun_with_pmix_launches_the_same_command(tmp_path, slurm_env):
     assert all(r["intra_op_threads"] == 1 for r in prov["ranks"])  # --cpus-per-task=1
 
 
+@pytest.mark.mpi
 def test_allreduce_time_script_times_each_models_whole_gradient_between_two_ranks():
     """scripts/allreduce_time.py, which the README's 2-rank analysis quotes."""
     import re

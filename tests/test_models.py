@@ -61,6 +61,7 @@ def test_unknown_model_names_the_valid_ones():
         get_model("resnet50")
 
 
+@pytest.mark.slow  # 70 models built: 20 s in all
 @pytest.mark.parametrize("name", [n for n in MODELS if n != "alexnet227_extra_dense"])  # same convs as alexnet227
 def test_output_side_arithmetic_agrees_with_keras(name):
     """hpccnn resizes images a model can't take (cnn_v3 on 8x8 digits) by arithmetic, without building

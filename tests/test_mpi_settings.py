@@ -131,6 +131,7 @@ def plain_shell(**extra):
     "horovodrun -np 2 -H localhost:2 python -m hpccnn.train --experiment digits_cnn",
     "mpirun -np 2 --bind-to none python -m hpccnn.train --experiment digits_cnn",
 ])
+@pytest.mark.mpi
 def test_the_readmes_launch_lines_typed_in_a_plain_shell_get_hpccnns_mpi_settings(tmp_path, line):
     """The README's Run lines, as typed (results land in ./results of the working folder): each rank
     reads Open MPI's parameters back through MPI_T, so provenance shows what took effect."""
@@ -147,6 +148,7 @@ def test_the_readmes_launch_lines_typed_in_a_plain_shell_get_hpccnns_mpi_setting
         assert rank["mpi"]["coll_tuned_use_dynamic_rules"] == 0, rank
 
 
+@pytest.mark.mpi
 def test_mpi_t_reads_what_took_effect_so_a_users_own_value_shows(tmp_path):
     """The read-back is Open MPI's own: a value the user exported (0) is what provenance would show."""
     script = "from hpccnn import dist; w = dist.init(); import json; print('MPI ' + json.dumps(dist.host_and_rank(w)['mpi']))"
@@ -158,6 +160,7 @@ def test_mpi_t_reads_what_took_effect_so_a_users_own_value_shows(tmp_path):
     assert len(found) == 2 and all(f["mpi_yield_when_idle"] == 0 for f in found), proc.stdout
 
 
+@pytest.mark.slow
 def test_the_stall_watchdog_ends_a_rank_that_makes_no_progress(tmp_path):
     script = ("import time; from hpccnn.callbacks import Watchdog\n"
               "Watchdog(1.5, on_stall=lambda m: print('STALL ' + m, flush=True), poll=0.2).start()\n"
@@ -169,12 +172,12 @@ def test_the_stall_watchdog_ends_a_rank_that_makes_no_progress(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["soon", "-5", "inf", "nan"])
-def test_a_bad_stall_timeout_is_refused_in_one_line(tmp_path, value):
-    from conftest import run_module
+def test_a_bad_stall_timeout_is_refused_in_one_line(tmp_path, value, monkeypatch):
+    """In this process (hpccnn.train as a command: tests/test_bad_input.py)."""
+    from conftest import train_refusal
 
-    proc = run_module("hpccnn.train", "--epochs", "1", "--results-dir", tmp_path / "results",
-                      env={**os.environ, "HPCCNN_STALL_TIMEOUT": value})
-    assert proc.returncode == 2 and "HPCCNN_STALL_TIMEOUT" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    monkeypatch.setenv("HPCCNN_STALL_TIMEOUT", value)
+    assert "HPCCNN_STALL_TIMEOUT" in train_refusal("--epochs", "1", "--results-dir", tmp_path / "results")
     assert not (tmp_path / "results").exists()
 
 

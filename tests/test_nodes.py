@@ -18,23 +18,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import GRID_ARGS, NODE_CORES, ROOT, read_json, run_folders, run_module
+from conftest import GRID_ARGS, NODE_CORES, ROOT, read_json, run_folders, run_module, sbatch, wait_for
 from hpccnn.dist import ALLREDUCE_RULES
 from hpccnn.launch import mpi_env
 from test_resilience import SLOW, metrics, requeued_twice_ends_where_an_uninterrupted_run_does, wait_until
-from test_slurm_templates import sbatch, wait_for
+
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # every job here runs 2 ranks or more (slurm: conftest)
 
 SCRIPT = ROOT / "scripts" / "local_slurm.sh"
 
 
 def run_on_nodes(env, tmp_path, name, command, ranks_per_node=1):
     """sbatch --wrap COMMAND on 2 nodes; (final state, log text)."""
-    proc = subprocess.run(["sbatch", "--parsable", "--nodes=2", f"--ntasks-per-node={ranks_per_node}",
-                           "--cpus-per-task=1",
-                           "--mem=3G", "--time=15", f"--output={tmp_path}/{name}-%j.out", f"--wrap={command}"],
-                          capture_output=True, text=True, env=mpi_env(env), cwd=ROOT, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    job = proc.stdout.strip().split(";")[0]
+    job = sbatch(mpi_env(env), None, "--nodes=2", f"--ntasks-per-node={ranks_per_node}", "--cpus-per-task=1",
+                 "--mem=3G", "--time=15", f"--output={tmp_path}/{name}-%j.out", f"--wrap={command}")
     state = wait_for(env, job, timeout=600)
     return state, (tmp_path / f"{name}-{job}.out").read_text()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_json, run_module
+from conftest import read_json, refusal, run_module
 
 
 def grid_folder(results: Path) -> Path:
@@ -39,6 +39,7 @@ def open_report(browser, path: Path):
     return images
 
 
+@pytest.mark.slow
 def test_grid_report_shows_every_table_and_figure_in_a_browser(digits_grid, browser, tmp_path):
     results, _, _, proc = digits_grid
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -92,6 +93,7 @@ def test_grid_report_shows_every_table_and_figure_in_a_browser(digits_grid, brow
     assert shot.stat().st_size > 10000
 
 
+@pytest.mark.slow
 def test_date_folder_report_covers_its_grids(digits_grid, browser):
     results, *_ = digits_grid
     (day,) = [p for p in results.iterdir() if p.is_dir()]
@@ -101,6 +103,7 @@ def test_date_folder_report_covers_its_grids(digits_grid, browser):
     assert len(images) == 12 * 3 + 1 and all(ok for ok, _ in images)
 
 
+@pytest.mark.slow
 def test_run_report_and_tensorboard_logs(tmp_path, browser):
     results = tmp_path / "results"
     train = run_module("hpccnn.train", "--experiment", "digits_cnn", "--epochs", "2", "--results-dir", results)
@@ -122,11 +125,22 @@ def test_run_report_and_tensorboard_logs(tmp_path, browser):
     assert history["last_epoch"] == 2
 
 
-@pytest.mark.parametrize("make, message", [
+BAD_PATHS = [
     (lambda tmp: tmp / "missing", "is not a folder"),
     (lambda tmp: tmp, "is not a run folder, a grid folder or a folder holding them"),
-])
-def test_report_bad_path_is_one_line(tmp_path, make, message):
+]
+
+
+@pytest.mark.parametrize("make, message", BAD_PATHS)
+def test_report_bad_path_is_refused(tmp_path, make, message):
+    from hpccnn import report
+
+    assert message in refusal(report.main, make(tmp_path))
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_bad_path_is_one_line(tmp_path):
+    make, message = BAD_PATHS[1]
     proc = run_module("hpccnn.report", make(tmp_path))
     assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "report.html").exists()

@@ -1,32 +1,10 @@
 """sbatch slurm/*.sbatch, submitted for real to the local one-node SLURM cluster."""
 
-import re
-import subprocess
-import time
-
 import pytest
 
-from conftest import ROOT, read_json, run_folders
-from hpccnn.slurm import ACTIVE
+from conftest import read_json, run_folders, sbatch, wait_for
 
-
-def sbatch(env, template, *options, args=()):
-    proc = subprocess.run(["sbatch", "--parsable", *options, template, *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip().split(";")[0]
-
-
-def wait_for(env, job, timeout=900):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        state = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
-                               env=env).stdout
-        match = re.search(r"JobState=(\S+)", state)
-        if match and match.group(1) not in ACTIVE:  # REQUEUED too: a requeued job runs again
-            return match.group(1)
-        time.sleep(2)
-    pytest.fail(f"job {job} did not finish in {timeout} s")
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # every job here runs 2 ranks or more (slurm: conftest)
 
 
 @pytest.mark.parametrize("template", ["slurm/alexnet_cpu.sbatch", "slurm/alexnet_gpu.sbatch"])

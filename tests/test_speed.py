@@ -67,6 +67,8 @@ def test_xla_flags_are_added_once_and_keep_the_users_own():
         assert untouched == {}
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_xla_mixed_precision_steps_per_execution_and_fp16_allreduce_train_under_two_ranks(tmp_path):
     runs = {"on": ["--xla", "on"], "auto": ["--xla", "auto", "--mixed-precision", "on"]}
     procs = {}
@@ -91,6 +93,7 @@ def test_xla_mixed_precision_steps_per_execution_and_fp16_allreduce_train_under_
     assert any((tmp_path / "xla-on").glob("*.txt")) and not (tmp_path / "xla-auto").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option,compute", [("on", "float16"), ("bfloat16", "bfloat16")])
 def test_mixed_precision_computes_in_its_type_keeps_float32_outputs_and_resumes(tmp_path, option, compute):
     import tensorflow as tf
@@ -110,6 +113,7 @@ def test_mixed_precision_computes_in_its_type_keeps_float32_outputs_and_resumes(
     assert read_json(folder / "metrics.json")["test_accuracy"] > 0.5
 
 
+@pytest.mark.mpi
 def test_fp16_allreduce_sends_float16_gradients(tmp_path):
     """One step on 2 ranks: with fp16 compression the update differs from float32's by float16
     rounding (about 1e-4 of its size); without it, by float32 rounding only."""

@@ -2,10 +2,13 @@
 
 import tarfile
 
+import pytest
+
 from conftest import run_module, write_cifar10, write_galaxy10, write_mnist
 from hpccnn import data
 
 
+@pytest.mark.slow
 def test_stage_cifar10_from_the_official_tarball_layout(tmp_path):
     src = tmp_path / "src"
     write_cifar10(src / "cifar-10-batches-py", per_batch=3, test=4)
@@ -50,6 +53,7 @@ def test_a_file_that_does_not_parse_is_not_staged(tmp_path):
     assert not cache.exists()  # not even the empty folders staging made
 
 
+@pytest.mark.slow
 def test_without_internet_the_download_fails_with_the_offline_alternative(tmp_path):
     proc = run_module("hpccnn.stage", "mnist", "--data-dir", tmp_path / "cache", timeout=300)
     assert proc.returncode == 2

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_json, run_module
-from test_slurm_templates import sbatch, wait_for
+from conftest import ROOT, read_json, refusal, run_module, sbatch, wait_for
 
 from hpccnn import slurm
 from hpccnn.submit import point_row
@@ -31,6 +30,8 @@ def read_grid(folder: Path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_cifar_hparams_grid_runs_every_point_as_a_two_rank_array_task(digits_grid):
     results, dry, dry_results_existed, proc = digits_grid
     assert dry.returncode == 0, dry.stderr
@@ -71,6 +72,8 @@ def test_cifar_hparams_grid_runs_every_point_as_a_two_rank_array_task(digits_gri
     assert len([line for line in table.splitlines() if re.match(r"\d\d_", line)]) == 12
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_a_failing_point_is_failed_in_grid_csv_and_in_the_exit_status(slurm_env, tmp_path):
     results = tmp_path / "results"
     # batch 4000 is more than digits' 1,149 training images: that point fails at run time, in the job
@@ -85,6 +88,8 @@ def test_a_failing_point_is_failed_in_grid_csv_and_in_the_exit_status(slurm_env,
     assert failed["log"] in proc.stderr
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_without_wait_a_collector_job_writes_grid_csv_after_the_array(slurm_env, tmp_path):
     results = tmp_path / "results"
     proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--epochs", "1", "--results-dir", results,
@@ -96,6 +101,8 @@ def test_without_wait_a_collector_job_writes_grid_csv_after_the_array(slurm_env,
     assert row["status"] == "completed" and row["world_size"] == "2"
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_array_template_runs_grid_points_and_collects(slurm_env, tmp_path):
     results = tmp_path / "results"
     job = sbatch(dict(slurm_env, DATASET="digits", EPOCHS="1", RESULTS_DIR=str(results)), "slurm/grid_array.sbatch",
@@ -115,7 +122,8 @@ def test_array_template_runs_grid_points_and_collects(slurm_env, tmp_path):
         assert Path(row["log"]) == tmp_path / f"slurm-{job}_{task}.out"
 
 
-@pytest.mark.parametrize("cluster, ranks", [("local", 2), ("debug", 1)])
+@pytest.mark.slow
+@pytest.mark.parametrize("cluster, ranks", [pytest.param("local", 2, marks=pytest.mark.mpi), ("debug", 1)])
 def test_local_and_debug_executors_run_and_wait(tmp_path, cluster, ranks):
     results = tmp_path / "results"
     proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--epochs", "1", "--cluster", cluster,
@@ -164,7 +172,7 @@ def test_dry_run_piped_into_head_ends_quietly(tmp_path):
     assert proc.stderr == ""  # no BrokenPipeError traceback once head has stopped reading
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_SUBMITS = [
     (["--grid", "nope"], "unknown grid 'nope'; choose one of: cifar_hparams, alexnet227_lr"),
     (["--grid", "cifar_hparams", "--optimizer", "adam"], "--optimizer is swept by grid 'cifar_hparams'"),
     (["--experiment", "digits_cnn", "--sweep", "batch-size"], "--sweep wants SETTING=VALUE1,VALUE2"),
@@ -175,8 +183,20 @@ def test_dry_run_piped_into_head_ends_quietly(tmp_path):
     (["--experiment", "digits_cnn", "--partition", "gpu;rm -rf ~"], "is not a SLURM partition name"),
     (["--experiment", "nope"], "unknown experiment 'nope'"),
     (["--grid", "cifar_hparams", "--experiment", "digits_cnn"], "not allowed with argument"),
-])
-def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(tmp_path, args, message):
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_SUBMITS)
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, args, message):
+    from hpccnn import submit
+
+    results = tmp_path / "results"
+    assert message in refusal(submit.main, *args, "--results-dir", results)
+    assert not results.exists()
+
+
+def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(tmp_path):
+    args, message = BAD_SUBMITS[0]
     results = tmp_path / "results"
     proc = run_module("hpccnn.submit", *args, "--results-dir", results, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
