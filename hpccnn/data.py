@@ -4,6 +4,7 @@ Images stay uint8 in memory (4x smaller than float32); scaling to 0..1 and resiz
 happen per batch inside the tf.data graph, so there is no per-step Python work.
 """
 
+import gzip
 import hashlib
 import os
 import pickle
@@ -21,6 +22,9 @@ GALAXY10_CLASSES = [
     "Disk, Face-on, Tight Spiral", "Disk, Face-on, Medium Spiral", "Disk, Face-on, Loose Spiral",
 ]
 DIGIT_CLASSES = [str(i) for i in range(10)]
+# Zalando's label descriptions, in label order (the data set's README)
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
 # SHA-256 of the real Galaxy10.h5, as astroNN checks it.
 GALAXY10_SHA256 = "969a6b1cefcc36e09fffa86febd2f699a4aa19b837ba0427f01b0bc6ded458af"
 
@@ -90,10 +94,65 @@ def mnist_file(data_dir: Path) -> Path:
     return data_dir / "mnist" / "mnist.npz"
 
 
-def load_mnist(data_dir: Path, **_) -> Raw:
-    with np.load(_require(mnist_file(data_dir), "mnist", data_dir)) as f:  # the file keras.datasets.mnist reads
+def fashion_mnist_file(data_dir: Path) -> Path:
+    return data_dir / "fashion_mnist" / "fashion-mnist.npz"
+
+
+def _load_npz(path: Path, dataset: str, data_dir: Path, classes: list) -> Raw:
+    with np.load(_require(path, dataset, data_dir)) as f:  # the file keras.datasets.mnist reads
         return Raw(f["x_train"][..., None], f["y_train"].astype(np.int64),
-                   f["x_test"][..., None], f["y_test"].astype(np.int64), DIGIT_CLASSES)
+                   f["x_test"][..., None], f["y_test"].astype(np.int64), classes)
+
+
+def load_mnist(data_dir: Path, **_) -> Raw:
+    return _load_npz(mnist_file(data_dir), "mnist", data_dir, DIGIT_CLASSES)
+
+
+def load_fashion_mnist(data_dir: Path, **_) -> Raw:
+    return _load_npz(fashion_mnist_file(data_dir), "fashion_mnist", data_dir, FASHION_MNIST_CLASSES)
+
+
+# MNIST's distribution format: four IDX files, as on the MNIST site, in Debian's dataset-fashion-mnist and on
+# clusters; each may be gzipped
+IDX_FILES = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """One IDX file of unsigned bytes with ndim dimensions, checked: magic number, dimensions and size."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        raw = f.read()
+    magic = raw[:4]
+    if magic != bytes([0, 0, 0x08, ndim]):
+        raise UserError(f"{path.name} is not an IDX file of {ndim}-dimensional unsigned bytes: it starts with "
+                        f"{magic.hex() or 'nothing'}, not 000008{ndim:02x}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path.name} is cut short inside its header ({len(raw)} bytes)")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    size = int(np.prod(dims))
+    if len(raw) - header != size:
+        raise UserError(f"{path.name} holds {len(raw) - header} bytes of data where its header "
+                        f"({' x '.join(map(str, dims))}) says {size}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def read_idx_folder(folder: Path, classes: int = 10) -> dict:
+    """x_train, y_train, x_test, y_test from a folder of MNIST's four IDX files, checked as a set."""
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        found = [folder / name for name in (stem + ".gz", stem) if (folder / name).is_file()]
+        if not found:
+            raise UserError(f"{folder} has no {stem} (or {stem}.gz); an MNIST-format folder holds "
+                            f"{', '.join(IDX_FILES.values())}")
+        arrays[key] = read_idx(found[0], 3 if key.startswith("x") else 1)
+    for part in ("train", "test"):
+        x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+        if len(x) != len(y):
+            raise UserError(f"{folder}: {len(x)} {part} images but {len(y)} {part} labels")
+        if len(y) and y.max() >= classes:
+            raise UserError(f"{folder}: {part} labels run up to {y.max()}, outside 0..{classes - 1}")
+    return arrays
 
 
 def galaxy10_file(data_dir: Path) -> Path:
@@ -151,6 +210,7 @@ def load_synthetic(data_dir: Path, shape=(32, 32, 3), size=2048, classes=10, see
 DATASETS = {
     "cifar10": load_cifar10,
     "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
     "galaxy10": load_galaxy10,
     "digits": load_digits,
     "synthetic": load_synthetic,
@@ -185,7 +245,7 @@ def resolve_data_dir(data_dir=None) -> Path:
 
 
 # The image shape each staged data set must have (height, width, channels).
-SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "galaxy10": (69, 69, 3)}
+SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "galaxy10": (69, 69, 3)}
 
 
 def load(name: str, data_dir=None, **options) -> Raw:

@@ -18,12 +18,18 @@ ORIGINS = {
     "mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
     "galaxy10": "https://www.astro.utoronto.ca/~bovy/Galaxy10/Galaxy10.h5",
 }
-TARGETS = {"cifar10": data.cifar10_folder, "mnist": data.mnist_file, "galaxy10": data.galaxy10_file}
+TARGETS = {"cifar10": data.cifar10_folder, "mnist": data.mnist_file, "fashion_mnist": data.fashion_mnist_file,
+           "galaxy10": data.galaxy10_file}
+IDX_HELP = f"a folder with the four IDX files ({', '.join(data.IDX_FILES.values())}, each may be .gz)"
 SOURCE_HELP = {
     "cifar10": "cifar-10-python.tar.gz or its extracted cifar-10-batches-py folder",
-    "mnist": "mnist.npz (keys x_train, y_train, x_test, y_test)",
+    "mnist": f"mnist.npz (keys x_train, y_train, x_test, y_test) or {IDX_HELP}",
+    "fashion_mnist": IDX_HELP,
     "galaxy10": "Galaxy10.h5 (keys images, ans)",
 }
+# Debian's package dataset-fashion-mnist (scripts/install_system.sh installs it): Zalando's IDX files
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IDX_SETS = ("mnist", "fashion_mnist")  # data sets staged from IDX folders into one .npz
 
 
 def _download(name: str, folder: Path) -> Path:
@@ -48,6 +54,11 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
         raise UserError(f"{target} already exists; pass --force to replace it")
     if source is not None and not source.exists():
         raise UserError(f"--source {source} does not exist")
+    if name == "fashion_mnist" and source is None:
+        if not DEBIAN_FASHION_MNIST.is_dir():
+            raise UserError(f"fashion_mnist is staged offline from Debian's package, and {DEBIAN_FASHION_MNIST} is "
+                            f"missing: apt-get install dataset-fashion-mnist, or pass --source with {IDX_HELP}")
+        source = DEBIAN_FASHION_MNIST
     made = [p for p in (target.parent, *target.parent.parents) if not p.exists()]  # deepest first
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -58,6 +69,8 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
             if name == "cifar10" and source.is_file():
                 with tarfile.open(source) as tar:
                     tar.extractall(tmp, filter="data")
+            elif name in IDX_SETS and source.is_dir():
+                idx_to_npz(source, staged, name)
             elif source.is_dir():
                 shutil.copytree(source, staged)
             else:
@@ -93,12 +106,27 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
     return target
 
 
+def idx_to_npz(folder: Path, npz: Path, name: str) -> None:
+    """MNIST's four IDX files as the .npz training reads (keras.datasets.mnist's keys), or a UserError."""
+    import numpy as np
+
+    try:
+        arrays = data.read_idx_folder(folder)
+    except UserError as err:
+        raise UserError(f"{folder} does not parse as {name} ({err}); nothing was staged") from None
+    except (OSError, EOFError) as err:  # a damaged or truncated gzip
+        raise UserError(f"{folder} does not parse as {name} ({type(err).__name__}: {err}); nothing was staged") from None
+    with open(npz, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
 @cli
 def main(argv=None):
     p = Parser(prog="python -m hpccnn.stage", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", help=", ".join(TARGETS))
     p.add_argument("--data-dir", type=Path, default=data.default_data_dir())
-    p.add_argument("--source", type=Path, default=None, help="a local copy instead of downloading")
+    p.add_argument("--source", type=Path, default=None,
+                   help="a local copy instead of downloading (fashion_mnist: default Debian's " + str(DEBIAN_FASHION_MNIST) + ")")
     p.add_argument("--force", action="store_true", help="replace an already staged copy")
     args = p.parse_args(argv)
     stage(args.dataset, args.data_dir, args.source, args.force)

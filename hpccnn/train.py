@@ -42,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_experiments() -> str:
-    lines = [f"{'experiment':30} {'model':24} {'dataset':9} {'epochs':>6}  reported in the seed"]
+    lines = [f"{'experiment':30} {'model':24} {'dataset':13} {'epochs':>6}  reported in the seed"]
     for e in EXPERIMENTS.values():
-        lines.append(f"{e.name:30} {e.model:24} {e.dataset:9} {e.epochs:>6}  {e.reported or '-'}")
+        lines.append(f"{e.name:30} {e.model:24} {e.dataset:13} {e.epochs:>6}  {e.reported or '-'}")
     return "\n".join(lines)
 
 

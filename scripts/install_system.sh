@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages hpccnn needs: Open MPI (Horovod and mpi4py build against it),
-# SLURM and munge (the local test clusters; iproute2 makes their namespace nodes and links), and a headless Chromium with its WebDriver
+# SLURM and munge (the local test clusters; iproute2 makes their namespace nodes and links), Zalando's
+# Fashion-MNIST (python -m hpccnn.stage fashion_mnist), and a headless Chromium with its WebDriver
 # (the tests open hpccnn's HTML reports in it). Quick when everything is installed.
 set -euo pipefail
-packages=(openmpi-bin libopenmpi-dev slurm-wlm munge iproute2)  # iproute2: ip and tc for the namespace nodes
+# iproute2: ip and tc for the namespace nodes; dataset-fashion-mnist: real data of MNIST's size, offline
+packages=(openmpi-bin libopenmpi-dev slurm-wlm munge iproute2 dataset-fashion-mnist)
 browser=(chromium chromium-driver)  # installed without Recommends: a headless browser needs none
 missing=()
 for p in "${packages[@]}" "${browser[@]}"; do

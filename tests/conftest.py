@@ -263,3 +263,16 @@ def digits_grid(slurm_env, tmp_path_factory):
     dry_results_existed = results.exists()
     proc = run_module("hpccnn.submit", *args, "--wait", env=slurm_env, timeout=1500)
     return results, dry, dry_results_existed, proc
+
+
+def write_idx(folder: Path, arrays: dict, gz=True):
+    """MNIST's distribution format: one IDX file per array (magic 0x0000080N, big-endian sizes, the bytes)."""
+    import gzip
+
+    from hpccnn.data import IDX_FILES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, stem in IDX_FILES.items():
+        a = np.ascontiguousarray(arrays[key], dtype=np.uint8)
+        blob = bytes([0, 0, 0x08, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape) + a.tobytes()
+        (folder / (stem + ".gz" if gz else stem)).write_bytes(gzip.compress(blob) if gz else blob)
