@@ -110,6 +110,7 @@ def test_fashion_mnist_stages_offline_from_debians_package(fashion_cache, tmp_pa
     assert proc.returncode == 2 and "already exists; pass --force" in proc.stderr
 
 
+@pytest.mark.slow
 @needs_debian
 def test_fashion_mnist_cnn_learns_the_real_classes(fashion_cache, tmp_path):
     """One epoch of seed 002's recipe on all 60,000 real images, one process. Measured on a 2-core Xeon
