@@ -36,7 +36,7 @@ class Experiment:
     # for CPUs with AVX-512 BF16 or AMX (never chosen by auto)
     mixed_precision: str = "auto"
     # training steps per call into TensorFlow's graph: 8 saves Keras' per-step Python work, which
-    # made cnn_v3 (9 ms steps) 1.15-1.33x faster and the AlexNets 1.05-1.08x (README, Performance)
+    # counts most where steps are short (README, Performance, has what it gained on each model)
     steps_per_execution: int = 8
     fp16_allreduce: bool = False  # Horovod sends gradients as float16: half the bytes, some precision lost
     reported: str = ""  # the figure the seed reports for this experiment

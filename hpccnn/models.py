@@ -72,10 +72,16 @@ class ModelSpec:
     kwargs: dict
     seed: str
     input_side: int = 32  # the side of the seed's square input images
+    input_channels: int = 3  # the benchmark's images; training takes the dataset's channels
     logits: bool = False  # True where the seed's last layer has no softmax (from_logits=True)
 
     def __call__(self, input_shape, classes, activation="relu"):
         return self.build(tuple(input_shape), classes, activation=activation, **self.kwargs)
+
+    @property
+    def input_shape(self) -> tuple:
+        """The seed's input: (side, side, channels)."""
+        return self.input_side, self.input_side, self.input_channels
 
     def output_side(self, side: int) -> int:
         """The side of the last convolution block's output for side x side images; 0 when the
@@ -114,7 +120,8 @@ MODELS = {
     "cnn_v2": ModelSpec(small_cnn, dict(convs=[32, "pool", 64], dense=[64]), seed="001", logits=True),
     "cnn_v3": ModelSpec(small_cnn, dict(convs=[32, "pool", 64, "pool", 64], dense=[64]), seed="001", logits=True),
     "mnist_cnn": ModelSpec(small_cnn, dict(convs=[32, 64, "pool"], dense=[128], logits=False,
-                                           dropout={"pool": 0.25, "dense": 0.5}), seed="002", input_side=28),
+                                           dropout={"pool": 0.25, "dense": 0.5}), seed="002", input_side=28,
+                           input_channels=1),
     "alexnet64": ModelSpec(alexnet, dict(convs=[
         Conv(128, 11, 4, batchnorm=True, pool=(2, 2)),
         Conv(256, 5, 1, "same", batchnorm=True, pool=(3, 3)),

@@ -19,6 +19,7 @@ import numpy as np
 
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.results import epoch_ticks, plot_curves, read_json
+from hpccnn.tables import markdown, number
 
 SETTINGS = ["model", "dataset", "image_size", "activation", "optimizer", "learning_rate", "batch_size",
             "batch_per_rank", "epochs", "validation", "seed"]
@@ -78,14 +79,12 @@ class Report:
         attrs = (f' id="{ident}"' if ident else "") + (f' class="{css}"' if css else "")
         out = [f"<table{attrs}><thead><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
                + "</tr></thead><tbody>"]
-        md = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
         for i, row in enumerate(rows):
             mark = ' class="best"' if i == marked else ""
             out.append(f"<tr{mark}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
-            md.append("| " + " | ".join(str(c) for c in row) + " |")
         out.append("</tbody></table>")
         self.html.append("".join(out))
-        self.md.append("\n".join(md) + "\n")
+        self.md.append(markdown(header, rows))
 
     def figure(self, fig: Figure):
         self.figures.append(fig)
@@ -112,14 +111,6 @@ class Report:
                 + "\n".join(self.html) + "</body></html>\n")
         writer.text("report.html", page)
         writer.text("report.md", "\n".join(self.md))
-
-
-def _fmt(value, digits=4):
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def plot_heatmap(frame):
@@ -161,12 +152,12 @@ def run_section(report: Report, folder: Path, prefix: str):
     last = history.iloc[-1].to_dict() if history is not None and len(history) else {}
     report.table(["", "this run", "reported in the seed"], [
         ["status", metrics.get("status", "-"), ""],
-        ["test accuracy", _fmt(metrics.get("test_accuracy")), config.get("reported") or "-"],
-        ["test loss", _fmt(metrics.get("test_loss")), ""],
-        ["final val accuracy", _fmt(last.get("val_accuracy")), ""],
-        ["epochs finished", _fmt(metrics.get("last_epoch")), _fmt(config.get("epochs"))],
-        ["ranks (world size)", _fmt(metrics.get("world_size")), ""],
-        ["training seconds", _fmt(metrics.get("wall_seconds"), 1), ""],
+        ["test accuracy", number(metrics.get("test_accuracy")), config.get("reported") or "-"],
+        ["test loss", number(metrics.get("test_loss")), ""],
+        ["final val accuracy", number(last.get("val_accuracy")), ""],
+        ["epochs finished", number(metrics.get("last_epoch")), number(config.get("epochs"))],
+        ["ranks (world size)", number(metrics.get("world_size")), ""],
+        ["training seconds", number(metrics.get("wall_seconds"), 1), ""],
     ], css="metrics")
     if metrics.get("reason"):
         report.paragraph(f"failed: {metrics['reason']}", css="bad")
@@ -182,7 +173,7 @@ def run_section(report: Report, folder: Path, prefix: str):
     if per_class is not None and len(per_class):
         report.heading("Per class", 3)
         report.table(["class", "precision", "recall", "f1-score", "support"],
-                     [[r["class"], _fmt(r["precision"], 3), _fmt(r["recall"], 3), _fmt(r["f1-score"], 3),
+                     [[r["class"], number(r["precision"], 3), number(r["recall"], 3), number(r["f1-score"], 3),
                        int(r["support"])] for _, r in per_class.iterrows()], css="per-class")
         ordered = per_class.sort_values("f1-score", kind="stable")
         worst, best = ordered.iloc[0], ordered.iloc[-1]
@@ -241,8 +232,8 @@ def grid_section(report: Report, folder: Path, data_dir=None, check_best=True):
         ranks = int(r["world_size"]) if pd.notna(r.get("world_size")) else None
         note = str(r["reason"])[:90] if pd.notna(r.get("reason")) else ""
         rows.append(["★" if i == 0 and r["status"] == "completed" else "", r["point"], *(r[a] for a in axes),
-                     r["status"], _fmt(r["test_accuracy"]), _fmt(r["test_loss"]), _fmt(r["wall_seconds"], 1),
-                     _fmt(ranks), note])
+                     r["status"], number(r["test_accuracy"]), number(r["test_loss"]), number(r["wall_seconds"], 1),
+                     number(ranks), note])
     best_ok = len(frame) and frame.iloc[0]["status"] == "completed"
     report.table(header, rows, ident="grid-table", marked=0 if best_ok else None)
     frame["run_folder"] = [str(_run_folder(folder, r)) for _, r in frame.iterrows()]

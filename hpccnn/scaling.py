@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from hpccnn import tables
 from hpccnn.errors import UserError
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "local_slurm.sh"
@@ -40,27 +41,21 @@ def paper(rows, nodes=(2, 4, 8, 16, 32, 64), links=(10, 25, 100)) -> str:
     compute / (compute + allreduce), no overlap, to compute / max(compute, allreduce), the allreduce
     wholly hidden behind the backward pass. Measured on namespace nodes (README, Scaling), the
     AlexNets ran at the first and the small CNNs up to the second."""
-    out = ["Scaling on paper: per-step compute time measured above (hpccnn, 1 rank, this machine), "
-           "float32 gradients in one ring allreduce per step (in brackets). Efficiency with no overlap, "
-           "compute / (compute + allreduce), the lower bound; the upper, with the allreduce wholly hidden "
-           "behind the backward pass, is 100 % where the allreduce is the shorter and is given after a "
-           "dash where it is the longer.\n",
-           "| model | gradient (MB) | step (s) | link | " + " | ".join(f"{n} nodes" for n in nodes) + " |",
-           "|---|---|---|---|" + "---|" * len(nodes)]
-    for r in rows:
-        if r["runner"] != "hpccnn 1 rank":
-            continue
-        for link in links:
-            cells = []
-            for n in nodes:
-                comm = allreduce_seconds(r["gradient_mb"], n, link)
-                step = r["step_seconds"]
-                hidden = step / max(step, comm)  # wholly hidden: 100 % unless the allreduce is the longer
-                cells.append(f"{step / (step + comm):.0%}{'' if hidden > 0.995 else f'–{hidden:.0%}'} "
-                             f"({comm * 1000:.0f} ms)")
-            out.append(f"| {r['model']} | {r['gradient_mb']:.1f} | {r['step_seconds']:.3f} | {link} Gbit/s | "
-                       + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+    intro = ("Scaling on paper: per-step compute time measured above (hpccnn, 1 rank, this machine), "
+             "float32 gradients in one ring allreduce per step (in brackets). Efficiency with no overlap, "
+             "compute / (compute + allreduce), the lower bound; the upper, with the allreduce wholly hidden "
+             "behind the backward pass, is 100 % where the allreduce is the shorter and is given after a "
+             "dash where it is the longer.\n\n")
+
+    def efficiency(step, comm):
+        hidden = step / max(step, comm)  # wholly hidden: 100 % unless the allreduce is the longer
+        return f"{step / (step + comm):.0%}{'' if hidden > 0.995 else f'–{hidden:.0%}'} ({comm * 1000:.0f} ms)"
+
+    header = ["model", "gradient (MB)", "step (s)", "link", *(f"{n} nodes" for n in nodes)]
+    return intro + tables.markdown(header, (
+        [r["model"], f"{r['gradient_mb']:.1f}", f"{r['step_seconds']:.3f}", f"{link} Gbit/s",
+         *(efficiency(r["step_seconds"], allreduce_seconds(r["gradient_mb"], n, link)) for n in nodes)]
+        for r in rows if r["runner"] == "hpccnn 1 rank" for link in links))
 
 
 def time_allreduce(model, repeats=ALLREDUCES, fp16=False) -> float:
@@ -153,7 +148,7 @@ class Cluster:
     @staticmethod
     def wait(proc) -> dict:
         """The measurement a job's rank 0 printed, or a RuntimeError with the job's last output."""
-        from hpccnn.bench import parse_result
+        from hpccnn.runners import parse_result
 
         try:
             _, err = proc.communicate(timeout=proc.timeout)
@@ -170,7 +165,7 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
     """Per model: compute (every node training alone, all at once), then at each link speed N nodes'
     images/s and a whole-gradient allreduce, beside the README model's prediction for that link.
     Writes nodes.csv, nodes.md and the jobs' output (jobs/) to out_dir, a new folder."""
-    from hpccnn import bench
+    from hpccnn import bench, runners
 
     cores = check_machine(nodes)
     work = out_dir.with_name(out_dir.name + ".partial")
@@ -191,7 +186,7 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
             for model in models:
                 # each node trains alone, all at once: the cores are as busy as in the N-node job,
                 # and no rank waits on the network
-                alone = [cluster.job([node], cores, bench.worker_command("hpccnn", model, plans[model], settings),
+                alone = [cluster.job([node], cores, runners.worker_command("hpccnn", model, plans[model], settings),
                                      work / "jobs" / f"{model}-alone-{node}.out") for node in names]
                 alone = [cluster.wait(job) for job in alone]
                 compute[model] = {"images_per_second": statistics.mean(r["images_per_second"] for r in alone),
@@ -202,9 +197,9 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
                 cluster.script("link", "--gbit", str(gbit))
                 for model in models:
                     how = plans[model]
-                    per_rank = bench.Plan(how.batch * nodes, how.warmup, how.steps, how.seconds)
+                    per_rank = runners.Plan(how.batch * nodes, how.warmup, how.steps, how.seconds)
                     got = cluster.wait(cluster.job(
-                        names, cores, bench.worker_command("hpccnn", model, per_rank, settings, allreduce=True),
+                        names, cores, runners.worker_command("hpccnn", model, per_rank, settings, allreduce=True),
                         work / "jobs" / f"{model}-{nodes}-nodes-{gbit}-gbit.out"))
                     rows.append(row(model, nodes, gbit, how.batch, compute[model], got, fp16))
                     log(format_row(rows[-1]))
@@ -262,16 +257,16 @@ def markdown(rows, nodes, cores, fp16) -> str:
             f"cores as busy as in the N-node job, no network). Predicted: N x batch / "
             f"(compute step + ring allreduce of the gradient at the link's speed), no overlap. The allreduce "
             f"is timed on its own, {ALLREDUCES} times (median).\n\n")
-    table = ("| model | batch per rank | gradient (MB) | link (Gbit/s) | compute, a node alone (img/s) | "
-             f"{nodes} nodes measured (img/s) | predicted (img/s) | measured / predicted | with full overlap "
-             "(img/s) | efficiency "
-             "measured (predicted) | allreduce measured (ms) | ring bound (ms) | allreduce / ring |\n"
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    body = "".join(
-        f"| {r['model']} | {r['batch_per_rank']} | {r['gradient_mb']:.1f} | {r['link_gbit']:g} | "
-        f"{r['compute_images_per_second']:,.1f} | {r['images_per_second']:,.1f} | "
-        f"{r['predicted_images_per_second']:,.1f} | {r['measured_vs_predicted']:.2f}× | "
-        f"{r['full_overlap_images_per_second']:,.1f} | "
-        f"{r['efficiency']:.0%} ({r['predicted_efficiency']:.0%}) | {r['allreduce_ms']:,.0f} | "
-        f"{r['ring_bound_ms']:,.0f} | {r['allreduce_vs_ring']:.2f}× |\n" for r in rows)
-    return head + table + body
+    return head + tables.markdown(*tables.cells({
+        "model": tables.key("model"), "batch per rank": tables.key("batch_per_rank"),
+        "gradient (MB)": tables.key("gradient_mb", ".1f"), "link (Gbit/s)": tables.key("link_gbit", "g"),
+        "compute, a node alone (img/s)": tables.key("compute_images_per_second", ",.1f"),
+        f"{nodes} nodes measured (img/s)": tables.key("images_per_second", ",.1f"),
+        "predicted (img/s)": tables.key("predicted_images_per_second", ",.1f"),
+        "measured / predicted": lambda r: f"{r['measured_vs_predicted']:.2f}×",
+        "with full overlap (img/s)": tables.key("full_overlap_images_per_second", ",.1f"),
+        "efficiency measured (predicted)": lambda r: f"{r['efficiency']:.0%} ({r['predicted_efficiency']:.0%})",
+        "allreduce measured (ms)": tables.key("allreduce_ms", ",.0f"),
+        "ring bound (ms)": tables.key("ring_bound_ms", ",.0f"),
+        "allreduce / ring": lambda r: f"{r['allreduce_vs_ring']:.2f}×",
+    }, rows))

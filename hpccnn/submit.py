@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from hpccnn import grids, slurm
+from hpccnn import grids, slurm, tables
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.experiments import add_setting_options
 from hpccnn.experiments import overrides as experiment_overrides
@@ -428,15 +428,9 @@ def format_table(rows) -> str:
                                                  "world_size", "last_epoch", "job_id", "reason", "run_folder", "log")]
     header = ["point", *settings, "status", "test_acc", "test_loss", "seconds", "ranks"]
     ordered = sorted(rows, key=lambda r: -(r["test_accuracy"] if r["test_accuracy"] is not None else -1))
-    table = [header]
-    for r in ordered:
-        def num(v, fmt):
-            return format(v, fmt) if isinstance(v, (int, float)) else "-"
-
-        table.append([r["point"], *(str(r[k]) for k in settings), r["status"], num(r["test_accuracy"], ".4f"),
-                      num(r["test_loss"], ".4f"), num(r["wall_seconds"], ".0f"), num(r["world_size"], "d")])
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in table)
+    return tables.text(header, ([r["point"], *(r[k] for k in settings), r["status"], tables.number(r["test_accuracy"]),
+                                 tables.number(r["test_loss"]), tables.number(r["wall_seconds"], 0),
+                                 tables.number(r["world_size"])] for r in ordered))
 
 
 @cli

@@ -57,8 +57,8 @@ def make_optimizer(name: str, learning_rate: float):
 
 def cpu_xla(exp) -> bool:
     """Whether exp compiles with XLA on CPUs: only when asked (--xla on). Its effect there depends on
-    the CPU, not only the model: alexnet_galaxy10 ran 1.34x faster with it on an AVX2 EPYC and 0.57x
-    as fast on an AVX-512 one, so no model turns it on by itself (README, Performance)."""
+    the CPU, not only the model: the same model ran faster with it on one CPU and slower on another
+    (README, Performance), so no model turns it on by itself."""
     return exp.xla == "on"
 
 

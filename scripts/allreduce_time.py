@@ -10,7 +10,7 @@ Prints, from rank 0, one line per model: gradient size and the median of the tim
 import sys
 
 from hpccnn import dist
-from hpccnn.bench import MODELS
+from hpccnn.bench import PLANS
 from hpccnn.scaling import ALLREDUCES, time_allreduce
 
 
@@ -19,8 +19,8 @@ def main(models) -> int:
     from hpccnn.models import get_model
 
     for name in models:
-        side, channels = MODELS[name][:2]
-        model = get_model(name)((side, side, channels), 10)
+        spec = get_model(name)
+        model = spec(spec.input_shape, 10)
         seconds = time_allreduce(model)
         if world.is_main:
             mb = model.count_params() * 4 / 1e6
@@ -30,4 +30,4 @@ def main(models) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or list(MODELS)))
+    sys.exit(main(sys.argv[1:] or list(PLANS)))

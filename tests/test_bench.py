@@ -12,11 +12,11 @@ import pytest
 from conftest import ROOT, assert_namespace_nodes_gone, refusal, run_module
 from hpccnn.launch import mpi_env
 
-from hpccnn.bench import MODELS, SECONDS, Plan, plan
+from hpccnn.bench import PLANS, SECONDS, Plan, plan
 
 
 def test_options_override_each_models_own_batch_and_warmup_and_time_the_rest():
-    side, channels, batch, warmup = MODELS["alexnet227"]
+    batch, warmup = PLANS["alexnet227"].batch, PLANS["alexnet227"].warmup
     assert plan("alexnet227") == Plan(batch, warmup, steps=0, seconds=SECONDS)  # timed by the clock
     assert plan("alexnet227", batch=64, warmup=2) == Plan(64, 2, 0, SECONDS)
     assert plan("alexnet227", steps=9, seconds=2) == Plan(batch, warmup, 9, 2)
@@ -109,7 +109,7 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
                                                                             ("mnist_cnn", "2", 2.0)]
     for r in rows:
         gbit, mb, batch = float(r["link_gbit"]), float(r["gradient_mb"]), int(r["batch_per_rank"])
-        assert batch == MODELS["mnist_cnn"][2] and abs(mb - 4.8) < 0.1  # the seed's batch on each node
+        assert batch == PLANS["mnist_cnn"].batch and abs(mb - 4.8) < 0.1  # the seed's batch on each node
         ring = 2 * (2 - 1) / 2 * mb * 8e6 / (gbit * 1e9)
         assert abs(float(r["ring_bound_ms"]) - ring * 1000) < 0.1
         step = batch / float(r["compute_images_per_second"])

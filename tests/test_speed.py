@@ -46,7 +46,7 @@ def test_bfloat16_hardware_is_read_from_the_cpus_flags(tmp_path):
 
 
 def test_auto_never_compiles_with_xla_on_cpus_whatever_the_model():
-    # XLA's effect on a CPU depends on the CPU (alexnet_galaxy10: 1.34x on AVX2, 0.57x on AVX-512;
+    # XLA's effect on a CPU depends on the CPU (faster on one, slower on another:
     # README, Performance), so only --xla on turns it on there, for every experiment.
     for exp in EXPERIMENTS.values():
         assert not cpu_xla(exp) and not speed_settings(exp, gpus=0)["xla"], exp.name

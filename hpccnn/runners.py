@@ -1,0 +1,318 @@
+"""One measurement of python -m hpccnn.bench, in a process of its own: the runners.
+
+A runner is one way of training a model: plain Keras written the seeds' way, or hpccnn's, on 1
+rank or on N under horovodrun. Each builds a Trainer; Timed warms every Trainer up and times it
+the same way, and the worker prints what it measured as one JSON line, which measure() reads.
+A new runner is a function that returns a Trainer, and its entry in RUNNERS.
+"""
+
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from hpccnn import scaling
+from hpccnn.errors import Parser, cli
+from hpccnn.launch import horovodrun_prefix, mpi_env
+from hpccnn.models import get_model
+
+# Timed training per measurement, in seconds at the warm-up's step rate rather than a step count,
+# which lasts three times longer on one CPU than on another (README, Performance: what shorter and
+# longer spans did to the ratios).
+SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one measurement of a model runs: the global batch, warm-up steps (graph tracing,
+    allocation; they also give the step rate), then steps timed, or, if steps is 0, as many
+    as last about seconds at the warm-up's rate."""
+    batch: int
+    warmup: int
+    steps: int = 0
+    seconds: float = SECONDS
+
+    def args(self) -> list:
+        return ["--batch", str(self.batch), "--warmup", str(self.warmup), "--steps", str(self.steps),
+                "--seconds", repr(self.seconds)]
+
+
+@dataclass
+class Trainer:
+    """A runner's compiled model in this process, and how it trains: all the timing needs to know."""
+    model: object
+    fit: Callable  # fit(steps, callbacks, seed): one epoch of that many steps on new random images
+    batch: int  # images per step in this process
+    every: int = 1  # steps per execution: Keras calls the callbacks back once per that many steps
+    size: int = 1  # processes training together, each on its own batch
+    is_main: bool = True  # the process that prints the measurement
+    first_callbacks: tuple = ()  # for the first fit only (Horovod's broadcast of rank 0's weights)
+    share: Callable = lambda value: value  # rank 0's value, on every rank
+    gather: Callable = lambda value: [value]  # every rank's value, in rank order
+
+
+def keras_trainer(exp, world, shape, batch) -> Trainer:
+    """The seeds' way: NumPy float arrays into model.fit, one process, all cores."""
+    import numpy as np
+    import tensorflow as tf
+
+    spec = get_model(exp.model)
+    model = spec(shape, 10)
+    model.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-3), metrics=["accuracy"],
+                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
+
+    def fit(steps, callbacks, seed):
+        x, y = _images(shape, batch * steps, seed)
+        x = x.astype(np.float32) / 255  # the seeds scale the whole array up front
+        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+
+    return Trainer(model, fit, batch)
+
+
+def hpccnn_trainer(exp, world, shape, batch) -> Trainer:
+    """hpccnn's way, as rank world.rank of world.size: uint8 images through its tf.data pipeline,
+    Horovod's optimizer, the global batch split between the ranks."""
+    from hpccnn import data, dist
+    from hpccnn.train import compile_model
+
+    model, _, _ = compile_model(exp, world, shape, 10)
+    per_rank = max(1, batch // world.size)
+
+    def fit(steps, callbacks, seed):
+        x, y = _images(shape, per_rank * steps, seed=(seed, world.rank))
+        ds = data.train_pipeline(x, y, per_rank, steps, 1 / 255, 0, seed=(seed, world.rank), epochs=1)
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
+
+    # every rank runs rank 0's number of timed steps (share): each step's allreduce needs all of them
+    return Trainer(model, fit, per_rank, exp.steps_per_execution, world.size, world.is_main,
+                   (dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0),),
+                   dist.broadcast_object, dist.allgather_object)
+
+
+@dataclass(frozen=True)
+class Runner:
+    """A way of training that the benchmark times: one process alone, or (on_ranks) hpccnn's
+    process set-up, Horovod included, on 1 rank and on each rank count under horovodrun."""
+    trainer: Callable  # (experiment, hpccnn's world or None, input shape, global batch) -> Trainer
+    title: str  # its rows' runner, followed by the rank count if on_ranks
+    on_ranks: bool = False
+
+    def label(self, ranks: int) -> str:
+        return f"{self.title} {ranks} rank{'s' if ranks > 1 else ''}" if self.on_ranks else self.title
+
+
+# By the name a measurement's process is started with; each model's rows in bench.csv follow this order.
+RUNNERS = {
+    "keras": Runner(keras_trainer, "plain keras"),
+    "hpccnn": Runner(hpccnn_trainer, "hpccnn", on_ranks=True),
+}
+KERAS, ONE_RANK = ("keras", 1), ("hpccnn", 1)  # the (runner, ranks) that vs_keras and vs_1_rank divide by
+
+
+class _Timer:
+    """Keras callback: wall time of the first finished step, and (step, time) from the end of step
+    `untimed` to the last.
+
+    With steps_per_execution > 1 Keras calls it once per execution, so the timed span runs from
+    the first call at or past `untimed` to the last, whatever the steps in between."""
+
+    def __init__(self, untimed):
+        import tensorflow as tf
+
+        class Callback(tf.keras.callbacks.Callback):
+            def on_train_batch_end(cb, batch, logs=None):
+                now = time.perf_counter()
+                if self.first is None:
+                    self.first = time.time()
+                if batch + 1 >= untimed:
+                    if self.start is None:
+                        self.start = (batch + 1, now)
+                    self.end = (batch + 1, now)
+
+        self.first = self.start = self.end = None
+        self.callback = Callback()
+
+    def steps_per_second(self) -> float:
+        return (self.end[0] - self.start[0]) / (self.end[1] - self.start[1])
+
+
+class Timed:
+    """A Trainer warmed up, then timed as often as asked: how both workers measure.
+
+    The warm-up fit's second half gives the step rate; each timed fit is of the same compiled model,
+    its first execution (a new iterator) untimed. Keras calls back once per execution of `every`
+    steps, so every fit runs whole executions, at least three in the warm-up: two calls make the
+    shortest span a rate can be timed over."""
+
+    def __init__(self, trainer: Trainer, warmup: int):
+        self.trainer = trainer
+        warmup = max(2, warmup, 3 * trainer.every)
+        warm = _Timer(warmup // 2)
+        trainer.fit(warmup, [*trainer.first_callbacks, warm.callback], 0)
+        self.first, self.rate = warm.first, warm.steps_per_second()
+
+    def time(self, steps: int, seed: int) -> dict:
+        """Trains steps (whole executions) after an untimed one: images/s over every process, the steps
+        and the seconds timed."""
+        timer = _Timer(self.trainer.every)
+        self.trainer.fit(steps + self.trainer.every, [timer.callback], seed)
+        return {"images_per_second": timer.steps_per_second() * self.trainer.batch * self.trainer.size,
+                "timed_steps": timer.end[0] - timer.start[0], "timed_seconds": timer.end[1] - timer.start[1]}
+
+
+def timed_steps(args, rate: float, every: int) -> int:
+    """--steps, else as many as last --seconds at rate (at least 3), in whole executions of every steps."""
+    steps = args.steps or max(3, math.ceil(args.seconds * rate))
+    return math.ceil(steps / every) * every
+
+
+def _setup(args, horovod: bool):
+    """(experiment, hpccnn's world or None): started before TensorFlow (XLA's CPU flags) if horovod."""
+    from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
+    from hpccnn.train import start
+
+    settings = dict(model=args.model, optimizer="sgd")
+    settings.update((k, parse_value(k, v)) for k, v in (parse_assignment(item, "--set") for item in args.set))
+    exp = with_overrides(get_experiment("digits_cnn"), settings)
+    return exp, start(exp)[0] if horovod else None
+
+
+def _trainer(key, exp, world, args) -> Trainer:
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)  # every runner starts from the same weights
+    return RUNNERS[key].trainer(exp, world, get_model(args.model).input_shape, args.batch)
+
+
+def worker(args):
+    """One measurement of runner args.runner, in this process: prints a JSON line (rank 0 only)."""
+    exp, world = _setup(args, RUNNERS[args.runner].on_ranks)  # plain Keras is the seeds' way: no set-up
+    trainer = _trainer(args.runner, exp, world, args)
+    timed = Timed(trainer, args.warmup)
+    got = timed.time(trainer.share(timed_steps(args, timed.rate, trainer.every)), 1)
+    if args.allreduce:  # every rank: one whole-gradient allreduce between them, on its own
+        got["allreduce_seconds"] = scaling.time_allreduce(trainer.model, fp16=exp.fp16_allreduce)
+    ranks = trainer.gather({"rss_mb": _rss_mb()})
+    if trainer.is_main:
+        print("BENCH " + json.dumps({**got, "first_step_seconds": timed.first - args.launched, "ranks": ranks,
+                                     "forward_macs": forward_macs(trainer.model),
+                                     "params": int(trainer.model.count_params())}), flush=True)
+    return 0
+
+
+def interleaved_worker(args):
+    """Plain Keras and hpccnn's 1-rank path in this one process, trained in alternating chunks of
+    steps (Keras first, then hpccnn first, and so on): what each path costs per step, with the
+    machine's drift between processes taken out. Both share hpccnn's process settings (Horovod
+    started, threads per core), which on CPUs are TensorFlow's own apart from Horovod's background
+    thread. Each chunk lasts about --seconds at the slower one's warm-up rate. Prints a JSON line."""
+    exp, world = _setup(args, True)
+    trainers = {key: _trainer(key, exp, world, args) for key in ("keras", "hpccnn")}
+    timed = {key: Timed(trainer, args.warmup) for key, trainer in trainers.items()}
+    every = math.lcm(*(trainer.every for trainer in trainers.values()))  # whole executions of both
+    steps = timed_steps(args, min(t.rate for t in timed.values()), every)
+    chunks = {key: [] for key in timed}
+    for i in range(args.chunks):
+        for key in (list(timed) if i % 2 == 0 else reversed(list(timed))):
+            chunks[key].append(timed[key].time(steps, i + 1)["images_per_second"])
+    print("BENCH " + json.dumps({"steps_per_chunk": steps, "images_per_second": chunks, "optimizers": {
+        key: f"{type(t.model.optimizer).__module__}.{type(t.model.optimizer).__name__}"
+        for key, t in trainers.items()}}), flush=True)
+    return 0
+
+
+def _images(shape, n, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int64)
+
+
+def forward_macs(model) -> int:
+    """Multiply-adds of one forward pass: convolutions and dense layers (the rest is negligible)."""
+    import tensorflow as tf
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.Conv2D):
+            kh, kw, cin, cout = layer.kernel.shape
+            total += kh * kw * cin * cout * layer.output.shape[1] * layer.output.shape[2]
+        elif isinstance(layer, tf.keras.layers.Dense):
+            total += layer.kernel.shape[0] * layer.kernel.shape[1]
+    return int(total)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak(n=4096, repeats=5) -> float:
+    """GFLOP/s of a float32 n x n matmul on all cores: the practical peak for utilisation."""
+    code = (f"import time, tensorflow as tf\n"
+            f"a = tf.random.normal(({n}, {n})); b = tf.random.normal(({n}, {n}))\n"
+            f"(a @ b).numpy()\n"
+            f"t = time.perf_counter()\n"
+            f"for _ in range({repeats}): c = (a @ b)\n"
+            f"c.numpy(); print('PEAK', 2 * {n}**3 * {repeats} / (time.perf_counter() - t) / 1e9)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=mpi_env(), timeout=600)
+    for line in out.stdout.splitlines():
+        if line.startswith("PEAK"):
+            return float(line.split()[1])
+    raise RuntimeError(f"matmul peak measurement failed: {out.stderr[-1000:]}")
+
+
+def measure(kind, model, ranks, plan: Plan, settings=None, env=None, extra=()) -> dict:
+    """One measurement in its own process(es): runner kind (or interleaved) on ranks; settings are
+    hpccnn.train settings, env extra variables, extra more worker options."""
+    cmd = [*worker_command(kind, model, plan, settings), *extra]
+    if ranks > 1:
+        cmd = [*horovodrun_prefix(ranks), *cmd]
+        cmd[cmd.index("--launched") + 1] = repr(time.time())
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**mpi_env(), **(env or {})}, timeout=3600)
+    try:
+        return parse_result(out.stdout)
+    except RuntimeError:
+        raise RuntimeError(f"{kind} {model} on {ranks} rank(s) failed:\n{out.stdout[-1500:]}\n"
+                           f"{out.stderr[-1500:]}") from None
+
+
+def worker_command(kind, model, plan: Plan, settings=None, allreduce=False) -> list:
+    """The command of one measurement's process (each rank's, under a launcher)."""
+    return [sys.executable, "-m", "hpccnn.runners", kind, "--model", model, *plan.args(),
+            "--launched", repr(time.time()), *(["--allreduce"] if allreduce else []),
+            *(f"--set={k}={v}" for k, v in (settings or {}).items())]
+
+
+def parse_result(output: str) -> dict:
+    """The JSON a worker printed after 'BENCH ' (rank 0's)."""
+    for line in output.splitlines():
+        if "BENCH " in line:
+            # horovodrun interleaves the ranks' output: take the first JSON value on the line
+            return json.JSONDecoder().raw_decode(line.split("BENCH ", 1)[1])[0]
+    raise RuntimeError(f"no measurement in the output:\n{output[-1500:]}")
+
+
+@cli
+def main(argv=None):
+    """A measurement's process: python -m hpccnn.runners RUNNER ..., as worker_command() writes it."""
+    p = Parser(prog="python -m hpccnn.runners", description=main.__doc__)
+    p.add_argument("runner", choices=(*RUNNERS, "interleaved"), help="interleaved: plain Keras and hpccnn in turn")
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, required=True, help="global batch")
+    p.add_argument("--warmup", type=int, required=True)
+    p.add_argument("--steps", type=int, default=0, help="timed steps (0: as many as last --seconds)")
+    p.add_argument("--seconds", type=float, default=SECONDS)
+    p.add_argument("--launched", type=float, default=0.0, help="time.time() at launch: the first step's from it")
+    p.add_argument("--allreduce", action="store_true", help="and time a whole-gradient allreduce on its own")
+    p.add_argument("--chunks", type=int, default=0, help="interleaved: chunks per runner")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an hpccnn.train setting")
+    args = p.parse_args(argv)
+    return interleaved_worker(args) if args.runner == "interleaved" else worker(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
