@@ -135,9 +135,10 @@ def _runner(kind, exp, world, side, channels, batch):
 
         return model, fit, batch
     from hpccnn import data
+    from hpccnn.models import get_model
     from hpccnn.train import compile_model
 
-    model, _, _ = compile_model(exp, world, (side, side, channels), 10)
+    model, _ = compile_model(exp, world, get_model(exp.model), (side, side, channels), 10)
     per_rank = max(1, batch // world.size)  # the global batch is split between the ranks
 
     def fit(steps, callbacks, seed):

@@ -91,7 +91,7 @@ def test_tensorboard_events_are_written(digits_run):
 
 
 def test_a_second_run_gets_its_own_folder(tmp_path):
-    from hpccnn.results import create_run_folder
+    from hpccnn.runs import create_run_folder
 
     import datetime
 
