@@ -183,7 +183,6 @@ class Watchdog(tf.keras.callbacks.Callback):
         if self.limit > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="hpccnn-watchdog", daemon=True)
             self._thread.start()
-        return self
 
     def stop(self):
         self.done = True

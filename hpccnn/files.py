@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 
 
-def write_atomic(path, write, replace=True) -> bool:
+def write_atomic(path, write, replace=True) -> None:
     """Calls write(tmp) with a temporary path beside path, then renames tmp to path.
 
-    write may make tmp a file or a folder (a checkpoint). replace=False keeps an existing path
-    (the first writer wins, as os.link does) and returns whether this one was written.
+    write may make tmp a file or a folder (a checkpoint). replace=False keeps an existing path:
+    the first writer wins (os.link).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -26,13 +26,12 @@ def write_atomic(path, write, replace=True) -> bool:
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                return False
+                pass
         elif tmp.is_dir():
             _remove(path)  # os.replace can't replace a folder that has files in it
             os.replace(tmp, path)
         else:
             os.replace(tmp, path)
-        return True
     finally:
         _remove(tmp)
 
@@ -44,16 +43,16 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def write_bytes(path, data: bytes) -> bool:
-    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+def write_bytes(path, data: bytes) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
-def write_text(path, text: str, replace=True) -> bool:
-    return write_atomic(path, lambda tmp: Path(tmp).write_text(text), replace)
+def write_text(path, text: str, replace=True) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text), replace)
 
 
-def write_json(path, obj, replace=True) -> bool:
-    return write_text(path, json.dumps(obj, indent=2, default=str) + "\n", replace)
+def write_json(path, obj, replace=True) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n", replace)
 
 
 def read_json(path):

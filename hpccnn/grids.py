@@ -102,14 +102,14 @@ def train_args(experiment: str, settings: dict) -> list:
     return args
 
 
-def grid_record(grid: Grid, points: list, folder, cluster: str, job_ids=None, logs=None) -> dict:
+def grid_record(grid: Grid, points: list, folder, cluster: str, job_ids=None) -> dict:
     """grid.json: what hpccnn.submit --collect needs to sum a grid up."""
     import datetime
 
     return {"grid": grid.name, "experiment": grid.experiment, "axes": grid.axes, "cluster": cluster,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "points": [{"label": label, "settings": settings, "run_dir": str(folder / label),
-                        **({"job_id": job_ids[i]} if job_ids else {}), **({"log": logs[i]} if logs else {})}
+                        **({"job_id": job_ids[i]} if job_ids else {})}
                        for i, (label, settings, _) in enumerate(points)]}
 
 

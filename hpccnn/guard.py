@@ -33,14 +33,14 @@ def alive(pid: int) -> bool:
         return False
 
 
-def slurm_view(job_id: str | None, wait_seconds=15.0) -> str:
+def slurm_view(job_id: str | None) -> str:
     """What SLURM says of the job once the rank has gone ('' outside SLURM): its state and reason,
     e.g. NODE_FAIL when a node stopped answering, FAILED/NonZeroExitCode when a rank died."""
     if not job_id:
         return ""
     from hpccnn.slurm import job_fields
 
-    deadline = time.time() + wait_seconds
+    deadline = time.time() + 15  # SLURM takes a few seconds to note the step's end
     fields = {}
     while time.time() < deadline:
         fields = job_fields(job_id)

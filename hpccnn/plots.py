@@ -21,10 +21,10 @@ def png(fig, dpi: int) -> bytes:
     return buffer.getvalue()
 
 
-def epoch_ticks(ax, epochs, most=12) -> None:
-    """Whole epochs on the x axis (at most `most` ticks), even for a 1-epoch run."""
+def epoch_ticks(ax, epochs) -> None:
+    """Whole epochs on the x axis (at most 12 ticks), even for a 1-epoch run."""
     epochs = sorted({int(e) for e in epochs})
-    ax.set_xticks(epochs[:: max(1, -(-len(epochs) // most))])
+    ax.set_xticks(epochs[:: max(1, -(-len(epochs) // 12))])
     ax.set_xlabel("epoch")
 
 

@@ -162,7 +162,7 @@ def run_section(report: Report, folder: Path, prefix: str):
     report.html.append("</section>")
 
 
-def reevaluate(folder: Path, data_dir=None) -> float:
+def reevaluate(folder: Path, data_dir) -> float:
     """The run's model.h5, reloaded from disk, evaluated again on the run's own test split."""
     import tensorflow as tf
 
@@ -184,7 +184,7 @@ def _run_folder(grid: Path, row) -> Path:
     return here if here.is_dir() else Path(str(row["run_folder"]))
 
 
-def grid_section(report: Report, folder: Path, data_dir=None, check_best=True):
+def grid_section(report: Report, folder: Path, data_dir, check_best: bool):
     import pandas as pd
 
     record = read_json(folder / "grid.json")
@@ -226,17 +226,22 @@ def grid_section(report: Report, folder: Path, data_dir=None, check_best=True):
     return frame
 
 
-def build(path: Path, data_dir=None, check_best=True) -> Report:
+def grid_and_runs(report: Report, folder: Path, prefix: str, data_dir, check_best):
+    """A grid's section, then each of its points' runs."""
+    frame = grid_section(report, folder, data_dir, check_best)
+    for _, r in frame.iterrows():
+        if is_run(Path(r["run_folder"])):
+            run_section(report, Path(r["run_folder"]), f"{prefix}{r['point']}_")
+
+
+def build(path: Path, data_dir, check_best: bool) -> Report:
     if is_run(path):
         report = Report(f"hpccnn report: {path.name}")
         run_section(report, path, "")
         return report
     if is_grid(path):
         report = Report(f"hpccnn report: grid {path.name}")
-        frame = grid_section(report, path, data_dir, check_best)
-        for i, (_, r) in enumerate(frame.iterrows()):
-            if is_run(Path(r["run_folder"])):
-                run_section(report, Path(r["run_folder"]), f"{r['point']}_")
+        grid_and_runs(report, path, "", data_dir, check_best)
         return report
     children = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
     grid_folders = [p for p in children if is_grid(p)]
@@ -248,10 +253,7 @@ def build(path: Path, data_dir=None, check_best=True) -> Report:
     report.paragraph(f"{len(runs)} run(s) and {len(grid_folders)} grid(s) in {path}.", css="note")
     for g in grid_folders:
         if (g / "grid.csv").exists():
-            frame = grid_section(report, g, data_dir, check_best)
-            for _, r in frame.iterrows():
-                if is_run(Path(r["run_folder"])):
-                    run_section(report, Path(r["run_folder"]), f"{g.name}_{r['point']}_")
+            grid_and_runs(report, g, f"{g.name}_", data_dir, check_best)
         else:
             report.paragraph(f"Grid {g.name} has no grid.csv yet (python -m hpccnn.submit --collect {g}).", css="bad")
     for run in runs:

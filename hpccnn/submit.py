@@ -312,7 +312,7 @@ def _submit_collector(args, folder: Path, jobs):
     return executor.submit(Collect(folder))
 
 
-def wait_for_slurm(jobs, poll=5.0):
+def wait_for_slurm(jobs):
     """Blocks until every array task has left SLURM's active states; prints progress when it changes."""
     array_id = jobs[0].job_id.split("_")[0]
     last = None
@@ -324,8 +324,8 @@ def wait_for_slurm(jobs, poll=5.0):
             print(f"hpccnn: {datetime.datetime.now():%H:%M:%S} array {array_id}: {summary}", flush=True)
             last = summary
         if not any(s in slurm.ACTIVE for s in mine):
-            return dict(zip((j.job_id for j in jobs), mine))
-        time.sleep(poll)
+            return
+        time.sleep(5)
 
 
 def _count(values):

@@ -380,9 +380,9 @@ def fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, wr
         watchdog.stop()
 
 
-def stall_timeout(environ=os.environ) -> float:
+def stall_timeout() -> float:
     """HPCCNN_STALL_TIMEOUT: seconds without progress after which a rank gives up (0: never)."""
-    value = environ.get("HPCCNN_STALL_TIMEOUT", "600")
+    value = os.environ.get("HPCCNN_STALL_TIMEOUT", "600")
     try:
         seconds = float(value)
     except ValueError:
