@@ -5,6 +5,9 @@ import time
 
 import tensorflow as tf
 
+from hpccnn import checkpoint
+from hpccnn.runs import RUNNING
+
 # SIGUSR2: SLURM's warning before a time limit or preemption (submitit's and the templates'
 # --signal=USR2@...), so the job is requeued; SIGTERM: scancel or preemption, the job just stops.
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
@@ -121,32 +124,19 @@ class StopOnSignal(tf.keras.callbacks.Callback):
 class RankZeroRecorder(tf.keras.callbacks.Callback):
     """Rank 0: after every finished epoch, history.csv and a checkpoint to resume from."""
 
-    def __init__(self, writer, stopper=None, rows=None, stateful=()):
+    def __init__(self, writer, stopper, rows: list, stateful: list):
         super().__init__()
         self.writer, self.stopper = writer, stopper
-        self.rows = list(rows or [])
+        self.rows = list(rows)  # history so far (a resumed run's from its checkpoint)
         self.stateful = stateful  # callbacks whose state goes into the checkpoint (ReduceLROnPlateau)
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.stopper is not None and not self.stopper.finished(epoch):
+        if not self.stopper.finished(epoch):
             return  # cut short by a signal: not an epoch
         self.rows.append({"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
         self.writer.history(self.rows)
-        self.writer.checkpoint(self.model, epoch + 1, history=self.rows,
-                               callbacks=[callback_state(c) for c in self.stateful])
-        self.writer.status("running", last_epoch=epoch + 1)
-
-
-CALLBACK_STATE = ("wait", "best", "cooldown_counter")
-
-
-def callback_state(callback) -> dict:
-    return {k: float(getattr(callback, k)) for k in CALLBACK_STATE if hasattr(callback, k)}
-
-
-def restore_callback_state(callback, state: dict):
-    for key, value in state.items():
-        setattr(callback, key, int(value) if key != "best" else value)
+        checkpoint.save(self.writer.folder, self.model, epoch + 1, self.rows, self.stateful)
+        self.writer.status(RUNNING, last_epoch=epoch + 1)
 
 
 def lr_warmup(lr, warmup_epochs, steps_per_epoch, steps_per_execution):
@@ -193,7 +183,6 @@ class Watchdog(tf.keras.callbacks.Callback):
         if self.limit > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="hpccnn-watchdog", daemon=True)
             self._thread.start()
-        return self
 
     def stop(self):
         self.done = True

@@ -36,7 +36,7 @@ class Experiment:
     # for CPUs with AVX-512 BF16 or AMX (never chosen by auto)
     mixed_precision: str = "auto"
     # training steps per call into TensorFlow's graph: 8 saves Keras' per-step Python work, which
-    # counts most where steps are short (README, Performance, has what it gained on each model)
+    # counts most for models with short steps (README, Performance)
     steps_per_execution: int = 8
     fp16_allreduce: bool = False  # Horovod sends gradients as float16: half the bytes, some precision lost
     reported: str = ""  # the figure the seed reports for this experiment
@@ -77,9 +77,10 @@ EXPERIMENTS = {e.name: e for e in [
 _SETTABLE = [f for f in dataclasses.fields(Experiment) if f.name not in ("name", "reported", "description")]
 SETTABLE = {f.name: f for f in _SETTABLE}
 _TYPES = typing.get_type_hints(Experiment)
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adadelta": "Adadelta", "rmsprop": "RMSprop"}  # Keras' class names
 CHOICES = {
     "activation": ("relu", "sigmoid", "tanh", "elu"),
-    "optimizer": ("sgd", "adam", "adadelta", "rmsprop"),
+    "optimizer": tuple(OPTIMIZERS),
     "validation": ("split", "test"),
     "xla": ("auto", "on", "off"),
     "mixed_precision": ("auto", "on", "off", "bfloat16"),
@@ -90,6 +91,11 @@ def get_experiment(name: str) -> Experiment:
     if name not in EXPERIMENTS:
         raise UserError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)} (see --list)")
     return EXPERIMENTS[name]
+
+
+def flag(setting: str) -> str:
+    """A setting's command-line option: learning_rate is --learning-rate."""
+    return "--" + setting.replace("_", "-")
 
 
 def parse_value(key: str, text: str):
@@ -105,7 +111,7 @@ def parse_value(key: str, text: str):
         else:
             value = kind(text)
     except ValueError:
-        raise UserError(f"--{key.replace('_', '-')} must be {kind.__name__}, got {text!r}") from None
+        raise UserError(f"{flag(key)} must be {kind.__name__}, got {text!r}") from None
     return value
 
 
@@ -121,7 +127,7 @@ def parse_assignment(spec: str, option: str, form: str = "SETTING=VALUE") -> tup
 def add_setting_options(parser) -> None:
     """--<setting> VALUE for every settable Experiment field (typed later, by overrides())."""
     for name, field in SETTABLE.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+        parser.add_argument(flag(name), dest=name, default=None,
                             metavar=field.type.__name__.upper())
 
 
@@ -148,14 +154,14 @@ def validate(exp: Experiment) -> None:
     check_dataset(exp.dataset)
     for key, allowed in CHOICES.items():
         if getattr(exp, key) not in allowed:
-            raise UserError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(exp, key)!r}")
+            raise UserError(f"{flag(key)} must be one of {', '.join(allowed)}, got {getattr(exp, key)!r}")
     for key in ("batch_size", "epochs", "steps_per_execution"):
         if getattr(exp, key) <= 0:
-            raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(exp, key)}")
+            raise UserError(f"{flag(key)} must be a positive integer, got {getattr(exp, key)}")
     if not exp.learning_rate > 0:
         raise UserError(f"--learning-rate must be positive, got {exp.learning_rate}")
     if exp.image_size < 0 or exp.warmup_epochs < 0:
         raise UserError("--image-size and --warmup-epochs must not be negative")
     for key in ("val_fraction", "test_fraction"):
         if not 0 < getattr(exp, key) < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be between 0 and 1, got {getattr(exp, key)}")
+            raise UserError(f"{flag(key)} must be between 0 and 1, got {getattr(exp, key)}")

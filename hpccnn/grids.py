@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 
 from hpccnn.errors import UserError
-from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
+from hpccnn.experiments import flag, get_experiment, parse_assignment, parse_value, with_overrides
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Grid:
         overrides = dict(overrides or {})
         clash = sorted(set(overrides) & set(self.axes))
         if clash:
-            raise UserError(f"--{clash[0].replace('_', '-')} is swept by grid {self.name!r}; "
+            raise UserError(f"{flag(clash[0])} is swept by grid {self.name!r}; "
                             f"it can't also be overridden (drop the option or use --experiment)")
         keys = list(self.axes)
         points = []
@@ -98,18 +98,18 @@ def train_args(experiment: str, settings: dict) -> list:
     """hpccnn.train's command-line options for a point."""
     args = ["--experiment", experiment]
     for key, value in settings.items():
-        args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+        args += [flag(key), str(value).lower() if isinstance(value, bool) else str(value)]
     return args
 
 
-def grid_record(grid: Grid, points: list, folder, cluster: str, job_ids=None, logs=None) -> dict:
+def grid_record(grid: Grid, points: list, folder, cluster: str, job_ids=None) -> dict:
     """grid.json: what hpccnn.submit --collect needs to sum a grid up."""
     import datetime
 
     return {"grid": grid.name, "experiment": grid.experiment, "axes": grid.axes, "cluster": cluster,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "points": [{"label": label, "settings": settings, "run_dir": str(folder / label),
-                        **({"job_id": job_ids[i]} if job_ids else {}), **({"log": logs[i]} if logs else {})}
+                        **({"job_id": job_ids[i]} if job_ids else {})}
                        for i, (label, settings, _) in enumerate(points)]}
 
 
@@ -120,13 +120,13 @@ def _array_point(argv=None) -> int:
     writes the grid folder's grid.json so that ``python -m hpccnn.submit --collect`` can sum it up.
     """
     import datetime
-    import json
     import os
     from pathlib import Path
 
     from hpccnn import slurm
     from hpccnn.errors import Parser
     from hpccnn.experiments import add_setting_options, overrides
+    from hpccnn.files import write_json
 
     p = Parser(prog="python -m hpccnn.grids", description=_array_point.__doc__.split("\n")[0])
     p.add_argument("grid")
@@ -144,14 +144,7 @@ def _array_point(argv=None) -> int:
     folder = Path(args.results_dir).resolve() / day.isoformat() / f"{grid.name}-job{array_id}"
     folder.mkdir(parents=True, exist_ok=True)
     record = grid_record(grid, points, folder, "slurm", job_ids=[f"{array_id}_{i}" for i in range(len(points))])
-    tmp = folder / f".grid.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    try:
-        os.link(tmp, folder / "grid.json")  # atomic, and never replaces the one another task wrote
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
+    write_json(folder / "grid.json", record, replace=False)  # never replaces the one another task wrote
     label, settings, exp = points[args.task]
     print("\n".join(train_args(exp.name, settings) + ["--run-dir", str(folder / label)]))
     return 0

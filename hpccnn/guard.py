@@ -7,11 +7,13 @@ fork, in a session of its own), because srun kills every process of a step's tre
 dies (--kill-on-bad-exit), and mpirun every process of its ranks.
 """
 
-import json
 import os
 import sys
 import time
 from pathlib import Path
+
+from hpccnn.files import read_json, write_json
+from hpccnn.runs import FAILED, RUNNING, this_jobs_folders
 
 REASON = ("the training process ended without finishing: killed by a signal, out of memory, or stopped by "
           "the launcher after another rank or its node was lost")
@@ -31,14 +33,14 @@ def alive(pid: int) -> bool:
         return False
 
 
-def slurm_view(job_id: str | None, wait_seconds=15.0) -> str:
+def slurm_view(job_id: str | None) -> str:
     """What SLURM says of the job once the rank has gone ('' outside SLURM): its state and reason,
     e.g. NODE_FAIL when a node stopped answering, FAILED/NonZeroExitCode when a rank died."""
     if not job_id:
         return ""
     from hpccnn.slurm import job_fields
 
-    deadline = time.time() + wait_seconds
+    deadline = time.time() + 15  # SLURM takes a few seconds to note the step's end
     fields = {}
     while time.time() < deadline:
         fields = job_fields(job_id)
@@ -53,24 +55,19 @@ def slurm_view(job_id: str | None, wait_seconds=15.0) -> str:
 
 
 def read_metrics(metrics_path: Path) -> dict:
-    try:
-        return json.loads(metrics_path.read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json(metrics_path) or {}
 
 
 def mark_failed(metrics_path: Path, reason: str, attempt=None) -> bool:
     """metrics.json says failed with reason, if it still says running (and, given an attempt, the
     same attempt: a resume started since then is not this one to judge)."""
     metrics = read_metrics(metrics_path)
-    if metrics.get("status") != "running":
+    if metrics.get("status") != RUNNING:
         return False  # the run said how it ended
     if attempt is not None and metrics.get("resumes", 0) != attempt:
         return False
-    metrics.update(status="failed", reason=reason, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    tmp = metrics_path.with_name(f".metrics.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, metrics_path)
+    metrics.update(status=FAILED, reason=reason, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json(metrics_path, metrics)
     return True
 
 
@@ -88,7 +85,7 @@ def main(argv=None):
     attempt = read_metrics(metrics_path).get("resumes", 0)
     while alive(pid):
         time.sleep(0.5)
-    if read_metrics(metrics_path).get("status") != "running":
+    if read_metrics(metrics_path).get("status") != RUNNING:
         return 0
     mark_failed(metrics_path, REASON + slurm_view(os.environ.get("SLURM_JOB_ID")), attempt)
     return 0
@@ -99,9 +96,7 @@ def job_ended(status: str, results_dir: str) -> int:
 
     The guard above is the first line; where SLURM tracks processes by cgroup (proctrack/cgroup,
     most clusters), it is killed with the step, and this, in the batch script, records the end."""
-    from hpccnn.results import job_tag
-
-    for folder in Path(results_dir).glob(f"*/*-{job_tag()}"):  # the job still runs: SLURM has no verdict yet
+    for folder in this_jobs_folders(results_dir):  # the job still runs: SLURM has no verdict yet
         mark_failed(folder / "metrics.json", f"{REASON}; srun exited with status {status}")
     return 0
 

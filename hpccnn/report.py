@@ -11,14 +11,15 @@ in one plot, and the best point's model reloaded from disk and evaluated again.
 
 import base64
 import html
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from hpccnn import plots
 from hpccnn.errors import Parser, UserError, cli
-from hpccnn.results import epoch_ticks, plot_curves, read_json
+from hpccnn.files import read_json, write_bytes, write_text
+from hpccnn.runs import COMPLETED
 from hpccnn.tables import markdown, number
 
 SETTINGS = ["model", "dataset", "image_size", "activation", "optimizer", "learning_rate", "batch_size",
@@ -46,12 +47,7 @@ class Figure:
     """A matplotlib figure as PNG bytes, with a file name for report.md."""
 
     def __init__(self, fig, name: str, alt: str):
-        import matplotlib.pyplot as plt
-
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        self.png, self.name, self.alt = buffer.getvalue(), name, alt
+        self.png, self.name, self.alt = plots.png(fig, dpi=100), name, alt
 
     def html(self) -> str:
         data = base64.b64encode(self.png).decode()
@@ -92,15 +88,10 @@ class Report:
         self.md.append(f"![{fig.alt}](report_files/{fig.name})\n")
 
     def write(self, folder: Path):
-        from hpccnn.results import RunWriter
-
-        writer = RunWriter(folder)
         files = folder / "report_files"
         files.mkdir(exist_ok=True)
         for fig in self.figures:
-            tmp = files / f".{fig.name}.tmp"
-            tmp.write_bytes(fig.png)
-            tmp.replace(files / fig.name)
+            write_bytes(files / fig.name, fig.png)
         style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
                  "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
                  "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f0f0f0}"
@@ -109,36 +100,10 @@ class Report:
         page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{style}</style></head><body><h1>{html.escape(self.title)}</h1>"
                 + "\n".join(self.html) + "</body></html>\n")
-        writer.text("report.html", page)
-        writer.text("report.md", "\n".join(self.md))
+        write_text(folder / "report.html", page)
+        write_text(folder / "report.md", "\n".join(self.md))
 
 
-def plot_heatmap(frame):
-    from hpccnn.results import plot_confusion
-
-    return plot_confusion(frame.to_numpy(), [str(c) for c in frame.columns])
-
-
-def plot_grid_curves(runs):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, history in runs:
-        for ax, key in zip(axes, ("val_accuracy", "val_loss")):
-            if history is not None and key in history:
-                ax.plot(history["epoch"], history[key], "-o", label=label, markersize=3)
-    epochs = [e for _, history in runs if history is not None for e in history["epoch"]]
-    for ax, key in zip(axes, ("val_accuracy", "val_loss")):
-        epoch_ticks(ax, epochs)
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    axes[0].set_title("validation accuracy per point")
-    axes[1].set_title("validation loss per point")
-    return fig
 
 
 def run_section(report: Report, folder: Path, prefix: str):
@@ -162,13 +127,13 @@ def run_section(report: Report, folder: Path, prefix: str):
     if metrics.get("reason"):
         report.paragraph(f"failed: {metrics['reason']}", css="bad")
     if history is not None and len(history):
-        report.figure(Figure(plot_curves(history.to_dict("records"), config.get("name", folder.name)), f"{prefix}curves.png",
+        report.figure(Figure(plots.curves(history.to_dict("records"), config.get("name", folder.name)), f"{prefix}curves.png",
                              f"{folder.name}: accuracy and loss per epoch"))
     cm = _read_csv(folder / "confusion_matrix.csv", dtype={"true": str})
     if cm is not None:
         cm = cm.set_index(cm.columns[0])
         report.heading("Confusion matrix (rows: true class, columns: predicted)", 3)
-        report.figure(Figure(plot_heatmap(cm), f"{prefix}confusion.png", f"{folder.name}: confusion matrix"))
+        report.figure(Figure(plots.confusion(cm.to_numpy(), [str(c) for c in cm.columns]), f"{prefix}confusion.png", f"{folder.name}: confusion matrix"))
     per_class = _read_csv(folder / "classification_report.csv", dtype={"class": str})
     if per_class is not None and len(per_class):
         report.heading("Per class", 3)
@@ -181,18 +146,16 @@ def run_section(report: Report, folder: Path, prefix: str):
                          f"{worst['class']} (F1 {worst['f1-score']:.3f}).", css="note")
     mistakes = folder / "misclassified.npz"
     if mistakes.exists():
-        from hpccnn.results import plot_misclassified
-
         with np.load(mistakes) as m:
             classes = [str(c) for c in m["classes"]]
-            fig = plot_misclassified(m["images"], m["true"], m["predicted"], classes)
+            fig = plots.misclassified(m["images"], m["true"], m["predicted"], classes)
             count = len(m["true"])
         report.heading(f"Misclassified test images (first {count})", 3)
         report.figure(Figure(fig, f"{prefix}misclassified.png", f"{folder.name}: misclassified test images"))
     report.html.append("</section>")
 
 
-def reevaluate(folder: Path, data_dir=None) -> float:
+def reevaluate(folder: Path, data_dir) -> float:
     """The run's model.h5, reloaded from disk, evaluated again on the run's own test split."""
     import tensorflow as tf
 
@@ -214,7 +177,7 @@ def _run_folder(grid: Path, row) -> Path:
     return here if here.is_dir() else Path(str(row["run_folder"]))
 
 
-def grid_section(report: Report, folder: Path, data_dir=None, check_best=True):
+def grid_section(report: Report, folder: Path, data_dir, check_best: bool):
     import pandas as pd
 
     record = read_json(folder / "grid.json")
@@ -231,14 +194,14 @@ def grid_section(report: Report, folder: Path, data_dir=None, check_best=True):
     for i, (_, r) in enumerate(frame.iterrows()):
         ranks = int(r["world_size"]) if pd.notna(r.get("world_size")) else None
         note = str(r["reason"])[:90] if pd.notna(r.get("reason")) else ""
-        rows.append(["★" if i == 0 and r["status"] == "completed" else "", r["point"], *(r[a] for a in axes),
+        rows.append(["★" if i == 0 and r["status"] == COMPLETED else "", r["point"], *(r[a] for a in axes),
                      r["status"], number(r["test_accuracy"]), number(r["test_loss"]), number(r["wall_seconds"], 1),
                      number(ranks), note])
-    best_ok = len(frame) and frame.iloc[0]["status"] == "completed"
+    best_ok = len(frame) and frame.iloc[0]["status"] == COMPLETED
     report.table(header, rows, ident="grid-table", marked=0 if best_ok else None)
     frame["run_folder"] = [str(_run_folder(folder, r)) for _, r in frame.iterrows()]
     curves = [(r["point"], _read_csv(Path(r["run_folder"]) / "history.csv")) for _, r in frame.iterrows()]
-    report.figure(Figure(plot_grid_curves(curves), "grid_validation_curves.png",
+    report.figure(Figure(plots.grid_curves(curves), "grid_validation_curves.png",
                          "validation accuracy and loss of every point"))
     if best_ok and check_best:
         best = frame.iloc[0]
@@ -256,17 +219,22 @@ def grid_section(report: Report, folder: Path, data_dir=None, check_best=True):
     return frame
 
 
-def build(path: Path, data_dir=None, check_best=True) -> Report:
+def grid_and_runs(report: Report, folder: Path, prefix: str, data_dir, check_best):
+    """A grid's section, then each of its points' runs."""
+    frame = grid_section(report, folder, data_dir, check_best)
+    for _, r in frame.iterrows():
+        if is_run(Path(r["run_folder"])):
+            run_section(report, Path(r["run_folder"]), f"{prefix}{r['point']}_")
+
+
+def build(path: Path, data_dir, check_best: bool) -> Report:
     if is_run(path):
         report = Report(f"hpccnn report: {path.name}")
         run_section(report, path, "")
         return report
     if is_grid(path):
         report = Report(f"hpccnn report: grid {path.name}")
-        frame = grid_section(report, path, data_dir, check_best)
-        for i, (_, r) in enumerate(frame.iterrows()):
-            if is_run(Path(r["run_folder"])):
-                run_section(report, Path(r["run_folder"]), f"{r['point']}_")
+        grid_and_runs(report, path, "", data_dir, check_best)
         return report
     children = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
     grid_folders = [p for p in children if is_grid(p)]
@@ -278,10 +246,7 @@ def build(path: Path, data_dir=None, check_best=True) -> Report:
     report.paragraph(f"{len(runs)} run(s) and {len(grid_folders)} grid(s) in {path}.", css="note")
     for g in grid_folders:
         if (g / "grid.csv").exists():
-            frame = grid_section(report, g, data_dir, check_best)
-            for _, r in frame.iterrows():
-                if is_run(Path(r["run_folder"])):
-                    run_section(report, Path(r["run_folder"]), f"{g.name}_{r['point']}_")
+            grid_and_runs(report, g, f"{g.name}_", data_dir, check_best)
         else:
             report.paragraph(f"Grid {g.name} has no grid.csv yet (python -m hpccnn.submit --collect {g}).", css="bad")
     for run in runs:

@@ -1,7 +1,8 @@
 """Rank 0's side effects, all of them: the dated run folder and everything written into it.
 
-Every file is written to a temporary name and renamed into place, so a folder never
-holds a truncated CSV, JSON, plot or model, and a run never writes into another's folder.
+Every file goes through hpccnn.files.write_atomic, so a folder never holds a truncated CSV,
+JSON, plot or model, and a run never writes into another's folder (hpccnn.runs names them).
+The checkpoint is hpccnn.checkpoint's.
 """
 
 import dataclasses
@@ -17,55 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn import dist
+from hpccnn import dist, plots
+from hpccnn.files import write_atomic, write_bytes, write_json
+from hpccnn.runs import COMPLETED, FAILED, RUNNING, create_run_folder
 
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME",
                    "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
                    "SLURM_CPUS_PER_TASK", "SLURM_JOB_PARTITION", "SLURM_SUBMIT_DIR")
-
-
-def read_json(path):
-    """A JSON file's content, or None when it is missing or unreadable (a run still being written)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def job_tag() -> str:
-    """What makes a run name unique beyond its time: SLURM job (and array task) id, else the pid."""
-    env = os.environ
-    if "SLURM_ARRAY_JOB_ID" in env:
-        return f"job{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '0')}"
-    if "SLURM_JOB_ID" in env:
-        return f"job{env['SLURM_JOB_ID']}"
-    return f"pid{os.getpid()}"
-
-
-def create_run_folder(results_dir, experiment: str, now=None) -> Path:
-    """results/<YYYY-MM-DD>/<experiment>-<HHMMSS>-<job or pid>, never an existing folder."""
-    now = now or datetime.datetime.now()
-    day = Path(results_dir) / now.strftime("%Y-%m-%d")
-    day.mkdir(parents=True, exist_ok=True)
-    base = f"{experiment}-{now.strftime('%H%M%S')}-{job_tag()}"
-    for attempt in range(1, 1000):
-        folder = day / (base if attempt == 1 else f"{base}-{attempt}")
-        try:
-            folder.mkdir()  # atomic: fails if another run took the name first
-            return folder
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a unique run folder under {day}")
-
-
-def _atomic(path: Path, write):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def git_commit() -> str | None:
@@ -125,7 +84,7 @@ class RunWriter:
         """A run folder being resumed: its metrics so far are kept and updated."""
         writer = cls(folder)
         writer.metrics = json.loads(writer.path("metrics.json").read_text())
-        if writer.metrics.get("status") != "completed":  # a completed run trained further starts its count anew
+        if writer.metrics.get("status") != COMPLETED:  # a completed run trained further starts its count anew
             writer.wall_before = writer.metrics.get("wall_seconds", 0)
         return writer
 
@@ -143,20 +102,14 @@ class RunWriter:
     def path(self, name: str) -> Path:
         return self.folder / name
 
-    def text(self, name: str, text: str):
-        _atomic(self.path(name), lambda tmp: tmp.write_text(text))
-
     def json(self, name: str, obj):
-        self.text(name, json.dumps(obj, indent=2, default=str) + "\n")
+        write_json(self.path(name), obj)
 
     def csv(self, name: str, frame, index=False):
-        _atomic(self.path(name), lambda tmp: frame.to_csv(tmp, index=index))
+        write_atomic(self.path(name), lambda tmp: frame.to_csv(tmp, index=index))
 
     def figure(self, name: str, fig):
-        import matplotlib.pyplot as plt
-
-        _atomic(self.path(name), lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(fig)
+        write_bytes(self.path(name), plots.png(fig, dpi=110))
 
     def model(self, name: str, model):
         # HDF5 without the optimizer: Horovod's optimizer wrapper is not needed to reload for inference.
@@ -164,38 +117,9 @@ class RunWriter:
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
-            _atomic(self.path(name), lambda tmp: model.save(tmp, save_format="h5", include_optimizer=False))
+            write_atomic(self.path(name), lambda tmp: model.save(tmp, save_format="h5", include_optimizer=False))
 
-    def checkpoint(self, model, epoch: int, **state):
-        """Everything needed to resume after this epoch: weights, optimizer state, learning rate,
-        history and callback state, in checkpoint/epoch-NNNN/, then pointed at by checkpoint/latest.json.
-
-        The folder is written under a temporary name and renamed, and latest.json is replaced
-        atomically after it, so a job killed at any moment leaves the previous checkpoint usable.
-        """
-        import shutil
-
-        import tensorflow as tf
-
-        root = self.path("checkpoint")
-        root.mkdir(exist_ok=True)
-        tmp = root / f".epoch-{epoch:04d}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        model.save_weights(tmp / "weights.h5", save_format="h5")
-        with open(tmp / "optimizer.npz", "wb") as f:
-            np.savez(f, *model.optimizer.get_weights())
-        lr = float(tf.keras.backend.get_value(model.optimizer.learning_rate))
-        (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "learning_rate": lr, **state}, default=float))
-        final = root / f"epoch-{epoch:04d}"
-        shutil.rmtree(final, ignore_errors=True)  # a stale copy from an attempt that died before latest.json
-        os.replace(tmp, final)
-        self.json("checkpoint/latest.json", {"epoch": epoch, "folder": final.name})
-        for old in root.glob("epoch-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def start(self, exp, world, hosts: list, argv: list, data_dir=None, speed=None):
+    def start(self, exp, world, hosts: list, argv: list, data_dir, speed: dict):
         self.json("config.json", dataclasses.asdict(exp))
         env = os.environ
         self.json("provenance.json", {
@@ -212,7 +136,7 @@ class RunWriter:
             "data_dir": str(data_dir) if data_dir else None,
             "speed": speed,  # the speed settings as applied on this node (config.json has them as asked)
         })
-        self.status("running", world_size=world.size)
+        self.status(RUNNING, world_size=world.size)
         self.link_slurm_logs()
 
     def resumed(self, epoch: int, argv: list, hosts: list):
@@ -225,7 +149,7 @@ class RunWriter:
             "slurm": {k: os.environ[k] for k in (*SLURM_VARIABLES, "SLURM_RESTART_COUNT") if k in os.environ}})
         self.json("provenance.json", provenance)
         self.metrics.pop("reason", None)
-        self.status("running", resumed_after_epoch=epoch, resumes=len(provenance["resumes"]))
+        self.status(RUNNING, resumed_after_epoch=epoch, resumes=len(provenance["resumes"]))
         self.link_slurm_logs()
 
     def link_slurm_logs(self):
@@ -244,17 +168,22 @@ class RunWriter:
                 self.path(name).symlink_to(target)
 
     def status(self, status: str, **fields):
+        """metrics.json with this status (one of hpccnn.runs') and fields added to what it held."""
         self.metrics.update(fields, status=status)
         self.json("metrics.json", self.metrics)
+
+    def failed(self, reason: str, started=None):
+        """metrics.json says failed and why (with the training seconds so far, once training has started)."""
+        self.status(FAILED, reason=reason, **({} if started is None else {"wall_seconds": self.wall_seconds(started)}))
 
     def history(self, rows: list, curves=False):
         import pandas as pd
 
         self.csv("history.csv", pd.DataFrame(rows))
         if curves and rows:
-            self.figure("curves.png", plot_curves(rows))
+            self.figure("curves.png", plots.curves(rows))
 
-    def evaluation(self, y_true, y_pred, classes, images=None, examples=32):
+    def evaluation(self, y_true, y_pred, classes, images):
         """predictions.csv, confusion matrix (CSV and PNG), the per-class report, misclassified examples."""
         import pandas as pd
         from sklearn.metrics import classification_report, confusion_matrix
@@ -264,18 +193,16 @@ class RunWriter:
         cm = confusion_matrix(y_true, y_pred, labels=labels)
         frame = pd.DataFrame(cm, index=pd.Index(classes, name="true"), columns=classes)
         self.csv("confusion_matrix.csv", frame, index=True)
-        self.figure("confusion_matrix.png", plot_confusion(cm, classes))
+        self.figure("confusion_matrix.png", plots.confusion(cm, classes))
         report = classification_report(y_true, y_pred, labels=labels, target_names=classes,
                                        output_dict=True, zero_division=0)
         rows = [{"class": name, **report[name]} for name in classes]
         self.csv("classification_report.csv", pd.DataFrame(rows))
-        if images is not None:
-            self.misclassified(images, y_true, y_pred, classes, examples)
-        return cm
+        self.misclassified(images, y_true, y_pred, classes)
 
-    def misclassified(self, images, y_true, y_pred, classes, examples=32):
-        """The first misclassified test images (uint8, test-set order) with true and predicted labels."""
-        wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))[:examples]
+    def misclassified(self, images, y_true, y_pred, classes):
+        """The first 32 misclassified test images (uint8, test-set order) with true and predicted labels."""
+        wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))[:32]
 
         def save(tmp):
             with open(tmp, "wb") as f:
@@ -283,75 +210,6 @@ class RunWriter:
                                     true=np.asarray(y_true)[wrong], predicted=np.asarray(y_pred)[wrong],
                                     classes=np.asarray(classes))
 
-        _atomic(self.path("misclassified.npz"), save)
-        self.figure("misclassified.png", plot_misclassified(np.asarray(images)[wrong], np.asarray(y_true)[wrong],
+        write_atomic(self.path("misclassified.npz"), save)
+        self.figure("misclassified.png", plots.misclassified(np.asarray(images)[wrong], np.asarray(y_true)[wrong],
                                                             np.asarray(y_pred)[wrong], classes))
-
-
-def epoch_ticks(ax, epochs, most=12) -> None:
-    """Whole epochs on the x axis (at most `most` ticks), even for a 1-epoch run."""
-    epochs = sorted({int(e) for e in epochs})
-    ax.set_xticks(epochs[:: max(1, -(-len(epochs) // most))])
-    ax.set_xlabel("epoch")
-
-
-def plot_curves(rows, title=""):
-    """Training and validation accuracy and loss per epoch, from history rows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss")):
-        for key, style in ((metric, "b-o"), (f"val_{metric}", "r-o")):
-            if key in rows[0]:
-                ax.plot(epochs, [r[key] for r in rows], style, label=key)
-        epoch_ticks(ax, epochs)
-        ax.set_ylabel(metric)
-        if title:
-            ax.set_title(f"{title}: {metric}")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    return fig
-
-
-def plot_confusion(cm, classes):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.55 * len(classes)))
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
-    return fig
-
-
-def plot_misclassified(images, true, predicted, classes, columns=8):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, t, p in zip(axes.flat, images, true, predicted):
-        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 or image.ndim == 2 else None,
-                  interpolation="nearest")
-        ax.set_title(f"true: {classes[t]}\npred: {classes[p]}", fontsize=7, color="darkred")
-    if n == 0:
-        axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
-    fig.tight_layout()
-    return fig

@@ -77,9 +77,10 @@ def hpccnn_trainer(exp, world, shape, batch) -> Trainer:
     """hpccnn's way, as rank world.rank of world.size: uint8 images through its tf.data pipeline,
     Horovod's optimizer, the global batch split between the ranks."""
     from hpccnn import data, dist
+    from hpccnn.models import get_model
     from hpccnn.train import compile_model
 
-    model, _, _ = compile_model(exp, world, shape, 10)
+    model, _ = compile_model(exp, world, get_model(exp.model), shape, 10)
     per_rank = max(1, batch // world.size)
 
     def fit(steps, callbacks, seed):

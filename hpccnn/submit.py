@@ -22,9 +22,10 @@ from pathlib import Path
 
 from hpccnn import grids, slurm, tables
 from hpccnn.errors import Parser, UserError, cli
-from hpccnn.experiments import add_setting_options
+from hpccnn.experiments import add_setting_options, flag
 from hpccnn.experiments import overrides as experiment_overrides
-from hpccnn.results import read_json
+from hpccnn.files import read_json, write_atomic, write_json
+from hpccnn.runs import COMPLETED, FAILED, NOT_RUN, RUNNING, create_run_folder, run_folder
 
 RESOURCES = {  # flag: (default, help). Defaults fit the seeds' CPU nodes: 8 cores, 56 GB.
     "partition": (None, "SLURM partition (default: the cluster's default)"),
@@ -57,7 +58,7 @@ def build_parser():
     p.add_argument("--no-save-model", action="store_true", help="skip writing each point's model.h5")
     res = p.add_argument_group("resources per point (one array task)")
     for name, (default, text) in RESOURCES.items():
-        res.add_argument(f"--{name.replace('_', '-')}", dest=name, default=default,
+        res.add_argument(flag(name), dest=name, default=default,
                          type=str if name in ("partition", "account") else int, help=f"{text} [{default}]")
     add_setting_options(p.add_argument_group("experiment settings, applied to every point"))
     return p
@@ -74,7 +75,7 @@ def list_grids() -> str:
 def check_resources(args):
     for name in ("nodes", "ntasks_per_node", "cpus_per_task", "mem_gb", "time_min"):
         if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+            raise UserError(f"{flag(name)} must be a positive integer, got {getattr(args, name)}")
     if args.gpus_per_node < 0 or (args.array_parallelism is not None and args.array_parallelism <= 0):
         raise UserError("--gpus-per-node must not be negative and --array-parallelism must be positive")
     for name in ("partition", "account"):
@@ -173,8 +174,6 @@ def plan(args):
 
 
 def new_grid_folder(results_dir, name: str) -> Path:
-    from hpccnn.results import create_run_folder
-
     try:
         return create_run_folder(Path(results_dir).resolve(), name)
     except OSError as err:
@@ -219,10 +218,7 @@ def submit(args) -> int:
             raise UserError(f"{len(points)} points exceed this cluster's MaxArraySize of {limit}; "
                             f"submit the grid in parts (fewer --sweep values)")
     if args.dry_run:
-        from hpccnn.results import job_tag
-
-        folder = (Path(args.results_dir).resolve() / datetime.date.today().isoformat()
-                  / f"{grid.name}-<HHMMSS>-{job_tag()}")
+        folder = run_folder(Path(args.results_dir).resolve(), grid.name, datetime.date.today().isoformat(), "<HHMMSS>")
         print(describe(args, grid, points, folder) + "\n")
         for index, (label, settings, exp) in enumerate(points):
             command = TrainPoint(point_args(args, exp.name, settings, folder / label),
@@ -256,17 +252,11 @@ def submit(args) -> int:
     rows = collect(folder)
     print(format_table(rows))
     print(f"hpccnn: {folder / 'grid.csv'}")
-    failed = [r for r in rows if r["status"] != "completed"]
+    failed = [r for r in rows if r["status"] != COMPLETED]
     if failed:
         print(f"hpccnn: {len(failed)} of {len(rows)} point(s) did not complete; logs: "
               + ", ".join(r["log"] for r in failed if r["log"]), file=sys.stderr)
     return 1 if failed else 0
-
-
-def _write_grid_json(folder: Path, record: dict):
-    from hpccnn.results import RunWriter
-
-    RunWriter(folder).json("grid.json", record)
 
 
 def _submit_points(args, grid, points, folder: Path, ranks: int):
@@ -287,13 +277,13 @@ def _submit_points(args, grid, points, folder: Path, ranks: int):
             jobs = [executor.submit(TrainPoint(p["train_args"], "python", ranks)) for p in record["points"]]
         for p, job in zip(record["points"], jobs):
             p.update(job_id=job.job_id, log=str(job.paths.stdout).replace("%t", "0"))
-        _write_grid_json(folder, record)
+        write_json(folder / "grid.json", record)
         return jobs
     # local and debug: one point at a time, each job awaited before the next starts
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=args.cluster)
     executor.update_parameters(timeout_min=args.time_min, tasks_per_node=1, nodes=1)
     launcher = "horovodrun" if args.cluster == "local" else "python"
-    _write_grid_json(folder, record)
+    write_json(folder / "grid.json", record)
     jobs = []
     for p in record["points"]:
         job = executor.submit(TrainPoint(p["train_args"], launcher, ranks))
@@ -306,7 +296,7 @@ def _submit_points(args, grid, points, folder: Path, ranks: int):
             p["reason"] = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
         p.update(job_id=str(job.job_id), log=str(job.paths.stdout).replace("%t", "0"))
         jobs.append(job)
-        _write_grid_json(folder, record)
+        write_json(folder / "grid.json", record)
     return jobs
 
 
@@ -323,7 +313,7 @@ def _submit_collector(args, folder: Path, jobs):
     return executor.submit(Collect(folder))
 
 
-def wait_for_slurm(jobs, poll=5.0):
+def wait_for_slurm(jobs):
     """Blocks until every array task has left SLURM's active states; prints progress when it changes."""
     array_id = jobs[0].job_id.split("_")[0]
     last = None
@@ -335,8 +325,8 @@ def wait_for_slurm(jobs, poll=5.0):
             print(f"hpccnn: {datetime.datetime.now():%H:%M:%S} array {array_id}: {summary}", flush=True)
             last = summary
         if not any(s in slurm.ACTIVE for s in mine):
-            return dict(zip((j.job_id for j in jobs), mine))
-        time.sleep(poll)
+            return
+        time.sleep(5)
 
 
 def _count(values):
@@ -352,22 +342,22 @@ def point_row(point: dict, state: str | None) -> dict:
     status, reason = metrics.get("status"), metrics.get("reason", "")
     log = point.get("log") or _slurm_log(point)
     if state is not None and state not in slurm.ACTIVE and state not in ("COMPLETED", "UNKNOWN"):
-        if status == "completed":  # rank 0 finished but the job did not: another rank failed
+        if status == COMPLETED:  # rank 0 finished but the job did not: another rank failed
             reason = f"job ended {state} although rank 0 finished"
-        status = "failed"
+        status = FAILED
         reason = reason or f"job ended {state}"
-    elif status in (None, "running"):
+    elif status in (None, RUNNING):
         if state in slurm.ACTIVE:
             status = state.lower()
         elif status is None and state is None and not point.get("state") and not Path(log or "/nonexistent").exists():
-            status, reason = "not run", "no job ran this point (not in the submitted --array?)"
+            status, reason = NOT_RUN, "no job ran this point (not in the submitted --array?)"
         else:  # the job has ended (or SLURM has forgotten it) and the run never finished
-            status = "failed"
+            status = FAILED
             reason = reason or point.get("reason") or (
                 f"job ended {state}" if state and state != "UNKNOWN" else "no finished run in the run folder")
-    if point.get("state") == "FAILED" and status == "completed":
-        status, reason = "failed", point.get("reason", "the job failed")
-    if status == "failed" and not metrics.get("reason"):
+    if point.get("state") == "FAILED" and status == COMPLETED:
+        status, reason = FAILED, point.get("reason", "the job failed")
+    if status == FAILED and not metrics.get("reason"):
         reason = last_error(log) or reason
     return {"point": point["label"], **point["settings"], "status": status,
             "test_accuracy": metrics.get("test_accuracy"), "test_loss": metrics.get("test_loss"),
@@ -400,8 +390,6 @@ def collect(folder: Path) -> list:
     """Writes folder/grid.csv from grid.json, the run folders and SLURM's job states; returns the rows."""
     import pandas as pd
 
-    from hpccnn.results import RunWriter
-
     record = read_json(folder / "grid.json")
     if record is None:
         raise UserError(f"{folder} has no readable grid.json: not a grid folder made by python -m hpccnn.submit")
@@ -416,7 +404,7 @@ def collect(folder: Path) -> list:
     frame = pd.DataFrame(rows)
     for key in ("world_size", "last_epoch"):
         frame[key] = frame[key].astype("Int64")
-    RunWriter(folder).csv("grid.csv", frame)
+    write_atomic(folder / "grid.csv", lambda tmp: frame.to_csv(tmp, index=False))
     return rows
 
 
@@ -444,7 +432,7 @@ def main(argv=None):
         rows = collect(folder)
         print(format_table(rows))
         print(f"hpccnn: {folder / 'grid.csv'}")
-        return 1 if any(r["status"] != "completed" for r in rows) else 0
+        return 1 if any(r["status"] != COMPLETED for r in rows) else 0
     return submit(args)
 
 

@@ -9,6 +9,7 @@ across ranks, and only then anything that reads metrics or sets the learning rat
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -17,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn import data, dist
+from hpccnn import checkpoint, data, dist
 from hpccnn.errors import Parser, UserError, cli
-from hpccnn.experiments import EXPERIMENTS, add_setting_options, get_experiment, overrides, with_overrides
+from hpccnn.experiments import (EXPERIMENTS, OPTIMIZERS, add_setting_options, flag, get_experiment, overrides,
+                                with_overrides)
 from hpccnn.models import get_model
-
-OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adadelta": "Adadelta", "rmsprop": "RMSprop"}
+from hpccnn.runs import COMPLETED, INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,16 +58,16 @@ def make_optimizer(name: str, learning_rate: float):
 
 def cpu_xla(exp) -> bool:
     """Whether exp compiles with XLA on CPUs: only when asked (--xla on). Its effect there depends on
-    the CPU, not only the model: the same model ran faster with it on one CPU and slower on another
+    the CPU, not only the model: one model ran faster with it on one CPU and slower on another
     (README, Performance), so no model turns it on by itself."""
     return exp.xla == "on"
 
 
 def speed_settings(exp, gpus: int) -> dict:
     """What exp's speed settings come to on a node with this many GPUs. "auto" is on with a GPU and
-    off on CPUs: float16 was measured 25x slower there, and XLA's effect depends on the CPU (cpu_xla);
-    python -m hpccnn.bench --variants measures both on the node at hand. mixed_precision comes to the
-    compute type: "float16", "bfloat16" (only when asked) or "off" (float32)."""
+    off on CPUs: float16 is far slower there (README, Performance), and XLA's effect depends on the
+    CPU (cpu_xla); python -m hpccnn.bench --variants measures both on the node at hand.
+    mixed_precision comes to the compute type: "float16", "bfloat16" (only when asked) or "off" (float32)."""
     def on(value):
         return value == "on" or (value == "auto" and gpus > 0)
 
@@ -128,14 +129,12 @@ def start(exp):
     return world, fast
 
 
-def compile_model(exp, world, input_shape, classes):
-    """The seed's model and optimizer, wrapped by Horovod; the learning rate scaled if asked.
-
-    Returns (model, spec, learning rate)."""
+def compile_model(exp, world, spec, input_shape, classes):
+    """The seed's model (spec, from hpccnn.models) and optimizer, wrapped by Horovod; the learning rate
+    scaled if asked. Returns (model, learning rate)."""
     import tensorflow as tf
 
     hvd = dist.hvd()
-    spec = get_model(exp.model)
     model = spec(input_shape, classes, activation=exp.activation)
     lr = exp.learning_rate * (world.size if exp.scale_lr else 1)
     compression = hvd.Compression.fp16 if exp.fp16_allreduce else hvd.Compression.none
@@ -144,18 +143,15 @@ def compile_model(exp, world, input_shape, classes):
     model.compile(optimizer=optimizer, metrics=["accuracy"],
                   steps_per_execution=exp.steps_per_execution,
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
-    return model, spec, lr
+    return model, lr
 
 
-def fit_image_size(exp, splits, world):
+def fit_image_size(exp, spec, splits, world):
     """exp, with its images resized to the model's seed size when the data set's are too small for it.
 
     Only when no --image-size was given: cnn_v3 (seed 001, 32x32 CIFAR-10) on 8x8 digits
     would shrink them to nothing, so digits are resized to 32x32 for it.
     """
-    import dataclasses
-
-    spec = get_model(exp.model)
     if exp.image_size or spec.output_side(splits.shape[0]) > 0:
         return exp
     if world.is_main:
@@ -173,27 +169,143 @@ def per_rank_batch(exp, world) -> int:
     return exp.batch_size // world.size
 
 
-def gather_predictions(model, splits, exp, world, batch, callbacks=()):
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The data as this rank trains on it."""
+
+    splits: data.Splits  # the whole data set, split the same way on every rank
+    batch: int  # images per rank per step
+    steps: int  # steps per epoch: the same on every rank, as allreduce needs
+    train: object  # tf.data pipelines of this rank's shard
+    val: object
+
+
+def prepare_data(exp, spec, world, data_dir, first_epoch: int):
+    """(exp with the image size the model needs, Inputs): the data split, sharded and pipelined."""
+    batch = per_rank_batch(exp, world)
+    splits = data.split(data.load(exp.dataset, data_dir), exp.validation, exp.val_fraction,
+                        exp.test_fraction, exp.seed)
+    exp = fit_image_size(exp, spec, splits, world)
+    steps = (len(splits.x_train) // world.size) // batch
+    if steps == 0:
+        raise UserError(f"batch of {batch} per rank is larger than the {len(splits.x_train) // world.size} "
+                        f"training images each of the {world.size} ranks has; use a smaller --batch-size")
+
+    def mine(array):
+        return data.shard(array, world.rank, world.size)
+
+    train_ds = data.train_pipeline(mine(splits.x_train), mine(splits.y_train), batch, steps, splits.scale,
+                                   exp.image_size, seed=(exp.seed, world.rank), first_epoch=first_epoch,
+                                   epochs=exp.epochs)
+    val_ds = data.pipeline(mine(splits.x_val), mine(splits.y_val), batch, splits.scale, exp.image_size)
+    return exp, Inputs(splits, batch, steps, train_ds, val_ds)
+
+
+def build_model(exp, spec, world, splits, resume):
+    """The compiled model and its learning rate; a resumed run's as they were after its last epoch."""
+    side = exp.image_size or splits.shape[0]
+    model, lr = compile_model(exp, world, spec, (side, side, splits.shape[2]), len(splits.classes))
+    if resume is not None:
+        checkpoint.restore(model, resume)
+    return model, lr
+
+
+def open_writer(exp, world, inputs, resume, results_dir, run_dir, argv, data_dir, fast):
+    """Rank 0's RunWriter (None on the other ranks): a new run folder with its provenance, or the
+    resumed one's, and the guard that marks it failed should this process die."""
+    hosts = dist.allgather_object(dist.host_and_rank(world))  # every rank takes part
+    if not world.is_main:
+        return None
+    from hpccnn.results import RunWriter
+
+    if resume is not None:
+        writer = RunWriter.reopen(resume.folder)
+        writer.resumed(resume.epoch, list(argv), hosts)
+    else:
+        writer = RunWriter.create(results_dir, exp.name, world, run_dir)
+        try:
+            writer.start(exp, world, hosts, list(argv), data.resolve_data_dir(data_dir), fast)
+        except BaseException as err:
+            writer.failed(f"{type(err).__name__}: {err}")
+            raise
+    writer.guard()
+    print(f"hpccnn: {exp.name} on {world.size} rank(s), {inputs.batch} images per rank per step, "
+          f"{inputs.steps} steps per epoch; results in {writer.folder}"
+          + (f"; resuming after epoch {resume.epoch}" if resume is not None else ""), flush=True)
+    return writer
+
+
+def assemble_callbacks(exp, world, inputs, lr, watchdog, stopper, writer, resume):
+    """(callbacks in Horovod's order, rank 0's recorder or None)."""
+    import tensorflow as tf
+
+    from hpccnn.callbacks import EpochStats, RankZeroRecorder, ReseedRandomLayers, lr_warmup
+
+    hvd = dist.hvd()
+    callbacks = [
+        watchdog,
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # every rank starts from rank 0's weights
+        # metrics averaged over ranks before anyone reads them; one rank's are its own (and each
+        # allreduce would wait for Horovod's next cycle, slow for a process alone: hpccnn.dist)
+        *([hvd.callbacks.MetricAverageCallback()] if world.size > 1 else []),
+        stopper,  # before anything that records an epoch: a cut-short epoch is not one
+        ReseedRandomLayers((exp.seed, world.rank)),
+    ]
+    if exp.warmup_epochs:  # ramps lr from lr/size up to lr: large effective batches diverge otherwise
+        callbacks.append(lr_warmup(lr, exp.warmup_epochs, inputs.steps, exp.steps_per_execution))
+    stateful = []
+    if exp.reduce_lr_monitor:
+        stateful.append(tf.keras.callbacks.ReduceLROnPlateau(
+            monitor=exp.reduce_lr_monitor, factor=exp.reduce_lr_factor, patience=exp.reduce_lr_patience,
+            min_delta=exp.reduce_lr_min_delta, verbose=int(world.is_main)))
+        callbacks += stateful
+        if resume is not None:
+            callbacks += checkpoint.restore_callbacks(stateful, resume)
+    callbacks.append(EpochStats(inputs.steps * inputs.batch * world.size))
+    if writer is None:
+        return callbacks, None
+    recorder = RankZeroRecorder(writer, stopper, resume.history if resume is not None else [], stateful)
+    board = tf.keras.callbacks.TensorBoard(log_dir=str(writer.path("tensorboard")), profile_batch=0)
+    return [*callbacks, recorder, board], recorder
+
+
+def gather_predictions(model, inputs, exp, world, callbacks):
     """Each rank predicts its shard of the test set; rank 0 gets all of it, in test-set order."""
+    splits = inputs.splits
     index = data.shard(np.arange(len(splits.x_test)), world.rank, world.size)
     x, y = splits.x_test[index], splits.y_test[index]
-    outputs = model.predict(data.pipeline(x, y, batch, splits.scale, exp.image_size), verbose=0,
-                            callbacks=list(callbacks))
+    outputs = model.predict(data.pipeline(x, y, inputs.batch, splits.scale, exp.image_size), verbose=0,
+                            callbacks=callbacks)
     parts = dist.allgather_object((index, outputs))
     if not world.is_main:
         return None
     index = np.concatenate([p[0] for p in parts])
-    outputs = np.concatenate([p[1] for p in parts])[np.argsort(index)]
-    return outputs
+    return np.concatenate([p[1] for p in parts])[np.argsort(index)]
 
 
 def score(outputs, y_true, logits: bool):
+    """(accuracy, loss, predicted classes) of the model's outputs on the test set."""
     import tensorflow as tf
 
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
     loss = float(loss_fn(y_true, outputs).numpy())
     y_pred = outputs.argmax(axis=1)
     return float((y_pred == y_true).mean()), loss, y_pred
+
+
+def record_results(writer, world, model, spec, inputs, outputs, recorder, save_model, started):
+    """Rank 0, after training: the test set scored, every result written, the run completed."""
+    splits = inputs.splits
+    accuracy, loss, y_pred = score(outputs, splits.y_test, spec.logits)
+    writer.history(recorder.rows, curves=True)
+    writer.evaluation(splits.y_test, y_pred, splits.classes, images=splits.x_test)
+    if save_model:
+        writer.model("model.h5", model)
+    writer.status(COMPLETED, test_accuracy=accuracy, test_loss=loss, test_images=int(len(y_pred)),
+                  wall_seconds=writer.wall_seconds(started), world_size=world.size)
+    print(f"hpccnn: test accuracy {accuracy:.4f} (loss {loss:.4f}) on {len(y_pred)} test images", flush=True)
+    print(f"hpccnn: results in {writer.folder}", flush=True)
+    return writer.folder, accuracy
 
 
 class Interrupted(Exception):
@@ -205,178 +317,72 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal_name} after epoch {last_epoch}; {then}")
 
 
-def restart_count() -> int:
-    value = os.environ.get("SLURM_RESTART_COUNT", "0")
-    return int(value) if value.isdigit() else 0
-
-
-def find_resumable(results_dir, experiment: str, run_dir=None):
-    """The run folder a requeued SLURM job should resume: its --run-dir, or the one with its job id."""
-    from hpccnn.results import job_tag
-
-    if run_dir is not None:
-        return Path(run_dir).resolve() if Path(run_dir).is_dir() else None
-    found = sorted(Path(results_dir).resolve().glob(f"*/{experiment}-*-{job_tag()}"))
-    return found[-1] if found else None
-
-
-def load_checkpoint(folder: Path):
-    """(epoch, checkpoint folder, state) of a run's latest checkpoint, or (0, None, {}) before the first."""
-    latest = folder / "checkpoint" / "latest.json"
-    if not latest.exists():
-        return 0, None, {}
-    info = json.loads(latest.read_text())
-    path = folder / "checkpoint" / info["folder"]
-    return int(info["epoch"]), str(path), json.loads((path / "state.json").read_text())
-
-
-def restore(model, checkpoint: str, state: dict):
-    """Weights, optimizer slots and iteration count, and learning rate as they were after that epoch."""
-    import tensorflow as tf
-
-    model.load_weights(str(Path(checkpoint) / "weights.h5"))
-    with np.load(Path(checkpoint) / "optimizer.npz") as saved:
-        weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    optimizer = model.optimizer  # under mixed precision, a LossScaleOptimizer around Horovod's
-    getattr(optimizer, "inner_optimizer", optimizer)._create_all_weights(model.trainable_variables)  # slots exist only after the first step otherwise
-    optimizer.set_weights(weights)
-    tf.keras.backend.set_value(optimizer.learning_rate, state["learning_rate"])
-
-
 def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_model=True, run_dir=None, resume=None):
     """Trains exp on this rank; returns (run folder or None on other ranks, test accuracy).
 
     resume: a run folder to continue from its latest checkpoint. A SLURM job that was requeued
-    (SLURM_RESTART_COUNT > 0) resumes its own run folder by itself. Rank 0 decides and every
-    rank follows (broadcast), so all of them start from the same epoch.
+    (SLURM_RESTART_COUNT > 0) resumes its own run folder by itself (hpccnn.checkpoint.to_resume).
+    Rank 0 decides and every rank follows (broadcast), so all of them start from the same epoch.
     """
     import tensorflow as tf
 
-    from hpccnn.callbacks import (EpochStats, RankZeroRecorder, ReseedRandomLayers, StopOnSignal, Watchdog,
-                                  lr_warmup, restore_callback_state)
+    from hpccnn.callbacks import StopOnSignal
 
-    hvd = dist.hvd()
     stall_limit = stall_timeout()
     stopper = StopOnSignal().install()  # noted from now on; acted on once training runs
-    tf.keras.utils.set_random_seed(exp.seed)
-    tf.keras.backend.experimental.enable_tf_random_generator()  # dropout reseedable per epoch
-    decision = None
-    if world.is_main:
-        target = Path(resume).resolve() if resume else (
-            find_resumable(results_dir, exp.name, run_dir) if restart_count() > 0 else None)
-        decision = (str(target), *load_checkpoint(target)) if target else None
-    decision = dist.broadcast_object(decision)
-    first_epoch, checkpoint, state = (decision[1], decision[2], decision[3]) if decision else (0, None, {})
+    try:
+        tf.keras.utils.set_random_seed(exp.seed)
+        tf.keras.backend.experimental.enable_tf_random_generator()  # dropout reseedable per epoch
+        resuming = dist.broadcast_object(
+            checkpoint.to_resume(resume, results_dir, exp.name, run_dir) if world.is_main else None)
+        spec = get_model(exp.model)
+        exp, inputs = prepare_data(exp, spec, world, data_dir, resuming.epoch if resuming is not None else 0)
+        model, lr = build_model(exp, spec, world, inputs.splits, resuming)
+        writer = open_writer(exp, world, inputs, resuming, results_dir, run_dir, argv, data_dir, fast)
+        return fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, writer, resuming,
+                              save_model)
+    finally:
+        stopper.uninstall()
 
-    batch = per_rank_batch(exp, world)
-    splits = data.split(data.load(exp.dataset, data_dir), exp.validation, exp.val_fraction,
-                        exp.test_fraction, exp.seed)
-    exp = fit_image_size(exp, splits, world)
-    x_train = data.shard(splits.x_train, world.rank, world.size)
-    y_train = data.shard(splits.y_train, world.rank, world.size)
-    steps = (len(splits.x_train) // world.size) // batch  # the same on every rank: allreduce needs it
-    if steps == 0:
-        raise UserError(f"batch of {batch} per rank is larger than the {len(splits.x_train) // world.size} "
-                        f"training images each of the {world.size} ranks has; use a smaller --batch-size")
-    train_ds = data.train_pipeline(x_train, y_train, batch, steps, splits.scale, exp.image_size,
-                                   seed=(exp.seed, world.rank), first_epoch=first_epoch, epochs=exp.epochs)
-    val_ds = data.pipeline(data.shard(splits.x_val, world.rank, world.size),
-                           data.shard(splits.y_val, world.rank, world.size), batch, splits.scale, exp.image_size)
-    side = exp.image_size or splits.shape[0]
-    model, spec, lr = compile_model(exp, world, (side, side, splits.shape[2]), len(splits.classes))
-    if checkpoint:
-        restore(model, checkpoint, state)
 
-    hosts = dist.allgather_object(dist.host_and_rank(world))
-    writer = None
-    if world.is_main:
-        from hpccnn.results import RunWriter
+def fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, writer, resume, save_model):
+    """Trains from the last finished epoch (or the first) to exp.epochs; rank 0 records how it ended:
+    completed with the test scores, interrupted by a signal, or failed and why."""
+    from hpccnn.callbacks import Watchdog
 
-        if decision:
-            writer = RunWriter.reopen(decision[0])
-            writer.resumed(first_epoch, list(argv), hosts)
-        else:
-            writer = RunWriter.create(results_dir, exp.name, world, run_dir)
-            try:
-                writer.start(exp, world, hosts, list(argv), data.resolve_data_dir(data_dir), fast)
-            except BaseException as err:
-                writer.status("failed", reason=f"{type(err).__name__}: {err}")
-                raise
-        writer.guard()
-        print(f"hpccnn: {exp.name} on {world.size} rank(s), {batch} images per rank per step, "
-              f"{steps} steps per epoch; results in {writer.folder}"
-              + (f"; resuming after epoch {first_epoch}" if decision else ""), flush=True)
-
-    def record_stall(message):
+    def record_stall(message):  # called by the watchdog's thread before it ends this rank
         if writer is not None:
-            writer.status("failed", reason=f"{message}; resume with --resume {writer.folder}",
-                          wall_seconds=writer.wall_seconds(started))
+            writer.failed(f"{message}; resume with --resume {writer.folder}", started)
 
     watchdog = Watchdog(stall_limit, record_stall)  # started with training, on every rank
-    callbacks = [
-        watchdog,
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # every rank starts from rank 0's weights
-        # metrics averaged over ranks before anyone reads them; one rank's are its own (and each
-        # allreduce would wait for Horovod's next cycle, 20 ms for a process alone: hpccnn.dist)
-        *([hvd.callbacks.MetricAverageCallback()] if world.size > 1 else []),
-        stopper,  # before anything that records an epoch: a cut-short epoch is not one
-        ReseedRandomLayers((exp.seed, world.rank)),
-    ]
-    if exp.warmup_epochs:  # ramps lr from lr/size up to lr: large effective batches diverge otherwise
-        callbacks.append(lr_warmup(lr, exp.warmup_epochs, steps, exp.steps_per_execution))
-    stateful = []
-    if exp.reduce_lr_monitor:
-        plateau = tf.keras.callbacks.ReduceLROnPlateau(
-            monitor=exp.reduce_lr_monitor, factor=exp.reduce_lr_factor, patience=exp.reduce_lr_patience,
-            min_delta=exp.reduce_lr_min_delta, verbose=int(world.is_main))
-        callbacks.append(plateau)
-        stateful.append(plateau)
-        if state.get("callbacks"):  # after its on_train_begin, which resets it
-            callbacks.append(tf.keras.callbacks.LambdaCallback(
-                on_train_begin=lambda logs: restore_callback_state(plateau, state["callbacks"][0])))
-    callbacks.append(EpochStats(steps * batch * world.size))
-    if world.is_main:
-        recorder = RankZeroRecorder(writer, stopper, rows=state.get("history"), stateful=stateful)
-        callbacks += [recorder,
-                      tf.keras.callbacks.TensorBoard(log_dir=str(writer.path("tensorboard")), profile_batch=0)]
-
+    callbacks, recorder = assemble_callbacks(exp, world, inputs, lr, watchdog, stopper, writer, resume)
+    first_epoch = resume.epoch if resume is not None else 0
     started = time.time()
     watchdog.start()
     try:
         if first_epoch < exp.epochs:
-            model.fit(train_ds, steps_per_epoch=steps, epochs=exp.epochs, initial_epoch=first_epoch,
-                      validation_data=val_ds, callbacks=callbacks, verbose=2 if world.is_main else 0)
+            model.fit(inputs.train, steps_per_epoch=inputs.steps, epochs=exp.epochs, initial_epoch=first_epoch,
+                      validation_data=inputs.val, callbacks=callbacks, verbose=2 if world.is_main else 0)
         if stopper.stopped:
             raise stopped(stopper, writer, started)
-        outputs = gather_predictions(model, splits, exp, world, batch, callbacks=[watchdog])
+        outputs = gather_predictions(model, inputs, exp, world, [watchdog])
         watchdog.stop()
         if not world.is_main:
             return None, None
-        accuracy, loss, y_pred = score(outputs, splits.y_test, spec.logits)
-        writer.history(recorder.rows, curves=True)
-        writer.evaluation(splits.y_test, y_pred, splits.classes, images=splits.x_test)
-        if save_model:
-            writer.model("model.h5", model)
-        writer.status("completed", test_accuracy=accuracy, test_loss=loss, test_images=int(len(y_pred)),
-                      wall_seconds=writer.wall_seconds(started),
-                      world_size=world.size)
-        print(f"hpccnn: test accuracy {accuracy:.4f} (loss {loss:.4f}) on {len(y_pred)} test images", flush=True)
-        print(f"hpccnn: results in {writer.folder}", flush=True)
-        return writer.folder, accuracy
+        return record_results(writer, world, model, spec, inputs, outputs, recorder, save_model, started)
     except Interrupted:
         raise
     except BaseException as err:
         if writer is not None:
-            writer.status("failed", reason=f"{type(err).__name__}: {err}", wall_seconds=writer.wall_seconds(started))
+            writer.failed(f"{type(err).__name__}: {err}", started)
         raise
     finally:
         watchdog.stop()
-        stopper.uninstall()
 
 
-def stall_timeout(environ=os.environ) -> float:
+def stall_timeout() -> float:
     """HPCCNN_STALL_TIMEOUT: seconds without progress after which a rank gives up (0: never)."""
-    value = environ.get("HPCCNN_STALL_TIMEOUT", "600")
+    value = os.environ.get("HPCCNN_STALL_TIMEOUT", "600")
     try:
         seconds = float(value)
     except ValueError:
@@ -397,7 +403,7 @@ def stopped(stopper, writer, started) -> Interrupted:
     outcome = None
     if writer is not None:
         last = writer.metrics.get("last_epoch", 0)
-        writer.status("interrupted", reason=f"stopped by {name}", last_epoch=last, requeued=requeue,
+        writer.status(INTERRUPTED, reason=f"stopped by {name}", last_epoch=last, requeued=requeue,
                       wall_seconds=writer.wall_seconds(started))
         if requeue:  # SLURM stops every rank now; the requeued job finds this folder and resumes it
             import subprocess
@@ -406,7 +412,7 @@ def stopped(stopper, writer, started) -> Interrupted:
                                   text=True, timeout=60)
             requeue = done.returncode == 0
             if not requeue:
-                writer.status("interrupted", requeued=False, reason=f"stopped by {name}; scontrol requeue "
+                writer.status(INTERRUPTED, requeued=False, reason=f"stopped by {name}; scontrol requeue "
                                                                     f"failed: {done.stderr.strip()[:200]}")
         outcome = (str(writer.folder), last, requeue)
     folder, last, requeue = dist.broadcast_object(outcome)  # the others wait here for rank 0
@@ -456,7 +462,7 @@ def resumed_experiment(args, overrides):
                         f"and metrics.json)") from None
     changed = sorted(set(overrides) - {"epochs"})
     if changed or args.run_dir:
-        what = f"--{changed[0].replace('_', '-')}" if changed else "--run-dir"
+        what = flag(changed[0]) if changed else "--run-dir"
         raise UserError(f"--resume continues a run with its own settings; only --epochs may change, not {what}")
     return with_overrides(exp, overrides)
 
@@ -471,7 +477,7 @@ def folder_option(option: str, value: str) -> Path:
 
 def check_run_dir(run_dir) -> None:
     path = folder_option("--run-dir", run_dir)
-    if path.exists() and restart_count() == 0:  # a requeued job resumes its own folder
+    if path.exists() and checkpoint.restart_count() == 0:  # a requeued job resumes its own folder
         raise UserError(f"--run-dir {run_dir} already exists; hpccnn never writes into an existing run folder "
                         f"(to continue that run: --resume {run_dir})")
 

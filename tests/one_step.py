@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from hpccnn import data, dist
 from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
+from hpccnn.models import get_model
 from hpccnn.train import compile_model, start
 
 out, batch = sys.argv[1], 64
@@ -21,7 +22,7 @@ exp = with_overrides(get_experiment("digits_cnn"), dict(model="cnn_v3", image_si
                                                         **{k: parse_value(k, v) for k, v in settings.items()}))
 world, _ = start(exp)
 tf.keras.utils.set_random_seed(0)
-model, _, _ = compile_model(exp, world, (32, 32, 1), 10)
+model, _ = compile_model(exp, world, get_model(exp.model), (32, 32, 1), 10)
 raw = data.load("digits")
 x, y = data.shard(raw.x_train[:batch], world.rank, world.size), data.shard(raw.y_train[:batch], world.rank, world.size)
 ds = data.pipeline(x, y, batch // world.size, raw.scale, image_size=32)

@@ -91,7 +91,7 @@ def test_tensorboard_events_are_written(digits_run):
 
 
 def test_a_second_run_gets_its_own_folder(tmp_path):
-    from hpccnn.results import create_run_folder
+    from hpccnn.runs import create_run_folder
 
     import datetime
 
@@ -99,6 +99,40 @@ def test_a_second_run_gets_its_own_folder(tmp_path):
     first, second = create_run_folder(tmp_path, "x", now), create_run_folder(tmp_path, "x", now)
     assert first != second and first.is_dir() and second.is_dir()
     assert first.parent == second.parent == tmp_path / "2026-01-02"
+
+
+def test_a_requeued_job_resumes_the_folder_with_its_own_job_id(tmp_path, monkeypatch):
+    from hpccnn.checkpoint import to_resume
+    from hpccnn.runs import create_run_folder
+
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    mine = create_run_folder(tmp_path, "x")
+    monkeypatch.setenv("SLURM_JOB_ID", "43")
+    create_run_folder(tmp_path, "x")  # another job's, newer
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    assert to_resume(None, tmp_path, "x") is None  # not requeued: a new run
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    resume = to_resume(None, tmp_path, "x")
+    assert resume.folder == str(mine.resolve()) and resume.epoch == 0 and resume.checkpoint is None
+    assert to_resume(None, tmp_path, "y") is None  # no folder of this experiment: a new run
+
+
+def test_an_atomic_write_replaces_a_folder_whole_and_a_first_writer_is_kept(tmp_path):
+    from hpccnn.files import read_json, write_atomic, write_json
+
+    def folder_with(name):
+        def write(tmp):
+            tmp.mkdir()
+            (tmp / name).write_text(name)
+        return write
+
+    write_atomic(tmp_path / "epoch", folder_with("old"))
+    write_atomic(tmp_path / "epoch", folder_with("new"))
+    assert [p.name for p in (tmp_path / "epoch").iterdir()] == ["new"]
+    write_json(tmp_path / "grid.json", {"first": True}, replace=False)
+    write_json(tmp_path / "grid.json", {"first": False}, replace=False)
+    assert read_json(tmp_path / "grid.json") == {"first": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch", "grid.json"]  # no temporary left
 
 
 def test_only_rank_zero_may_create_a_writer(tmp_path):

@@ -1,0 +1,96 @@
+"""Every figure hpccnn draws: a run's curves, confusion matrix and misclassified images (written
+by hpccnn.results, drawn again by hpccnn.report) and a grid's validation curves (hpccnn.report)."""
+
+import io
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a compute node
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png(fig, dpi: int) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def epoch_ticks(ax, epochs) -> None:
+    """Whole epochs on the x axis (at most 12 ticks), even for a 1-epoch run."""
+    epochs = sorted({int(e) for e in epochs})
+    ax.set_xticks(epochs[:: max(1, -(-len(epochs) // 12))])
+    ax.set_xlabel("epoch")
+
+
+def curves(rows, title=""):
+    """Training and validation accuracy and loss per epoch, from history rows."""
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for key, style in ((metric, "b-o"), (f"val_{metric}", "r-o")):
+            if key in rows[0]:
+                ax.plot(epochs, [r[key] for r in rows], style, label=key)
+        epoch_ticks(ax, epochs)
+        ax.set_ylabel(metric)
+        if title:
+            ax.set_title(f"{title}: {metric}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def grid_curves(runs):
+    """Validation accuracy and loss per epoch of every (label, history frame or None) in runs."""
+    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4))
+    for label, history in runs:
+        for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+            if history is not None and key in history:
+                ax.plot(history["epoch"], history[key], "-o", label=label, markersize=3)
+    epochs = [e for _, history in runs if history is not None for e in history["epoch"]]
+    for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+        epoch_ticks(ax, epochs)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].set_title("validation accuracy per point")
+    axes[1].set_title("validation loss per point")
+    return fig
+
+
+def confusion(cm, classes):
+    """The confusion matrix cm (rows: true class, columns: predicted) with its counts."""
+    fig, ax = _pyplot().subplots(figsize=(1.2 + 0.6 * len(classes), 1 + 0.55 * len(classes)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black", fontsize=8)
+    return fig
+
+
+def misclassified(images, true, predicted, classes):
+    """The images with their true and predicted class names, eight to a row."""
+    columns = 8
+    n = len(images)
+    rows = max(1, -(-n // columns))
+    fig, axes = _pyplot().subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, t, p in zip(axes.flat, images, true, predicted):
+        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 or image.ndim == 2 else None,
+                  interpolation="nearest")
+        ax.set_title(f"true: {classes[t]}\npred: {classes[p]}", fontsize=7, color="darkred")
+    if n == 0:
+        axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
+    fig.tight_layout()
+    return fig
