@@ -1,0 +1,61 @@
+"""Failures a run could hide: settings that can't be finite, a loss that becomes NaN, a setting that
+can't fit in memory, a damaged archive to stage, TensorFlow's start-up noise, an unhelpful --help."""
+
+import pytest
+
+from conftest import run_module
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999", "-inf"])
+def test_a_float_setting_that_is_not_finite_is_refused_at_the_start(tmp_path, value):
+    proc = run_module("hpccnn.train", f"--learning-rate={value}", "--results-dir", tmp_path / "results")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"hpccnn: error: --learning-rate must be a finite number, "
+                                                f"got {value!r}"]
+    assert not (tmp_path / "results").exists()
+
+
+def test_every_float_setting_must_be_finite_wherever_the_experiment_comes_from():
+    import dataclasses
+
+    from hpccnn.errors import UserError
+    from hpccnn.experiments import SETTABLE, get_experiment, parse_value, validate
+
+    floats = [name for name, field in SETTABLE.items() if field.type in (float, "float")]
+    assert {"learning_rate", "val_fraction", "reduce_lr_factor"} <= set(floats)
+    for name in floats:
+        with pytest.raises(UserError, match=f"--{name.replace('_', '-')} must be a finite number"):
+            parse_value(name, "inf")
+        with pytest.raises(UserError, match=f"--{name.replace('_', '-')} must be a finite number"):
+            validate(dataclasses.replace(get_experiment("digits_cnn"), **{name: float("nan")}))  # a config.json's
+
+
+def test_help_shows_each_settings_choices_default_and_meaning():
+    proc = run_module("hpccnn.train", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    for expected in [
+        "--optimizer {sgd,adam,adadelta,rmsprop} the optimizer",
+        "--dataset {cifar10,mnist,galaxy10,digits,synthetic} the data set",
+        "--activation {relu,sigmoid,tanh,elu} activation of the hidden layers; default: relu",
+        "--mixed-precision {auto,on,off,bfloat16}",
+        "--model NAME the network, as in its seed; one of alexnet_galaxy10, cnn_v1, cnn_v2, cnn_v3, mnist_cnn, "
+        "alexnet64, alexnet227, alexnet227_extra_dense; default: the experiment's (digits_cnn: mnist_cnn)",
+        "--learning-rate FLOAT the optimizer's learning rate: a positive, finite number; "
+        "default: the experiment's (digits_cnn: 0.001)",
+        "--epochs INT epochs to train",
+        "--batch-per-rank {true,false}",
+        "--steps-per-execution INT training steps per call into TensorFlow's graph; default: 8",
+    ]:
+        assert expected in text, expected
+    settings = text.split("experiment settings")[1]
+    assert " STR " not in settings and "default: None" not in settings
+
+
+def test_every_setting_has_a_meaning_and_submit_shows_it_too():
+    from hpccnn.experiments import MEANING, SETTABLE
+
+    assert set(MEANING) == set(SETTABLE)
+    proc = run_module("hpccnn.submit", "--help")
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0 and "--optimizer {sgd,adam,adadelta,rmsprop} the optimizer" in text
