@@ -59,3 +59,61 @@ def test_every_setting_has_a_meaning_and_submit_shows_it_too():
     proc = run_module("hpccnn.submit", "--help")
     text = " ".join(proc.stdout.split())
     assert proc.returncode == 0 and "--optimizer {sgd,adam,adadelta,rmsprop} the optimizer" in text
+
+
+TENSORFLOW_NOISE = ("Unable to register cuDNN factory", "Unable to register cuFFT factory",
+                    "Unable to register cuBLAS factory", "Could not find TensorRT", "oneDNN custom operations",
+                    "This TensorFlow binary is optimized", "Could not find cuda drivers")
+
+
+def plain_env(**extra):
+    """This environment as a user's shell has it: no TF_CPP_MIN_LOG_LEVEL (the tests' conftest sets one)."""
+    from hpccnn.launch import mpi_env
+
+    env = {k: v for k, v in mpi_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return {**env, **extra}
+
+
+def test_a_run_prints_none_of_tensorflows_start_up_noise(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "hpccnn.train", "--experiment", "digits_cnn", "--epochs", "1",
+                           "--results-dir", str(tmp_path)], capture_output=True, text=True, env=plain_env(),
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+    assert not [line for line in proc.stderr.splitlines() if not line.startswith("hpccnn:")], proc.stderr
+    # the same import without hpccnn prints them all: the check above can fail
+    bare = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True,
+                          env=plain_env(), timeout=300)
+    assert all(noise in bare.stderr for noise in TENSORFLOW_NOISE), bare.stderr
+
+
+def test_the_users_log_level_wins_and_0_shows_everything():
+    import subprocess
+    import sys
+
+    everything = subprocess.run([sys.executable, "-c", "import hpccnn, tensorflow"], capture_output=True,
+                                text=True, env=plain_env(TF_CPP_MIN_LOG_LEVEL="0"), timeout=300)
+    assert all(noise in everything.stderr for noise in TENSORFLOW_NOISE), everything.stderr
+    quieter = subprocess.run([sys.executable, "-c", "import hpccnn, os, tensorflow; "
+                              "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"], capture_output=True, text=True,
+                             env=plain_env(TF_CPP_MIN_LOG_LEVEL="2"), timeout=300)
+    assert quieter.stdout.strip() == "2" and quieter.stderr == "", quieter.stderr
+
+
+def test_every_other_line_passes_the_filter_even_when_the_process_dies_in_it():
+    import subprocess
+    import sys
+
+    script = ("import os\n"
+              "from hpccnn.quiet import filtered_stderr\n"
+              "with filtered_stderr():\n"
+              "    os.write(2, b'E cuda_dnn.cc:9261] Unable to register cuDNN factory: Attempting to register "
+              "factory for plugin cuDNN when one has already been registered\\n')\n"
+              "    os.write(2, b'F cpu_feature_guard.cc] a real error, then the process dies\\n')\n"
+              "    os.abort()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=plain_env(), timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr == "F cpu_feature_guard.cc] a real error, then the process dies\n"
