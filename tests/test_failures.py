@@ -117,3 +117,67 @@ def test_every_other_line_passes_the_filter_even_when_the_process_dies_in_it():
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=plain_env(), timeout=60)
     assert proc.returncode != 0
     assert proc.stderr == "F cpu_feature_guard.cc] a real error, then the process dies\n"
+
+
+def _cifar10_tarball(tmp_path, leave_out=()):
+    import tarfile
+
+    from conftest import write_cifar10
+
+    folder = tmp_path / "src" / "cifar-10-batches-py"
+    write_cifar10(folder, per_batch=3, test=4)
+    for name in leave_out:
+        (folder / name).unlink()
+    path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return path
+
+
+def _damaged(kind, tmp_path):
+    """(data set, a damaged copy of it) of each kind a download or a copy can go wrong."""
+    import gzip
+
+    import numpy as np
+
+    from conftest import write_galaxy10, write_mnist
+
+    noise = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    path = tmp_path / {"npz": "mnist.npz", "h5": "Galaxy10.h5", "truncated h5": "Galaxy10.h5",
+                       "truncated npz": "mnist.npz"}.get(kind, "cifar-10-python.tar.gz")
+    if kind == "truncated tar.gz":
+        whole = _cifar10_tarball(tmp_path).read_bytes()
+        path.write_bytes(whole[:len(whole) // 2])
+    elif kind == "random bytes":
+        path.write_bytes(noise)
+    elif kind == "gzip, not a tar":
+        path.write_bytes(gzip.compress(noise))
+    elif kind == "tar missing members":
+        path = _cifar10_tarball(tmp_path, leave_out=["data_batch_3"])
+    elif kind in ("npz", "h5"):
+        path.write_bytes(noise)
+    elif kind == "truncated npz":
+        write_mnist(path, train=40, test=10)
+        path.write_bytes(path.read_bytes()[:-3000])
+    elif kind == "truncated h5":
+        write_galaxy10(path, n=20)
+        path.write_bytes(path.read_bytes()[:100_000])
+    dataset = {"npz": "mnist", "truncated npz": "mnist", "h5": "galaxy10", "truncated h5": "galaxy10"}.get(kind,
+                                                                                                        "cifar10")
+    return dataset, path
+
+
+@pytest.mark.parametrize("kind", ["truncated tar.gz", "random bytes", "gzip, not a tar", "tar missing members",
+                                  "npz", "truncated npz", "h5", "truncated h5"])
+def test_a_damaged_source_is_one_line_and_nothing_is_staged(tmp_path, kind):
+    dataset, source = _damaged(kind, tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    proc = run_module("hpccnn.stage", dataset, "--data-dir", cache, "--source", source)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hpccnn: error: {source} "), proc.stderr
+    assert "nothing was staged" in lines[0] and "Traceback" not in proc.stderr
+    assert list(cache.rglob("*")) == []  # no staged copy, no temporary folder, no empty cache folders
+    if kind == "tar missing members":
+        assert "cifar-10-batches-py/data_batch_3 is missing" in lines[0]
