@@ -205,6 +205,24 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal_name} after epoch {last_epoch}; {then}")
 
 
+class Diverged(Exception):
+    """The loss became NaN or infinite; the run was recorded failed, with the epochs before it."""
+
+
+def diverged(stopper, exp, writer, started) -> Diverged:
+    """After a non-finite loss, on every rank: rank 0 records the run failed with the reason, and the
+    other ranks wait for it before leaving (as in stopped())."""
+    what = stopper.diverged
+    reason = (f"loss became {what['loss']} in epoch {what['epoch']} (step {what['step']}); "
+              f"try a smaller --learning-rate than {exp.learning_rate:g}")
+    folder = None
+    if writer is not None:
+        writer.status("failed", reason=reason, diverged=what, wall_seconds=writer.wall_seconds(started))
+        folder = str(writer.folder)
+    folder = dist.broadcast_object(folder)
+    return Diverged(f"{reason}; recorded as failed in {folder}")
+
+
 def restart_count() -> int:
     value = os.environ.get("SLURM_RESTART_COUNT", "0")
     return int(value) if value.isdigit() else 0
@@ -346,6 +364,8 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
         if first_epoch < exp.epochs:
             model.fit(train_ds, steps_per_epoch=steps, epochs=exp.epochs, initial_epoch=first_epoch,
                       validation_data=val_ds, callbacks=callbacks, verbose=2 if world.is_main else 0)
+        if stopper.diverged:
+            raise diverged(stopper, exp, writer, started)
         if stopper.stopped:
             raise stopped(stopper, writer, started)
         outputs = gather_predictions(model, splits, exp, world, batch, callbacks=[watchdog])
@@ -363,7 +383,7 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
         print(f"hpccnn: test accuracy {accuracy:.4f} (loss {loss:.4f}) on {len(y_pred)} test images", flush=True)
         print(f"hpccnn: results in {writer.folder}", flush=True)
         return writer.folder, accuracy
-    except Interrupted:
+    except (Interrupted, Diverged):  # recorded already
         raise
     except BaseException as err:
         if writer is not None:
@@ -496,10 +516,15 @@ def main(argv=None):
         if dist.init().is_main:
             print(f"hpccnn: {stop}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except Diverged as failure:
+        if dist.init().is_main:
+            print(f"hpccnn: {failure}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
     return 0
 
 
 EXIT_INTERRUPTED = 3  # stopped by a signal after saving its last finished epoch
+EXIT_DIVERGED = 5  # the loss became NaN or infinite (4 is the watchdog's: a rank stalled)
 
 
 if __name__ == "__main__":
