@@ -301,6 +301,9 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
     val_ds = data.pipeline(data.shard(splits.x_val, world.rank, world.size),
                            data.shard(splits.y_val, world.rank, world.size), batch, splits.scale, exp.image_size)
     side = exp.image_size or splits.shape[0]
+    from hpccnn import memory  # refuses a setting that can't fit before the model is built or a folder written
+
+    memory.check(exp, splits, side, batch, world, 4 if fast["mixed_precision"] == "off" else 2, fast["device"] == "GPU")
     model, spec, lr = compile_model(exp, world, (side, side, splits.shape[2]), len(splits.classes))
     if checkpoint:
         restore(model, checkpoint, state)

@@ -181,3 +181,152 @@ def test_a_damaged_source_is_one_line_and_nothing_is_staged(tmp_path, kind):
     assert list(cache.rglob("*")) == []  # no staged copy, no temporary folder, no empty cache folders
     if kind == "tar missing members":
         assert "cifar-10-batches-py/data_batch_3 is missing" in lines[0]
+
+
+def _diverged_run(proc, results_dir, steps_per_epoch):
+    """The run folder of a run whose loss became NaN, checked as the user sees it: exit status 5, one
+    line naming the epoch, the step and what to try, and metrics.json saying failed with that reason."""
+    import json
+    import re
+
+    from conftest import run_folders
+
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    said = [line.split("hpccnn: ", 1)[1] for line in proc.stderr.splitlines() if "hpccnn: " in line]
+    assert len(said) == 1, proc.stderr[-2000:]
+    found = re.fullmatch(r"loss became nan in epoch (\d+) \(step (\d+)\); try a smaller --learning-rate than "
+                         r"1e\+06; recorded as failed in (.*)", said[0])
+    assert found, said
+    (folder,) = run_folders(results_dir)
+    assert str(folder) == found.group(3)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and said[0].startswith(metrics["reason"]), metrics
+    assert "test_accuracy" not in metrics and not (folder / "model.h5").exists()
+    epoch, step = int(found.group(1)), int(found.group(2))
+    where = metrics["diverged"]
+    assert (where["epoch"], where["step"]) == (epoch, step)
+    # stopped within a check's interval (a quarter epoch, at most 20 steps), not at the epoch's end
+    assert step <= where["stopped_after_step"] < min(step + 20, steps_per_epoch)
+    if epoch > 1:  # the epochs before it stay, with their checkpoint; the one that diverged is not one
+        import pandas as pd
+
+        assert list(pd.read_csv(folder / "history.csv")["epoch"]) == list(range(1, epoch))
+        assert json.loads((folder / "checkpoint" / "latest.json").read_text())["epoch"] == epoch - 1
+    else:
+        assert not (folder / "history.csv").exists() and not (folder / "checkpoint" / "latest.json").exists()
+    return folder
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_at_once_and_records_it_failed(tmp_path):
+    proc = run_module("hpccnn.train", "--experiment", "digits_cnn", "--learning-rate", "1e6", "--epochs", "3",
+                      "--results-dir", tmp_path / "results")
+    _diverged_run(proc, tmp_path / "results", steps_per_epoch=35)  # 1,149 images, batches of 32
+
+
+def test_a_loss_that_becomes_nan_stops_every_rank_together(tmp_path):
+    """Two ranks under horovodrun: both stop after the same step (no rank left in an allreduce, which
+    would hang the job until the watchdog's ten minutes), and rank 0 records it before either exits."""
+    import os
+    import re
+    import subprocess
+
+    from hpccnn.launch import horovodrun_command, mpi_env
+
+    cmd = horovodrun_command(2, ["--experiment", "digits_cnn", "--learning-rate", "1e6", "--epochs", "3",
+                                 "--results-dir", str(tmp_path / "results")])
+    env = mpi_env({**os.environ, "HPCCNN_STALL_TIMEOUT": "120"})  # a rank left waiting ends in 2 minutes
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    # what the ranks wrote to stderr, as horovodrun tags it ("[1,0]<stderr>:", not always at a line's start)
+    parts = re.split(r"\[1,\d+\]<(stderr|stdout)>:", proc.stdout + proc.stderr)
+    proc.stderr = "\n".join(text.strip() for kind, text in zip(parts[1::2], parts[2::2]) if kind == "stderr")
+    _diverged_run(proc, tmp_path / "results", steps_per_epoch=35)  # 1,149 images, 16 per rank per step
+
+
+# The seeds' data sets as a rank holds them: images (uint8) and labels, all splits.
+SEED_DATA = {"cifar10": (60_000, 32, 3), "mnist": (70_000, 28, 1), "galaxy10": (21_785, 69, 3), "digits": (1_797, 8, 1)}
+
+
+def test_the_estimate_fits_every_seed_experiment_on_the_seeds_nodes():
+    """The seeds' CPU nodes: 8 cores and 56 GB, 2 ranks each (slurm/alexnet_cpu.sbatch); the estimate
+    must leave every seed experiment room on them, at its own batch."""
+    from hpccnn import memory
+    from hpccnn.experiments import EXPERIMENTS
+    from hpccnn.models import get_model
+
+    per_rank = 56 * memory.GB / 2
+    for exp in EXPERIMENTS.values():
+        images, side, channels = SEED_DATA[exp.dataset]
+        spec = get_model(exp.model)
+        side = exp.image_size or (side if spec.output_side(side) > 0 else spec.input_side)
+        data_bytes = 2 * images * (SEED_DATA[exp.dataset][1] ** 2 * channels + 8)
+        need = memory.estimate(exp, side, channels, 10, exp.batch_size // 2, data_bytes)
+        assert need.total < per_rank, (exp.name, need)
+        assert need.total > memory.RUNTIME_BYTES + data_bytes  # the model counts for something
+    alexnet227 = memory.estimate(EXPERIMENTS["cifar_alexnet227"], 227, 3, 10, 32, 0)
+    assert 1 * memory.GB < alexnet227.parameters + alexnet227.activations < 4 * memory.GB
+
+
+def test_the_estimates_layers_are_the_models_own():
+    import numpy as np
+
+    from hpccnn.memory import layers
+    from hpccnn.models import MODELS
+
+    for name, spec in MODELS.items():
+        side = spec.input_side
+        model = spec((side, side, 3), 10)
+        counted = layers(spec, side, 3, 10)
+        outputs = [int(np.prod(layer.output.shape[1:])) for layer in model.layers]
+        assert counted.parameters == model.count_params(), name
+        assert counted.largest_per_image == max(outputs, default=0) or counted.largest_per_image == side * side * 3
+        assert counted.kept_per_image >= sum(outputs), name  # every layer's output, some twice
+
+
+def test_a_far_too_large_image_size_is_refused_before_anything_is_written(tmp_path):
+    proc = run_module("hpccnn.train", "--experiment", "digits_cnn", "--model", "alexnet227", "--image-size", "2048",
+                      "--results-dir", tmp_path / "results")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpccnn: error: --image-size 2048 needs about "), proc.stderr
+    assert "GB of memory per rank" in lines[0] and "use a smaller --image-size" in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_batch_too_large_for_slurms_memory_is_refused_naming_the_batch_that_fits(tmp_path):
+    import os
+    import re
+
+    proc = run_module("hpccnn.train", "--experiment", "cifar_alexnet227", "--dataset", "synthetic",
+                      "--batch-size", "1024", "--results-dir", tmp_path / "results",
+                      env={**os.environ, "SLURM_MEM_PER_NODE": "4096"})  # sbatch --mem=4G
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    found = re.fullmatch(r"hpccnn: error: --batch-size 1024 needs about ([\d.]+) GB of memory per rank \(.*\) but a "
+                         r"rank here has 4.0 GB \(SLURM's --mem\); use a smaller --batch-size \(at most (\d+) images "
+                         r"per rank fit\) or more ranks", lines[0])
+    assert found, lines[0]
+    assert float(found.group(1)) > 4 and 1 <= int(found.group(2)) < 1024
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_memory_a_rank_has_is_the_least_of_slurms_the_cgroups_and_the_nodes(tmp_path):
+    from hpccnn import memory
+
+    assert memory.available(2, environ={"SLURM_MEM_PER_NODE": "8192"}) == (4 * memory.GB, "SLURM's --mem")
+    assert memory.available(2, environ={"SLURM_MEM_PER_CPU": "1024", "SLURM_CPUS_PER_TASK": "3"}) == \
+        (3 * memory.GB, "SLURM's --mem-per-cpu")
+    assert memory.available(1, environ={"SLURM_MEM_PER_NODE": str(10 ** 9)})[1] != "SLURM's --mem"  # a petabyte
+    # cgroup v2 and v1, in the files' own formats: the smallest limit from the process's cgroup up
+    (tmp_path / "v2" / "slurm" / "job_7").mkdir(parents=True)
+    (tmp_path / "v2" / "slurm" / "memory.max").write_text("6442450944\n")
+    (tmp_path / "v2" / "slurm" / "job_7" / "memory.max").write_text("max\n")
+    (tmp_path / "cgroup").write_text("0::/slurm/job_7\n")
+    assert memory._cgroup_limit(tmp_path / "cgroup", tmp_path / "v2") == 6 * memory.GB
+    (tmp_path / "v1" / "memory" / "job_7").mkdir(parents=True)
+    (tmp_path / "v1" / "memory" / "job_7" / "memory.limit_in_bytes").write_text("2147483648\n")
+    (tmp_path / "v1" / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (tmp_path / "cgroup1").write_text("5:cpu:/\n4:memory:/job_7\n")
+    assert memory._cgroup_limit(tmp_path / "cgroup1", tmp_path / "v1") == 2 * memory.GB
+    (tmp_path / "cgroup0").write_text("4:memory:/\n")
+    assert memory._cgroup_limit(tmp_path / "cgroup0", tmp_path / "v1") is None  # v1's "no limit"
