@@ -1,5 +1,6 @@
 """hpccnn's Keras callbacks: per-epoch statistics, stopping on a signal, and the rank-0 recorder."""
 
+import math
 import signal
 import time
 
@@ -57,13 +58,18 @@ class ReseedRandomLayers(tf.keras.callbacks.Callback):
 
 
 class StopOnSignal(tf.keras.callbacks.Callback):
-    """Stops training soon after SIGUSR2 or SIGTERM reaches any rank, with every rank agreeing when.
+    """Stops training soon after SIGUSR2 or SIGTERM reaches any rank, or any rank's loss becomes NaN
+    or infinite, with every rank agreeing when.
 
-    The handler only notes the signal. Every ``every`` steps (the same steps on every rank) the
-    ranks take the maximum of their notes with an allreduce, so all of them stop after the same
-    step and none is left waiting in a collective. An epoch cut short is not recorded: the run
-    resumes from the checkpoint of the last finished epoch.
+    The handler only notes the signal; each step's loss is looked at as Keras reports it. Every
+    ``every`` steps (the same steps on every rank) the ranks take the maximum of their notes with an
+    allreduce, so all of them stop after the same step and none is left waiting in a collective.
+    (Averaged gradients make every rank's weights NaN at the same step, but a rank's own loss can
+    overflow first.) An epoch cut short is not recorded: a run stopped by a signal resumes from the
+    checkpoint of the last finished epoch, and one whose loss diverged keeps the epochs before.
     """
+
+    _FIRST = 1 << 29  # a non-finite loss noted as 2 * (_FIRST - its step) + (1 for nan): the earliest wins
 
     def __init__(self, every: int = 0):
         super().__init__()
@@ -72,6 +78,8 @@ class StopOnSignal(tf.keras.callbacks.Callback):
         self.received = 0  # the signal number noted by this rank's handler
         self.signal = 0  # the signal all ranks agreed on (the largest number any rank received)
         self.partial_epoch = None  # the epoch cut short, if one was
+        self.diverged = None  # the earliest non-finite loss on any rank: its value, epoch and step
+        self._bad = 0  # this rank's first non-finite loss, as _FIRST notes it
         self.previous = {}
 
     def install(self):
@@ -86,12 +94,21 @@ class StopOnSignal(tf.keras.callbacks.Callback):
     def _note(self, signum, frame):
         self.received = signum
 
-    def _agree(self) -> int:
+    def _agree(self) -> tuple:
         import horovod.tensorflow as hvd_tf
 
         if hvd_tf.size() == 1:  # alone, nothing to agree on: no collective every few steps
-            return self.received
-        return int(hvd_tf.allreduce(tf.constant(self.received, tf.int32), op=hvd_tf.Max, name="hpccnn_stop").numpy())
+            return self.received, self._bad
+        notes = tf.constant([self.received, self._bad], tf.int32)
+        signum, bad = hvd_tf.allreduce(notes, op=hvd_tf.Max, name="hpccnn_stop").numpy()
+        return int(signum), int(bad)
+
+    def _note_loss(self, batch, logs):
+        loss = (logs or {}).get("loss")
+        if self._bad or loss is None or math.isfinite(float(loss)):
+            return
+        step = self._epoch * self.steps + batch + 1  # counted over the whole run
+        self._bad = 2 * (self._FIRST - step) + int(math.isnan(float(loss)))
 
     @property
     def stopped(self) -> bool:
@@ -102,12 +119,19 @@ class StopOnSignal(tf.keras.callbacks.Callback):
         self.every = self.every or max(1, min(20, self.steps // 4))
 
     def on_train_batch_end(self, batch, logs=None):
+        self._note_loss(batch, logs)
         # at least `every` steps since the last check (Keras calls this once per execution, which
         # is several steps with steps_per_execution > 1), and always at the end of an epoch
         if batch + 1 - self._checked < self.every and batch + 1 != self.steps:
             return
         self._checked = batch + 1
-        agreed = self._agree()
+        agreed, bad = self._agree()
+        if bad:  # its epoch's weights are not worth a checkpoint, even at the epoch's last step
+            step = self._FIRST - bad // 2
+            self.diverged = {"loss": "nan" if bad % 2 else "inf", "epoch": (step - 1) // self.steps + 1,
+                             "step": (step - 1) % self.steps + 1, "stopped_after_step": batch + 1}
+            self.model.stop_training = True
+            self.partial_epoch = self._epoch
         if agreed:
             self.signal = agreed
             self.model.stop_training = True

@@ -1,6 +1,8 @@
 """Experiments are data: one frozen dataclass per run, the seeds' settings as named defaults."""
 
+import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 
@@ -85,6 +87,33 @@ CHOICES = {
     "xla": ("auto", "on", "off"),
     "mixed_precision": ("auto", "on", "off", "bfloat16"),
 }
+# One line of meaning per setting, for --help (its choices and default are added from the data).
+MEANING = {
+    "model": "the network, as in its seed",
+    "dataset": "the data set (all but digits and synthetic are staged first: python -m hpccnn.stage)",
+    "image_size": "side in pixels the images are resized to; 0 keeps the data set's own",
+    "activation": "activation of the hidden layers",
+    "optimizer": "the optimizer (Keras' own, its gradients averaged by Horovod)",
+    "learning_rate": "the optimizer's learning rate: a positive, finite number",
+    "batch_size": "images per step, all ranks together (split between them unless --batch-per-rank true)",
+    "batch_per_rank": "--batch-size is per rank, so the global batch grows with the ranks",
+    "scale_lr": "multiply the learning rate by the number of ranks (linear scaling rule)",
+    "warmup_epochs": "ramp the learning rate up from its share per rank over this many epochs",
+    "epochs": "epochs to train (with --resume: train on to this many)",
+    "validation": "split: validate on --val-fraction of the training images; test: on the test set",
+    "val_fraction": "share of the training images held out for validation, between 0 and 1",
+    "test_fraction": "share held out as the test set, for data sets without one (galaxy10, digits)",
+    "reduce_lr_monitor": "ReduceLROnPlateau watches this metric (accuracy, loss, val_accuracy, val_loss); empty: off",
+    "reduce_lr_factor": "ReduceLROnPlateau multiplies the learning rate by this",
+    "reduce_lr_patience": "epochs without improvement before ReduceLROnPlateau acts",
+    "reduce_lr_min_delta": "the least change ReduceLROnPlateau counts as an improvement",
+    "seed": "seeds the splits, the shuffles, the initial weights and dropout",
+    "xla": "XLA auto-clustering of the training step; auto: on with a GPU, off on CPUs",
+    "mixed_precision": "on: float16 compute, bfloat16: bfloat16 compute, both with float32 weights; "
+                       "auto: float16 with a GPU, float32 on CPUs",
+    "steps_per_execution": "training steps per call into TensorFlow's graph",
+    "fp16_allreduce": "Horovod sends the gradients as float16: half the bytes, some precision lost",
+}
 
 
 def get_experiment(name: str) -> Experiment:
@@ -112,6 +141,8 @@ def parse_value(key: str, text: str):
             value = kind(text)
     except ValueError:
         raise UserError(f"{flag(key)} must be {kind.__name__}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):  # float() takes "inf", "nan" and 1e999
+        raise UserError(f"{flag(key)} must be a finite number, got {text!r}")
     return value
 
 
@@ -124,16 +155,58 @@ def parse_assignment(spec: str, option: str, form: str = "SETTING=VALUE") -> tup
     return key, text
 
 
+def choices(key: str) -> tuple:
+    """The values a setting can take, where they can be listed (empty otherwise)."""
+    from hpccnn.data import DATASETS
+    from hpccnn.models import MODELS
+
+    if _TYPES[key] is bool:
+        return ("true", "false")
+    return {"model": tuple(MODELS), "dataset": tuple(DATASETS)}.get(key, CHOICES.get(key, ()))
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value) if value != "" else "empty"
+
+
+def _metavar(key: str) -> str:
+    listed = choices(key)
+    if 0 < len(listed) <= 5:
+        return "{" + ",".join(listed) + "}"
+    return "NAME" if listed else "METRIC" if key == "reduce_lr_monitor" else _TYPES[key].__name__.upper()
+
+
+def setting_help(key: str, experiment: str = "digits_cnn") -> str:
+    """--help's text for a setting: its meaning, its choices (where the metavar can't show them) and
+    its default: the one value every experiment has, or the experiment's own, with an example."""
+    values = {getattr(e, key) for e in EXPERIMENTS.values()}
+    if len(values) == 1:
+        default = f"default: {_shown(values.pop())}"
+    else:
+        default = f"default: the experiment's ({experiment}: {_shown(getattr(EXPERIMENTS[experiment], key))})"
+    listed = "" if _metavar(key).startswith("{") or not choices(key) else f"; one of {', '.join(choices(key))}"
+    return f"{MEANING[key]}{listed}; {default}"
+
+
 def add_setting_options(parser) -> None:
-    """--<setting> VALUE for every settable Experiment field (typed later, by overrides())."""
-    for name, field in SETTABLE.items():
-        parser.add_argument(flag(name), dest=name, default=None,
-                            metavar=field.type.__name__.upper())
+    """--<setting> VALUE for every settable Experiment field (typed later, by overrides()), with help.
+
+    Unset options are absent from the parsed arguments (SUPPRESS), which keeps argparse from adding
+    a "(default: None)" to help texts that state the experiment's own default.
+    """
+    for name in SETTABLE:
+        parser.add_argument(flag(name), dest=name, default=argparse.SUPPRESS,
+                            metavar=_metavar(name), help=setting_help(name))
 
 
 def overrides(args) -> dict:
     """The settings given on a command line built with add_setting_options, typed and checked."""
-    return {k: parse_value(k, getattr(args, k)) for k in SETTABLE if getattr(args, k) is not None}
+    given = {k: getattr(args, k, None) for k in SETTABLE}
+    return {k: parse_value(k, v) for k, v in given.items() if v is not None}
 
 
 def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
@@ -158,6 +231,9 @@ def validate(exp: Experiment) -> None:
     for key in ("batch_size", "epochs", "steps_per_execution"):
         if getattr(exp, key) <= 0:
             raise UserError(f"{flag(key)} must be a positive integer, got {getattr(exp, key)}")
+    for key in SETTABLE:  # an experiment from a config.json or a grid never went through parse_value
+        if _TYPES[key] is float and not math.isfinite(getattr(exp, key)):
+            raise UserError(f"{flag(key)} must be a finite number, got {getattr(exp, key)}")
     if not exp.learning_rate > 0:
         raise UserError(f"--learning-rate must be positive, got {exp.learning_rate}")
     if exp.image_size < 0 or exp.warmup_epochs < 0:

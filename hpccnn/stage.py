@@ -43,6 +43,45 @@ def _download(name: str, folder: Path) -> Path:
                         f"without internet copy {SOURCE_HELP[name]} here and pass it with --source") from None
 
 
+def unpack(name: str, source: Path, tmp: Path, staged: Path) -> None:
+    """source into the staging folder tmp (an archive unpacked), or a UserError if it can't be read."""
+    import zlib
+
+    try:
+        if name == "cifar10" and source.is_file():
+            with tarfile.open(source) as tar:
+                tar.extractall(tmp, filter="data")
+        elif name in IDX_SETS and source.is_dir():
+            idx_to_npz(source, staged, name)
+        elif source.is_dir():
+            shutil.copytree(source, staged)
+        else:
+            shutil.copyfile(source, staged)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:  # damaged, truncated, not a tar.gz at all
+        what = {tarfile.ReadError: "not a tar archive, or a damaged one", EOFError: "it ends too early: truncated?",
+                tarfile.FilterError: "a member would land outside the archive's folder"}
+        problem = next((text for kind, text in what.items() if isinstance(err, kind)), f"{type(err).__name__}: {err}")
+        raise UserError(f"{source} can't be read as {name} ({problem}); expected {SOURCE_HELP[name]}; "
+                        f"nothing was staged") from None
+
+
+def parsed(name: str, source: Path, check: Path):
+    """The data set staged under check, loaded; a UserError that speaks of source if it doesn't parse."""
+    import re
+
+    try:
+        return data.load(name, check)
+    except UserError as err:  # load's own words name the temporary copy; say it of the source
+        text = str(err)
+        found = re.search(r"is unreadable \((.*)\); stage it|has (.*?); stage it|: (\S+) is missing; stage it", text)
+        problem = next((g for g in found.groups() if g), "") if found else text
+        if found and found.group(3):  # a file the archive or folder lacks, named inside it
+            problem = f"{Path(problem).relative_to(TARGETS[name](check).parent)} is missing"
+    except Exception as err:
+        problem = type(err).__name__
+    raise UserError(f"{source} does not parse as {name} ({problem}); expected {SOURCE_HELP[name]}; nothing was staged")
+
+
 def stage(name: str, data_dir: Path, source: Path | None = None, force=False) -> Path:
     """Copies (or downloads) name into data_dir; returns the staged path. Never half-staged."""
     if name in ("digits", "synthetic"):
@@ -66,31 +105,12 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
             tmp = Path(tmp)
             source = source or _download(name, tmp)
             staged = tmp / target.name
-            if name == "cifar10" and source.is_file():
-                with tarfile.open(source) as tar:
-                    tar.extractall(tmp, filter="data")
-            elif name in IDX_SETS and source.is_dir():
-                idx_to_npz(source, staged, name)
-            elif source.is_dir():
-                shutil.copytree(source, staged)
-            else:
-                shutil.copyfile(source, staged)
+            unpack(name, source, tmp, staged)
             check = tmp / "check"
             check.mkdir()
             TARGETS[name](check).parent.mkdir(parents=True, exist_ok=True)
             TARGETS[name](check).symlink_to(staged.resolve())
-            try:  # parse it before it counts as staged
-                raw = data.load(name, check)
-            except UserError as err:  # load's own words name the temporary copy; say it of the source
-                import re
-
-                found = re.search(r"is unreadable \((.*)\); stage it|has (.*?); stage it", str(err))
-                problem = next((g for g in found.groups() if g), "") if found else str(err)
-                raise UserError(f"{source} does not parse as {name} ({problem}); expected {SOURCE_HELP[name]}; "
-                                f"nothing was staged") from None
-            except Exception as err:
-                raise UserError(f"{source} does not parse as {name} ({type(err).__name__}); "
-                                f"expected {SOURCE_HELP[name]}") from None
+            raw = parsed(name, source, check)  # parsed before it counts as staged
             if target.exists():
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
             staged.rename(target)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn import checkpoint, data, dist
+from hpccnn import checkpoint, data, dist, memory
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.experiments import (EXPERIMENTS, OPTIMIZERS, add_setting_options, flag, get_experiment, overrides,
                                 with_overrides)
 from hpccnn.models import get_model
-from hpccnn.runs import COMPLETED, INTERRUPTED
+from hpccnn.runs import COMPLETED, FAILED, INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,6 +317,24 @@ class Interrupted(Exception):
         super().__init__(f"stopped by {signal_name} after epoch {last_epoch}; {then}")
 
 
+class Diverged(Exception):
+    """The loss became NaN or infinite; the run was recorded failed, with the epochs before it."""
+
+
+def diverged(stopper, exp, writer, started) -> Diverged:
+    """After a non-finite loss, on every rank: rank 0 records the run failed with the reason, and the
+    other ranks wait for it before leaving (as in stopped())."""
+    what = stopper.diverged
+    reason = (f"loss became {what['loss']} in epoch {what['epoch']} (step {what['step']}); "
+              f"try a smaller --learning-rate than {exp.learning_rate:g}")
+    folder = None
+    if writer is not None:
+        writer.status(FAILED, reason=reason, diverged=what, wall_seconds=writer.wall_seconds(started))
+        folder = str(writer.folder)
+    folder = dist.broadcast_object(folder)
+    return Diverged(f"{reason}; recorded as failed in {folder}")
+
+
 def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_model=True, run_dir=None, resume=None):
     """Trains exp on this rank; returns (run folder or None on other ranks, test accuracy).
 
@@ -337,6 +355,8 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
             checkpoint.to_resume(resume, results_dir, exp.name, run_dir) if world.is_main else None)
         spec = get_model(exp.model)
         exp, inputs = prepare_data(exp, spec, world, data_dir, resuming.epoch if resuming is not None else 0)
+        memory.check(exp, inputs.splits, exp.image_size or inputs.splits.shape[0], inputs.batch, world,
+                     4 if fast["mixed_precision"] == "off" else 2, fast["device"] == "GPU")  # before anything is built or written
         model, lr = build_model(exp, spec, world, inputs.splits, resuming)
         writer = open_writer(exp, world, inputs, resuming, results_dir, run_dir, argv, data_dir, fast)
         return fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, writer, resuming,
@@ -363,6 +383,8 @@ def fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, wr
         if first_epoch < exp.epochs:
             model.fit(inputs.train, steps_per_epoch=inputs.steps, epochs=exp.epochs, initial_epoch=first_epoch,
                       validation_data=inputs.val, callbacks=callbacks, verbose=2 if world.is_main else 0)
+        if stopper.diverged:
+            raise diverged(stopper, exp, writer, started)
         if stopper.stopped:
             raise stopped(stopper, writer, started)
         outputs = gather_predictions(model, inputs, exp, world, [watchdog])
@@ -370,7 +392,7 @@ def fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, wr
         if not world.is_main:
             return None, None
         return record_results(writer, world, model, spec, inputs, outputs, recorder, save_model, started)
-    except Interrupted:
+    except (Interrupted, Diverged):  # recorded already
         raise
     except BaseException as err:
         if writer is not None:
@@ -502,10 +524,15 @@ def main(argv=None):
         if dist.init().is_main:
             print(f"hpccnn: {stop}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    except Diverged as failure:
+        if dist.init().is_main:
+            print(f"hpccnn: {failure}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
     return 0
 
 
 EXIT_INTERRUPTED = 3  # stopped by a signal after saving its last finished epoch
+EXIT_DIVERGED = 5  # the loss became NaN or infinite (4 is the watchdog's: a rank stalled)
 
 
 if __name__ == "__main__":
