@@ -36,7 +36,8 @@ def test_help_shows_each_settings_choices_default_and_meaning():
     text = " ".join(proc.stdout.split())  # argparse wraps lines
     for expected in [
         "--optimizer {sgd,adam,adadelta,rmsprop} the optimizer",
-        "--dataset {cifar10,mnist,galaxy10,digits,synthetic} the data set",
+        "--dataset NAME the data set (all but digits and synthetic are staged first: python -m hpccnn.stage); "
+        "one of cifar10, mnist, fashion_mnist, galaxy10, digits, synthetic",
         "--activation {relu,sigmoid,tanh,elu} activation of the hidden layers; default: relu",
         "--mixed-precision {auto,on,off,bfloat16}",
         "--model NAME the network, as in its seed; one of alexnet_galaxy10, cnn_v1, cnn_v2, cnn_v3, mnist_cnn, "
@@ -217,12 +218,15 @@ def _diverged_run(proc, results_dir, steps_per_epoch):
     return folder
 
 
+@pytest.mark.slow
 def test_a_loss_that_becomes_nan_stops_the_run_at_once_and_records_it_failed(tmp_path):
     proc = run_module("hpccnn.train", "--experiment", "digits_cnn", "--learning-rate", "1e6", "--epochs", "3",
                       "--results-dir", tmp_path / "results")
     _diverged_run(proc, tmp_path / "results", steps_per_epoch=35)  # 1,149 images, batches of 32
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_a_loss_that_becomes_nan_stops_every_rank_together(tmp_path):
     """Two ranks under horovodrun: both stop after the same step (no rank left in an allreduce, which
     would hang the job until the watchdog's ten minutes), and rank 0 records it before either exits."""
@@ -243,7 +247,7 @@ def test_a_loss_that_becomes_nan_stops_every_rank_together(tmp_path):
 
 
 # The seeds' data sets as a rank holds them: images (uint8) and labels, all splits.
-SEED_DATA = {"cifar10": (60_000, 32, 3), "mnist": (70_000, 28, 1), "galaxy10": (21_785, 69, 3), "digits": (1_797, 8, 1)}
+SEED_DATA = {"cifar10": (60_000, 32, 3), "mnist": (70_000, 28, 1), "fashion_mnist": (70_000, 28, 1), "galaxy10": (21_785, 69, 3), "digits": (1_797, 8, 1)}
 
 
 def test_the_estimate_fits_every_seed_experiment_on_the_seeds_nodes():
