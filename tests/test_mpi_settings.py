@@ -88,7 +88,7 @@ def test_the_allreduce_settings_are_set_for_jobs_across_nodes_unless_the_user_ch
 
 
 def read_rules(path):
-    """{collective id: {communicator size: [(message bytes, algorithm)]}}, read as Open MPI 4.1's
+    """{collective id: {communicator size: [(message bytes, algorithm, segment bytes)]}}, read as Open MPI 4.1's
     coll/tuned reader does: numbers in order, a '#' comment to the end of its line."""
     numbers = iter(int(n) for line in path.read_text().splitlines() for n in line.split("#")[0].split())
     rules = {}
@@ -96,22 +96,27 @@ def read_rules(path):
         sizes = rules.setdefault(next(numbers), {})
         for _ in range(next(numbers)):
             size = next(numbers)
-            sizes[size] = [(next(numbers), next(numbers), next(numbers), next(numbers))[:2] for _ in range(next(numbers))]
+            sizes[size] = [(lambda m, alg, fan, seg: (m, alg, seg))(*(next(numbers) for _ in range(4)))
+                           for _ in range(next(numbers))]
     assert next(numbers, None) is None, "numbers left over: the counts in the file are wrong"
     return rules
 
 
-def chosen(rules, ranks, nbytes):
-    """The algorithm Open MPI takes: the rule of the largest listed size at or below each."""
+def chosen(rules, ranks, nbytes, segment=False):
+    """The algorithm Open MPI takes (or its segment size): the rule of the largest listed size at or
+    below each."""
     size = max(s for s in rules if s <= ranks)
-    return max((m, alg) for m, alg in rules[size] if m <= nbytes)[1]
+    return max(rule for rule in rules[size] if rule[0] <= nbytes)[2 if segment else 1]
 
 
 def test_the_allreduce_rules_pick_what_measured_fastest():
-    """Two ranks exchange the whole buffer once (recursive doubling, 3); more ranks use the ring (4)
-    for a gradient's megabytes and leave small messages to Open MPI (0)."""
+    """Two ranks exchange a small buffer whole (recursive doubling, 3) and send a fused gradient's
+    megabytes in the segmented ring (5) of 1 MB segments, which overlaps the sum with the sending;
+    more ranks use the ring (4) for a gradient's megabytes and leave small messages to Open MPI (0)."""
     allreduce = read_rules(ALLREDUCE_RULES)[2]
-    assert all(chosen(allreduce, 2, n) == 3 for n in (8, 2 ** 20, 250 * 2 ** 20))
+    assert all(chosen(allreduce, 2, n) == 3 for n in (8, 2 ** 20, 5 * 10 ** 6))
+    for n in (8 * 2 ** 20, 64 * 2 ** 20, 250 * 2 ** 20):  # Horovod's fused messages of the AlexNets
+        assert (chosen(allreduce, 2, n), chosen(allreduce, 2, n, segment=True)) == (5, 2 ** 20), n
     for ranks in (3, 4, 7, 8, 64, 1024):
         assert chosen(allreduce, ranks, 8) == 0 and chosen(allreduce, ranks, 19 * 10 ** 6) == 4, ranks
     assert all(comment.count("#") <= 1 and not any(c.isdigit() for c in comment.partition("#")[2])
