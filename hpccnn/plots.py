@@ -78,19 +78,26 @@ def confusion(cm, classes):
     return fig
 
 
-def misclassified(images, true, predicted, classes):
-    """The images with their true and predicted class names, eight to a row."""
-    columns = 8
-    n = len(images)
-    rows = max(1, -(-n // columns))
-    fig, axes = _pyplot().subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+def confusions(images, classes, groups):
+    """The misclassified test images a row per confusion, most frequent first: each row titled with
+    its true and predicted class names and how often it happened (groups: results.top_confusions'
+    dicts, images in their order; an older run folder's misclassified.npz has no counts)."""
+    columns = max([8, *(len(g["index"]) for g in groups)])
+    fig, axes = _pyplot().subplots(max(1, len(groups)), columns, figsize=(1.25 * columns, 1.75 * max(1, len(groups))),
+                                   squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, t, p in zip(axes.flat, images, true, predicted):
-        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 or image.ndim == 2 else None,
-                  interpolation="nearest")
-        ax.set_title(f"true: {classes[t]}\npred: {classes[p]}", fontsize=7, color="darkred")
-    if n == 0:
+    at = 0
+    for row, group in zip(axes, groups):
+        t, p = group["true"], group["predicted"]
+        count = f": {group['count']:,} of {group['support']:,} {classes[t]} images" if group.get("count") else ""
+        row[0].set_title(f"true {classes[t]}, predicted {classes[p]}{count}", loc="left", fontsize=9,
+                         color="darkred")
+        for ax, image in zip(row, images[at:at + len(group["index"])]):
+            ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 or image.ndim == 2 else None,
+                      interpolation="nearest")
+        at += len(group["index"])
+    if not groups:
         axes.flat[0].text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
-    fig.tight_layout()
+    fig.subplots_adjust(wspace=0.08, hspace=0.45)  # the row titles run across the row's images
     return fig

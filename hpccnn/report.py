@@ -144,15 +144,48 @@ def run_section(report: Report, folder: Path, prefix: str):
         worst, best = ordered.iloc[0], ordered.iloc[-1]
         report.paragraph(f"Best class: {best['class']} (F1 {best['f1-score']:.3f}); worst class: "
                          f"{worst['class']} (F1 {worst['f1-score']:.3f}).", css="note")
+    if cm is not None:
+        common = frequent_confusions(cm.to_numpy(), [str(c) for c in cm.columns])
+        if common:
+            report.heading("Most frequent confusions", 3)
+            report.table(["true class", "predicted as", "test images", "share of the true class"], common,
+                         css="confusions")
     mistakes = folder / "misclassified.npz"
     if mistakes.exists():
         with np.load(mistakes) as m:
             classes = [str(c) for c in m["classes"]]
-            fig = plots.misclassified(m["images"], m["true"], m["predicted"], classes)
-            count = len(m["true"])
-        report.heading(f"Misclassified test images (first {count})", 3)
-        report.figure(Figure(fig, f"{prefix}misclassified.png", f"{folder.name}: misclassified test images"))
+            images, groups = mistake_groups(m)
+        report.heading("Misclassified test images, a row per confusion (the commonest first)", 3)
+        report.figure(Figure(plots.confusions(images, classes, groups), f"{prefix}misclassified.png",
+                             f"{folder.name}: misclassified test images"))
     report.html.append("</section>")
+
+
+def frequent_confusions(cm, classes, top=10) -> list:
+    """Rows (true, predicted, count, share of the true class) of the top most frequent confusions."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = [int(i) for i in np.argsort(-off, axis=None, kind="stable")[:top] if off.flat[i]]
+    n = len(classes)
+    return [[classes[i // n], classes[i % n], f"{int(off.flat[i]):,}", f"{off.flat[i] / max(1, cm[i // n].sum()):.1%}"]
+            for i in order]
+
+
+def mistake_groups(npz):
+    """misclassified.npz's images in row order and their groups (plots.confusions): the pairs and
+    counts it records, or, in a folder written before it recorded them, its pairs in order of appearance."""
+    true, predicted = npz["true"], npz["predicted"]
+    if "pair_count" in npz.files:
+        pairs = list(zip(npz["pair_true"], npz["pair_predicted"], npz["pair_count"], npz["pair_support"]))
+    else:
+        pairs = [(t, p, None, None) for t, p in dict.fromkeys(zip(true, predicted))]
+    order, groups = [], []
+    for t, p, count, support in pairs:
+        index = np.flatnonzero((true == t) & (predicted == p))
+        order.extend(index)
+        groups.append({"true": int(t), "predicted": int(p), "count": count and int(count),
+                       "support": support and int(support), "index": index})
+    return npz["images"][np.asarray(order, np.int64)], groups
 
 
 def reevaluate(folder: Path, data_dir) -> float:

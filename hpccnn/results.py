@@ -201,15 +201,32 @@ class RunWriter:
         self.misclassified(images, y_true, y_pred, classes)
 
     def misclassified(self, images, y_true, y_pred, classes):
-        """The first 32 misclassified test images (uint8, test-set order) with true and predicted labels."""
-        wrong = np.flatnonzero(np.asarray(y_true) != np.asarray(y_pred))[:32]
+        """The test images of the commonest confusions (misclassified.npz and .png): for each of the
+        most frequent (true, predicted) pairs, how often it happened and its first images in test-set order."""
+        y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+        groups = top_confusions(y_true, y_pred, len(classes))
+        index = np.concatenate([g["index"] for g in groups]).astype(np.int64) if groups else np.zeros(0, np.int64)
+        kept = np.asarray(images)[index]
 
         def save(tmp):
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, images=np.asarray(images)[wrong], index=wrong,
-                                    true=np.asarray(y_true)[wrong], predicted=np.asarray(y_pred)[wrong],
-                                    classes=np.asarray(classes))
+                np.savez_compressed(f, images=kept, index=index, true=y_true[index], predicted=y_pred[index],
+                                    classes=np.asarray(classes),
+                                    **{f"pair_{k}": np.asarray([g[k] for g in groups], np.int64)
+                                       for k in ("true", "predicted", "count", "support")})
 
         write_atomic(self.path("misclassified.npz"), save)
-        self.figure("misclassified.png", plots.misclassified(np.asarray(images)[wrong], np.asarray(y_true)[wrong],
-                                                            np.asarray(y_pred)[wrong], classes))
+        self.figure("misclassified.png", plots.confusions(kept, classes, groups))
+
+
+def top_confusions(y_true, y_pred, classes: int, pairs=6, per_pair=8) -> list:
+    """The pairs most often confused, most frequent first (ties in class order): for each, the true
+    and predicted class, how many test images it took, how many of the true class there are, and the
+    test-set indices of its first per_pair images."""
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    wrong = y_true != y_pred
+    counts = np.bincount(y_true[wrong] * classes + y_pred[wrong], minlength=classes * classes)
+    support = np.bincount(y_true, minlength=classes)
+    order = [int(c) for c in np.argsort(-counts, kind="stable")[:pairs] if counts[c]]
+    return [{"true": c // classes, "predicted": c % classes, "count": int(counts[c]), "support": int(support[c // classes]),
+             "index": np.flatnonzero((y_true == c // classes) & (y_pred == c % classes))[:per_pair]} for c in order]

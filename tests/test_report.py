@@ -5,6 +5,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import read_json, refusal, run_module
@@ -144,3 +145,65 @@ def test_report_bad_path_is_one_line(tmp_path):
     proc = run_module("hpccnn.report", make(tmp_path))
     assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "report.html").exists()
+
+
+def confused(seed=0):
+    """Predictions of 10 classes x 100 test images where class 6 goes to 0 most often (30), then 2 to 4
+    (20, tied with 4 to 2: class order decides), then 9 to 7 (5): the rest right."""
+    y_true = np.repeat(np.arange(10), 100)
+    np.random.default_rng(seed).shuffle(y_true)
+    y_pred = y_true.copy()
+    for t, p, n in ((6, 0, 30), (4, 2, 20), (2, 4, 20), (9, 7, 5)):
+        y_pred[np.flatnonzero(y_true == t)[:n]] = p
+    return y_true, y_pred
+
+
+def test_top_confusions_commonest_first_with_their_counts_and_first_images():
+    from hpccnn.results import top_confusions
+
+    y_true, y_pred = confused()
+    groups = top_confusions(y_true, y_pred, 10, pairs=3, per_pair=8)
+    assert [(g["true"], g["predicted"], g["count"], g["support"]) for g in groups] == [
+        (6, 0, 30, 100), (2, 4, 20, 100), (4, 2, 20, 100)]
+    first_six_to_zero = np.flatnonzero((y_true == 6) & (y_pred == 0))[:8]
+    assert list(groups[0]["index"]) == list(first_six_to_zero)  # test-set order
+    assert top_confusions(y_true, y_true, 10) == []  # nothing wrong, no rows
+
+
+def test_run_report_names_the_commonest_confusions_from_the_files_a_run_writes(tmp_path):
+    """Fashion-MNIST's report: 10 long class names, the confusions that matter first (table and figure)."""
+    from hpccnn import report
+    from hpccnn.data import FASHION_MNIST_CLASSES as names
+    from hpccnn.files import write_json
+    from hpccnn.results import RunWriter
+
+    y_true, y_pred = confused()
+    images = np.random.default_rng(0).integers(0, 256, (len(y_true), 28, 28, 1), dtype=np.uint8)
+    run = tmp_path / "fashion_mnist_cnn-120000-pid1"
+    run.mkdir()
+    RunWriter(run).evaluation(y_true, y_pred, names, images)
+    write_json(run / "config.json", {"name": "fashion_mnist_cnn", "dataset": "fashion_mnist"})
+    write_json(run / "metrics.json", {"status": "completed", "test_accuracy": float((y_true == y_pred).mean())})
+    with np.load(run / "misclassified.npz") as m:  # the images of each pair, the commonest first
+        assert list(m["pair_count"]) == [30, 20, 20, 5] and len(m["images"]) == 8 * 3 + 5
+        assert list(m["true"][:8]) == [6] * 8 and list(m["predicted"][:8]) == [0] * 8
+        assert (m["images"][:8] == images[m["index"][:8]]).all()
+
+    built = report.build(run, None, False)
+    page = "".join(built.html)
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>",
+                      page[page.index("Most frequent confusions"):])
+    assert rows[:4] == [(names[6], names[0], "30", "30.0%"), (names[2], names[4], "20", "20.0%"),
+                        (names[4], names[2], "20", "20.0%"), (names[9], names[7], "5", "5.0%")]
+    assert "a row per confusion" in page
+
+    # a run folder from before the counts were recorded: still reported, its pairs in order of appearance
+    with np.load(run / "misclassified.npz") as m:
+        old = {k: m[k] for k in ("images", "index", "true", "predicted", "classes")}
+    np.savez_compressed(run / "misclassified.npz", **old)
+    with np.load(run / "misclassified.npz") as m:
+        ordered, groups = report.mistake_groups(m)
+    assert [(g["true"], g["predicted"], g["count"]) for g in groups] == [(6, 0, None), (2, 4, None), (4, 2, None),
+                                                                          (9, 7, None)]
+    assert len(ordered) == 29
+    assert "a row per confusion" in "".join(report.build(run, None, False).html)
