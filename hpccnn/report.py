@@ -173,12 +173,15 @@ def frequent_confusions(cm, classes, top=10) -> list:
 
 def mistake_groups(npz):
     """misclassified.npz's images in row order and their groups (plots.confusions): the pairs and
-    counts it records, or, in a folder written before it recorded them, its pairs in order of appearance."""
+    counts it records, or, in a folder written before it recorded them, its pairs, the most frequent first."""
     true, predicted = npz["true"], npz["predicted"]
     if "pair_count" in npz.files:
         pairs = list(zip(npz["pair_true"], npz["pair_predicted"], npz["pair_count"], npz["pair_support"]))
     else:
-        pairs = [(t, p, None, None) for t, p in dict.fromkeys(zip(true, predicted))]
+        seen = {}
+        for pair in zip(true, predicted):
+            seen[pair] = seen.get(pair, 0) + 1
+        pairs = [(t, p, None, None) for (t, p), _ in sorted(seen.items(), key=lambda kv: -kv[1])]  # stable
     order, groups = [], []
     for t, p, count, support in pairs:
         index = np.flatnonzero((true == t) & (predicted == p))

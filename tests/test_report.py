@@ -197,7 +197,7 @@ def test_run_report_names_the_commonest_confusions_from_the_files_a_run_writes(t
                         (names[4], names[2], "20", "20.0%"), (names[9], names[7], "5", "5.0%")]
     assert "a row per confusion" in page
 
-    # a run folder from before the counts were recorded: still reported, its pairs in order of appearance
+    # a run folder from before the counts were recorded: still reported, its commonest pairs first
     with np.load(run / "misclassified.npz") as m:
         old = {k: m[k] for k in ("images", "index", "true", "predicted", "classes")}
     np.savez_compressed(run / "misclassified.npz", **old)
