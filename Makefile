@@ -1,4 +1,5 @@
 # Set-up is part of every command: each installs what is missing and is quick otherwise.
+# PYTEST_ARGS goes to pytest (make test PYTEST_ARGS="--durations=0 -x"); the 25 slowest tests are always listed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -8,7 +9,7 @@ demo: install
 	$(PY) -m hpccnn.demo
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 # no SLURM cluster, no MPI ranks, nothing slow (the markers in pyproject.toml): under a minute, for development
 test-fast: install
