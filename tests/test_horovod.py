@@ -91,6 +91,13 @@ def test_two_rank_run_writes_one_folder_from_rank_zero_with_the_whole_test_set(d
     assert len(predictions) == 360  # both ranks' test shards gathered on rank 0
     assert pd.read_csv(folder / "confusion_matrix.csv", index_col=0).to_numpy().sum() == 360
     assert prov["launcher"] == "horovodrun"
+    # the node's 2 ranks shared one copy of the digits; each held only its shards in TensorFlow
+    for rank in prov["ranks"]:
+        used, data = rank["memory"], rank["memory"]["data"]
+        assert data["held_as"] == "node window" and data["window_ranks"] == 2 and data["own_bytes"] == 0
+        assert 1797 * 64 < data["window_bytes"] < 1797 * (64 + 8) + 512 and 0 < data["shard_bytes"] < data["window_bytes"]
+        assert used["peak_rss_bytes"] >= used["rss_bytes"] > used["pss_bytes"] > 0
+    assert proc.stdout.count("hpccnn: peak memory per rank (0 to 1): ") == 1
 
 
 @pytest.mark.mpi
