@@ -72,8 +72,10 @@ def mpi():
         return None, "Horovod runs without MPI (Gloo)"
     if not hvd.mpi_threads_supported():
         return None, "MPI runs without MPI_THREAD_MULTIPLE, which mpi4py needs beside Horovod's own thread"
-    import mpi4py
-
+    try:
+        import mpi4py
+    except ImportError:
+        return None, "mpi4py is not installed (pip install mpi4py, built against the MPI Horovod uses)"
     # Horovod has started MPI and ends it at exit (hvd.shutdown); mpi4py takes it as it is, and leaves the
     # error handlers of MPI_COMM_WORLD (Horovod's) alone
     mpi4py.rc(initialize=False, finalize=False, errors="default")

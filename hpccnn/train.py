@@ -374,6 +374,8 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
         except (Interrupted, Diverged):  # every rank stops at the same point: they free the window together
             inputs.held.free()
             raise
+        if world.size > 1:  # the others wait here, idle, while rank 0 writes the results: not spinning in Free
+            dist.broadcast_object(None)
         inputs.held.free()  # (a rank that fails alone leaves it to the end of its process)
         return done
     finally:
