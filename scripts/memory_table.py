@@ -30,12 +30,14 @@ def row(folder: Path) -> list:
 
     shape = config["synthetic_shape"] if config["dataset"] == "synthetic" else config["dataset"]
     side = config["image_size"] or shape.split("x")[0]
+    part = data["window_bytes"] / data["window_ranks"] + data["own_bytes"] + data["shard_bytes"]
     return [config["name"], f"{config['synthetic_size']:,} × {shape} → {side}", prov["world_size"], held,
-            f"{data['shard_bytes'] / MB:,.0f}", per_rank("peak_rss_bytes"), per_rank("pss_bytes"),
+            f"{data['shard_bytes'] / MB:,.0f}", f"{part / MB:,.0f}", per_rank("peak_rss_bytes"), per_rank("pss_bytes"),
             per_rank("private_bytes"), f"{metrics.get('wall_seconds', 0):,.0f}"]
 
 
 HEADER = ["experiment", "images (trained at)", "ranks", "data set held as, MB", "shards in TF per rank, MB",
+          "data per rank (its share), MB",
           "peak RSS per rank, MB", "Pss at end, MB", "private at end, MB", "wall s"]
 
 if __name__ == "__main__":

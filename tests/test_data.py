@@ -190,3 +190,17 @@ def test_memory_usage_reads_peak_rss_and_linuxs_smaps_rollup(tmp_path):
     assert (used["shared_bytes"], used["private_bytes"]) == (1600 * 1024, 1400 * 1024)
     assert used["peak_rss_bytes"] >= memory.usage()["rss_bytes"] > 0  # this process's own, from Linux
     assert set(memory.usage(tmp_path / "missing")) == {"peak_rss_bytes"}
+
+
+def test_the_memory_line_says_each_ranks_peak_and_how_the_node_held_the_data():
+    from hpccnn.results import memory_line
+
+    mb = 2 ** 20
+    window = {"held_as": "node window", "window_bytes": 154 * mb, "window_ranks": 2, "own_bytes": 0,
+              "shard_bytes": 62 * mb}
+    line = memory_line([{"peak_rss_bytes": 1300 * mb, "data": window}, {"peak_rss_bytes": 1100 * mb, "data": window}])
+    assert line.startswith("peak memory per rank (0 to 1): 1,300, 1,100 MB; the data set: 154 MB shared by the 2 "
+                           "ranks of a node, and 62 MB of rank 0's shards in TensorFlow"), line
+    alone = {"held_as": "own copy", "window_bytes": 0, "window_ranks": 1, "own_bytes": 154 * mb, "shard_bytes": 0}
+    assert "peak memory of the process: 900 MB; the data set: 154 MB in each rank's own copy" in \
+        memory_line([{"peak_rss_bytes": 900 * mb, "data": alone}])
