@@ -14,7 +14,8 @@ from hpccnn import data, dist, memory, shared
 from hpccnn.experiments import get_experiment, with_overrides
 
 out, size = sys.argv[1], int(sys.argv[2])
-exp = with_overrides(get_experiment("cifar_cnn_v3"), {"dataset": "synthetic", "synthetic_size": size})
+exp = with_overrides(get_experiment("cifar_cnn_v3"), {"dataset": "synthetic", "synthetic_size": size,
+                                                          "share_data": True})
 world = dist.init()
 before = memory.usage()
 splits, held = shared.load(exp, world)

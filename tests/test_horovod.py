@@ -59,7 +59,8 @@ def digits_pair(tmp_path_factory):
     results = tmp_path_factory.mktemp("pair")
     one = run_module("hpccnn.train", "--experiment", "digits_cnn", "--results-dir", results / "one")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run(horovodrun_command(2, ["--experiment", "digits_cnn", "--results-dir", str(results / "two")]))
+    two = run(horovodrun_command(2, ["--experiment", "digits_cnn", "--share-data", "true",
+                                     "--results-dir", str(results / "two")]))
     assert two.returncode == 0, two.stderr[-3000:]
     (f1,) = run_folders(results / "one")
     folders = run_folders(results / "two")
