@@ -200,7 +200,22 @@ def load_digits(data_dir: Path, **_) -> Raw:
                None, None, DIGIT_CLASSES, scale=1 / 16)
 
 
+def parse_shape(text: str) -> tuple:
+    """(height, width, channels) from --synthetic-shape's HEIGHTxWIDTHxCHANNELS, or a UserError."""
+    parts = str(text).lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"--synthetic-shape must be HEIGHTxWIDTHxCHANNELS of positive integers (such as 32x32x3), "
+                        f"got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def load_synthetic(data_dir: Path, shape=(32, 32, 3), size=2048, classes=10, seed=0, **_) -> Raw:
+    import psutil
+
+    need, total = size * (int(np.prod(shape)) + 8), psutil.virtual_memory().total
+    if need > total:  # before numpy tries, and fails with a traceback
+        raise UserError(f"--synthetic-size {size} of {'x'.join(map(str, shape))} images is {need / 2 ** 30:.1f} GB, "
+                        f"more than this node's {total / 2 ** 30:.1f} GB of memory; use a smaller --synthetic-size")
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, size=(size, *shape), dtype=np.uint8)
     y = rng.integers(0, classes, size=size).astype(np.int64)
@@ -233,6 +248,15 @@ def split(raw: Raw, validation="split", val_fraction=0.2, test_fraction=0.2, see
     else:
         x, x_val, y, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed)
     return Splits(x, y, x_val, y_val, x_test, y_test, list(raw.classes), raw.scale)
+
+
+def load_split(exp, data_dir=None) -> Splits:
+    """exp's data set (an Experiment), loaded and split as exp says: the same on every rank."""
+    options = {}
+    if exp.dataset == "synthetic":
+        options = {"size": exp.synthetic_size, "shape": parse_shape(exp.synthetic_shape)}
+    return split(load(exp.dataset, data_dir, **options), exp.validation, exp.val_fraction, exp.test_fraction,
+                 exp.seed)
 
 
 def check_dataset(name: str) -> None:

@@ -41,6 +41,12 @@ class Experiment:
     # counts most for models with short steps (README, Performance)
     steps_per_execution: int = 8
     fp16_allreduce: bool = False  # Horovod sends gradients as float16: half the bytes, some precision lost
+    steps_per_epoch: int = 0  # at most this many training steps (and validation batches) per epoch; 0: the whole shard
+    # the ranks of a node share one copy of the data set (an MPI shared-memory window, hpccnn.shared); off by
+    # default until a hang at exit is understood: README, Memory per rank
+    share_data: bool = False
+    synthetic_size: int = 2048  # --dataset synthetic: this many random images and labels
+    synthetic_shape: str = "32x32x3"  # of this height x width x channels
     reported: str = ""  # the figure the seed reports for this experiment
     description: str = ""
 
@@ -113,6 +119,10 @@ MEANING = {
                        "auto: float16 with a GPU, float32 on CPUs",
     "steps_per_execution": "training steps per call into TensorFlow's graph",
     "fp16_allreduce": "Horovod sends the gradients as float16: half the bytes, some precision lost",
+    "steps_per_epoch": "at most this many training steps, and validation batches, per rank per epoch; 0: the whole shard",
+    "share_data": "the ranks of a node share one copy of the data set in MPI shared memory; false: each loads its own",
+    "synthetic_size": "with --dataset synthetic: how many random images (and labels) it has, all splits together",
+    "synthetic_shape": "with --dataset synthetic: the images' HEIGHTxWIDTHxCHANNELS, such as 69x69x3",
 }
 
 
@@ -177,6 +187,8 @@ def _metavar(key: str) -> str:
     listed = choices(key)
     if 0 < len(listed) <= 5:
         return "{" + ",".join(listed) + "}"
+    if key == "synthetic_shape":
+        return "HxWxC"
     return "NAME" if listed else "METRIC" if key == "reduce_lr_monitor" else _TYPES[key].__name__.upper()
 
 
@@ -228,9 +240,14 @@ def validate(exp: Experiment) -> None:
     for key, allowed in CHOICES.items():
         if getattr(exp, key) not in allowed:
             raise UserError(f"{flag(key)} must be one of {', '.join(allowed)}, got {getattr(exp, key)!r}")
-    for key in ("batch_size", "epochs", "steps_per_execution"):
+    for key in ("batch_size", "epochs", "steps_per_execution", "synthetic_size"):
         if getattr(exp, key) <= 0:
             raise UserError(f"{flag(key)} must be a positive integer, got {getattr(exp, key)}")
+    if exp.steps_per_epoch < 0:
+        raise UserError(f"--steps-per-epoch must not be negative (0: the whole shard), got {exp.steps_per_epoch}")
+    from hpccnn.data import parse_shape
+
+    parse_shape(exp.synthetic_shape)
     for key in SETTABLE:  # an experiment from a config.json or a grid never went through parse_value
         if _TYPES[key] is float and not math.isfinite(getattr(exp, key)):
             raise UserError(f"{flag(key)} must be a finite number, got {getattr(exp, key)}")

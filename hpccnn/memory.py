@@ -8,7 +8,8 @@ built: a model too large to fit can't be built either), per rank:
 - the activations of one batch: every layer's output kept for the backward pass (a convolution's
   and a dense layer's before and after their activation, dropout's mask), the two largest twice
   more for the gradients in flight, and a few input batches in tf.data's prefetch;
-- the data set as this rank holds it (its splits, and its shard copied into TensorFlow);
+- the data set as this rank holds it: its share of the node's one copy (hpccnn.shared: the window's
+  bytes divided by the node's ranks) or a copy of its own, and its shards copied into TensorFlow;
 - what TensorFlow itself takes (a fixed allowance).
 It is meant as an upper bound a real run stays below, not a measurement: README, bad input.
 """
@@ -139,7 +140,8 @@ def available(local_ranks: int, environ=os.environ) -> tuple:
     import psutil
 
     ranks = max(1, local_ranks)
-    held = psutil.Process().memory_info().rss
+    # what this rank holds: its proportional share (Pss) of pages it shares, such as the node's data window
+    held = usage().get("pss_bytes") or psutil.Process().memory_info().rss
     found = [(psutil.virtual_memory().available // ranks + held, "memory available on this node")]
     limit = _cgroup_limit()
     if limit:
@@ -164,13 +166,12 @@ def culprit(exp, need: Estimate, fits, seed_side: int, batch: int) -> tuple:
     return f"--model {exp.model} on {exp.dataset}", "use a node with more memory, or a smaller model"
 
 
-def check(exp, splits, side: int, batch: int, world, compute_bytes: int = 4, on_gpu=False) -> Estimate:
+def check(exp, splits, side: int, batch: int, world, data_bytes: int, compute_bytes: int = 4,
+          on_gpu=False) -> Estimate:
     """A UserError on every rank, before anything is built or written, if a rank of exp can't fit in
-    the memory it has; the ranks agree on the smallest memory any of them has, so that all of them
-    stop or none does. Returns the estimate."""
-    arrays = {id(a): a for a in (splits.x_train, splits.x_val, splits.x_test, splits.y_train, splits.y_val,
-                                 splits.y_test)}
-    data_bytes = 2 * sum(a.nbytes for a in arrays.values())  # the splits, and the shards TensorFlow copies
+    the memory it has, holding data_bytes of the data set (hpccnn.shared.Held.per_rank_bytes); the
+    ranks agree on the smallest memory any of them has, so that all of them stop or none does.
+    Returns the estimate."""
     channels, classes = splits.shape[2], len(splits.classes)
 
     def need_at(at_side, at_batch):
@@ -193,3 +194,26 @@ def check(exp, splits, side: int, batch: int, world, compute_bytes: int = 4, on_
                     f"{need.parameters / GB:.1f} GB, activations of {batch} images {need.activations / GB:.1f} GB, "
                     f"data {need.data / GB:.1f} GB) but a rank here has {have / GB:.1f} GB ({source}"
                     f"{f', shared by {local_ranks} ranks' if local_ranks > 1 else ''}); {advice}")
+
+
+SMAPS_FIELDS = {"Rss": "rss_bytes", "Pss": "pss_bytes", "Shared_Clean": "shared_bytes", "Shared_Dirty": "shared_bytes",
+                "Private_Clean": "private_bytes", "Private_Dirty": "private_bytes"}
+
+
+def usage(rollup="/proc/self/smaps_rollup") -> dict:
+    """This process's memory now and at its peak, in bytes: peak_rss_bytes (getrusage's ru_maxrss), and
+    from Linux's smaps_rollup rss_bytes, pss_bytes (shared pages divided between the processes that map
+    them), shared_bytes and private_bytes. Fields Linux doesn't give are left out."""
+    import resource
+
+    found = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # kB on Linux
+    try:
+        lines = Path(rollup).read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in SMAPS_FIELDS and value.split() and value.split()[0].isdigit():
+            key = SMAPS_FIELDS[name]
+            found[key] = found.get(key, 0) + int(value.split()[0]) * 1024
+    return found

@@ -200,8 +200,9 @@ def reevaluate(folder: Path, data_dir) -> float:
     config = read_json(folder / "config.json")
     prov = read_json(folder / "provenance.json") or {}
     model = tf.keras.models.load_model(folder / "model.h5", compile=False)
-    splits = data.split(data.load(config["dataset"], data_dir or prov.get("data_dir")), config["validation"],
-                        config["val_fraction"], config["test_fraction"], config["seed"])
+    from hpccnn.experiments import Experiment
+
+    splits = data.load_split(Experiment(**config), data_dir or prov.get("data_dir"))
     outputs = model.predict(data.pipeline(splits.x_test, splits.y_test, 256, splits.scale, config["image_size"]),
                             verbose=0)
     return float((outputs.argmax(axis=1) == splits.y_test).mean())

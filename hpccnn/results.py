@@ -139,6 +139,15 @@ class RunWriter:
         self.status(RUNNING, world_size=world.size)
         self.link_slurm_logs()
 
+    def memory(self, per_rank: list):
+        """Each rank's memory at the end of training and evaluation (hpccnn.memory.usage, and how it held
+        the data: hpccnn.shared.Held.facts) into provenance.json's ranks[].memory, and a line saying it."""
+        provenance = json.loads(self.path("provenance.json").read_text())
+        for entry, used in zip(provenance["ranks"], per_rank):
+            entry["memory"] = used
+        self.json("provenance.json", provenance)
+        print(f"hpccnn: {memory_line(per_rank)}", flush=True)
+
     def resumed(self, epoch: int, argv: list, hosts: list):
         """Notes a resume in metrics.json and provenance.json (which keeps every attempt's command)."""
         provenance = json.loads(self.path("provenance.json").read_text())
@@ -230,3 +239,17 @@ def top_confusions(y_true, y_pred, classes: int, pairs=6, per_pair=8) -> list:
     order = [int(c) for c in np.argsort(-counts, kind="stable")[:pairs] if counts[c]]
     return [{"true": c // classes, "predicted": c % classes, "count": int(counts[c]), "support": int(support[c // classes]),
              "index": np.flatnonzero((y_true == c // classes) & (y_pred == c % classes))[:per_pair]} for c in order]
+
+
+def memory_line(per_rank: list) -> str:
+    """The ranks' peak memory and how they hold the data set, in one line."""
+    mb = 2 ** 20
+    peaks = ", ".join(f"{r['peak_rss_bytes'] / mb:,.0f}" for r in per_rank)
+    d = per_rank[0]["data"]
+    if d["held_as"] == "node window":
+        held = f"{d['window_bytes'] / mb:,.0f} MB shared by the {d['window_ranks']} ranks of a node"
+    else:
+        held = f"{d['own_bytes'] / mb:,.0f} MB in each rank's own copy"
+    ranks = f"per rank (0 to {len(per_rank) - 1})" if len(per_rank) > 1 else "of the process"
+    return (f"peak memory {ranks}: {peaks} MB; the data set: {held}, and {d['shard_bytes'] / mb:,.0f} MB of "
+            f"rank 0's shards in TensorFlow (provenance.json, ranks[].memory)")

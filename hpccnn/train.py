@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn import checkpoint, data, dist, memory
+from hpccnn import checkpoint, data, dist, memory, shared
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.experiments import (EXPERIMENTS, OPTIMIZERS, add_setting_options, flag, get_experiment, overrides,
                                 with_overrides)
@@ -174,31 +174,39 @@ class Inputs:
     """The data as this rank trains on it."""
 
     splits: data.Splits  # the whole data set, split the same way on every rank
+    held: shared.Held  # how this rank holds it: in its node's shared window, or a copy of its own
     batch: int  # images per rank per step
     steps: int  # steps per epoch: the same on every rank, as allreduce needs
+    val_steps: int | None  # validation batches per epoch (None: all of this rank's shard)
     train: object  # tf.data pipelines of this rank's shard
     val: object
 
 
 def prepare_data(exp, spec, world, data_dir, first_epoch: int):
-    """(exp with the image size the model needs, Inputs): the data split, sharded and pipelined."""
+    """(exp with the image size the model needs, Inputs): the data split (one copy per node), sharded and
+    pipelined. Every rank calls it together (hpccnn.shared's window is made by the node's ranks together)."""
     batch = per_rank_batch(exp, world)
-    splits = data.split(data.load(exp.dataset, data_dir), exp.validation, exp.val_fraction,
-                        exp.test_fraction, exp.seed)
+    splits, held = shared.load(exp, world, data_dir)
     exp = fit_image_size(exp, spec, splits, world)
     steps = (len(splits.x_train) // world.size) // batch
     if steps == 0:
         raise UserError(f"batch of {batch} per rank is larger than the {len(splits.x_train) // world.size} "
                         f"training images each of the {world.size} ranks has; use a smaller --batch-size")
+    if exp.steps_per_epoch:
+        steps = min(steps, exp.steps_per_epoch)
 
     def mine(array):
-        return data.shard(array, world.rank, world.size)
+        part = data.shard(array, world.rank, world.size)
+        # a shard of one image is contiguous, and TensorFlow could keep pointing into the window
+        return part.copy() if part.flags.c_contiguous and held.window is not None else part
 
-    train_ds = data.train_pipeline(mine(splits.x_train), mine(splits.y_train), batch, steps, splits.scale,
-                                   exp.image_size, seed=(exp.seed, world.rank), first_epoch=first_epoch,
-                                   epochs=exp.epochs)
-    val_ds = data.pipeline(mine(splits.x_val), mine(splits.y_val), batch, splits.scale, exp.image_size)
-    return exp, Inputs(splits, batch, steps, train_ds, val_ds)
+    x_train, y_train, x_val, y_val = (mine(a) for a in (splits.x_train, splits.y_train, splits.x_val, splits.y_val))
+    held.shard_bytes = sum(a.nbytes for a in (x_train, y_train, x_val, y_val))  # what TensorFlow copies
+    train_ds = data.train_pipeline(x_train, y_train, batch, steps, splits.scale, exp.image_size,
+                                   seed=(exp.seed, world.rank), first_epoch=first_epoch, epochs=exp.epochs)
+    val_ds = data.pipeline(x_val, y_val, batch, splits.scale, exp.image_size)
+    val_steps = min(exp.steps_per_epoch, -(-len(x_val) // batch)) if exp.steps_per_epoch else None
+    return exp, Inputs(splits, held, batch, steps, val_steps, train_ds, val_ds)
 
 
 def build_model(exp, spec, world, splits, resume):
@@ -356,11 +364,20 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
         spec = get_model(exp.model)
         exp, inputs = prepare_data(exp, spec, world, data_dir, resuming.epoch if resuming is not None else 0)
         memory.check(exp, inputs.splits, exp.image_size or inputs.splits.shape[0], inputs.batch, world,
-                     4 if fast["mixed_precision"] == "off" else 2, fast["device"] == "GPU")  # before anything is built or written
+                     inputs.held.per_rank_bytes, 4 if fast["mixed_precision"] == "off" else 2,
+                     fast["device"] == "GPU")  # before anything is built or written
         model, lr = build_model(exp, spec, world, inputs.splits, resuming)
         writer = open_writer(exp, world, inputs, resuming, results_dir, run_dir, argv, data_dir, fast)
-        return fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, writer, resuming,
-                              save_model)
+        try:
+            done = fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, writer, resuming,
+                                  save_model)
+        except (Interrupted, Diverged):  # every rank stops at the same point: they free the window together
+            inputs.held.free()
+            raise
+        if world.size > 1:  # the others wait here, idle, while rank 0 writes the results: not spinning in Free
+            dist.broadcast_object(None)
+        inputs.held.free()  # (a rank that fails alone leaves it to the end of its process)
+        return done
     finally:
         stopper.uninstall()
 
@@ -382,13 +399,17 @@ def fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, wr
     try:
         if first_epoch < exp.epochs:
             model.fit(inputs.train, steps_per_epoch=inputs.steps, epochs=exp.epochs, initial_epoch=first_epoch,
-                      validation_data=inputs.val, callbacks=callbacks, verbose=2 if world.is_main else 0)
+                      validation_data=inputs.val, validation_steps=inputs.val_steps, callbacks=callbacks,
+                      verbose=2 if world.is_main else 0)
         if stopper.diverged:
             raise diverged(stopper, exp, writer, started)
         if stopper.stopped:
             raise stopped(stopper, writer, started)
         outputs = gather_predictions(model, inputs, exp, world, [watchdog])
+        memory_per_rank = dist.allgather_object({**memory.usage(), "data": inputs.held.facts()})
         watchdog.stop()
+        if writer is not None:
+            writer.memory(memory_per_rank)
         if not world.is_main:
             return None, None
         return record_results(writer, world, model, spec, inputs, outputs, recorder, save_model, started)

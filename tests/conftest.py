@@ -140,13 +140,13 @@ def refusal(main, *argv) -> str:
 
 def train_refusal(*argv) -> str:
     """The same for hpccnn.train, which refuses before it trains: its command line (train.parse), then its
-    data (data.load, as train.run loads it once TensorFlow and Horovod have started)."""
+    data (data.load_split, as train.run loads it once TensorFlow and Horovod have started)."""
     from hpccnn import data, train
     from hpccnn.errors import UserError
 
     with pytest.raises(UserError) as err:
         args, exp = train.parse([str(a) for a in argv])
-        data.load(exp.dataset, args.data_dir)
+        data.load_split(exp, args.data_dir)
     assert "\n" not in str(err.value), str(err.value)
     return str(err.value)
 

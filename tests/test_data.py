@@ -120,3 +120,87 @@ def test_training_pipeline_gives_full_batches_in_an_order_fixed_by_seed_and_epoc
     assert sum(resumed, []) == epochs[2]
     other = [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 4, 2, 1.0, seed=4, first_epoch=2, epochs=3)]
     assert sum(other, []) != epochs[2]
+
+
+def test_synthetic_data_has_the_size_and_shape_asked_for():
+    from hpccnn.experiments import get_experiment, with_overrides
+
+    exp = with_overrides(get_experiment("galaxy10_alexnet"), {"dataset": "synthetic", "synthetic_size": 500,
+                                                              "synthetic_shape": "69x69x3"})
+    s = data.load_split(exp)
+    assert s.x_train.shape[1:] == (69, 69, 3) and s.x_train.dtype == np.uint8
+    assert len(s.x_train) + len(s.x_val) + len(s.x_test) == 500 and len(s.x_test) == 100
+    assert data.parse_shape("227X227x1") == (227, 227, 1)
+
+
+def test_the_node_windows_layout_gives_back_every_split_aligned_and_read_only():
+    from hpccnn import shared
+
+    write = data.split(data.load("digits"), validation="test")  # x_val is x_test: stored once
+    entries, size = shared.layout(write)
+    assert all(offset % shared.ALIGN == 0 for _, dtype, _, offset in entries if dtype is not None)
+    assert size < shared.nbytes(write) + 6 * shared.ALIGN and shared.nbytes(write) < 1.1 * size
+    buffer = bytearray(size)
+    for name, dtype, shape, offset in entries:
+        if dtype is not None:
+            shared.array_at(buffer, dtype, shape, offset)[...] = getattr(write, name)
+    read = shared.views(buffer, entries, {"classes": write.classes, "scale": write.scale})
+    for name in shared.ARRAYS:
+        np.testing.assert_array_equal(getattr(read, name), getattr(write, name))
+        assert not getattr(read, name).flags.writeable
+    assert read.x_val is read.x_test and read.scale == 1 / 16
+
+
+def test_a_window_too_large_for_its_folder_is_named_before_open_mpi_tries(tmp_path):
+    from hpccnn import shared
+
+    assert shared.window_problem(1 << 20, str(tmp_path)) == ""
+    message = shared.window_problem(1 << 60, str(tmp_path))
+    assert f"{tmp_path} has" in message and "OMPI_MCA_osc_sm_backing_directory" in message
+    assert "is unusable" in shared.window_problem(1 << 20, str(tmp_path / "missing"))
+
+
+def test_a_process_alone_loads_its_own_copy_without_mpi():
+    """One rank (no MPI launcher) never imports mpi4py's MPI: no MPI is needed to load the data."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = ("import sys\nfrom hpccnn import shared\nfrom hpccnn.dist import World\n"
+              "from hpccnn.experiments import get_experiment\n"
+              "splits, held = shared.load(get_experiment('digits_cnn'), World(0, 0, 1, 1, 1))\n"
+              "assert 'mpi4py.MPI' not in sys.modules and 'horovod' not in sys.modules, sorted(sys.modules)\n"
+              "print(held.mode, held.own_bytes, held.per_rank_bytes, len(splits.x_train), sep='|')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mode, own, per_rank, train = proc.stdout.strip().splitlines()[-1].split("|")
+    assert mode == "own copy" and int(own) == int(per_rank) > 1797 * 64 and int(train) == 1149
+
+
+def test_memory_usage_reads_peak_rss_and_linuxs_smaps_rollup(tmp_path):
+    from hpccnn import memory
+
+    rollup = tmp_path / "smaps_rollup"
+    rollup.write_text("00400000-ff ---p 00000000 00:00 0   [rollup]\nRss:  3000 kB\nPss:  1800 kB\n"
+                      "Shared_Clean:  1500 kB\nShared_Dirty:  100 kB\nPrivate_Clean:  400 kB\n"
+                      "Private_Dirty:  1000 kB\nSwap:  0 kB\n")
+    used = memory.usage(rollup)
+    assert (used["rss_bytes"], used["pss_bytes"]) == (3000 * 1024, 1800 * 1024)
+    assert (used["shared_bytes"], used["private_bytes"]) == (1600 * 1024, 1400 * 1024)
+    assert used["peak_rss_bytes"] > 0.9 * memory.usage()["rss_bytes"] > 0  # this process's own (gVisor may lag a little)
+    assert set(memory.usage(tmp_path / "missing")) == {"peak_rss_bytes"}
+
+
+def test_the_memory_line_says_each_ranks_peak_and_how_the_node_held_the_data():
+    from hpccnn.results import memory_line
+
+    mb = 2 ** 20
+    window = {"held_as": "node window", "window_bytes": 154 * mb, "window_ranks": 2, "own_bytes": 0,
+              "shard_bytes": 62 * mb}
+    line = memory_line([{"peak_rss_bytes": 1300 * mb, "data": window}, {"peak_rss_bytes": 1100 * mb, "data": window}])
+    assert line.startswith("peak memory per rank (0 to 1): 1,300, 1,100 MB; the data set: 154 MB shared by the 2 "
+                           "ranks of a node, and 62 MB of rank 0's shards in TensorFlow"), line
+    alone = {"held_as": "own copy", "window_bytes": 0, "window_ranks": 1, "own_bytes": 154 * mb, "shard_bytes": 0}
+    assert "peak memory of the process: 900 MB; the data set: 154 MB in each rank's own copy" in \
+        memory_line([{"peak_rss_bytes": 900 * mb, "data": alone}])

@@ -162,18 +162,28 @@ def test_seed_experiments_train_on_small_files_in_the_real_formats(data_dir, tmp
 
 
 @pytest.mark.slow
-def test_synthetic_data_trains_end_to_end_at_chance_level(tmp_path):
-    """--dataset synthetic: random 32x32x3 images and labels, for trying a model with no data staged."""
-    proc = run_module("hpccnn.train", "--experiment", "cifar_cnn_v3", "--dataset", "synthetic", "--epochs", "1",
+def test_synthetic_data_of_a_size_and_shape_trains_end_to_end_at_chance_level_in_capped_epochs(tmp_path):
+    """--dataset synthetic: random images and labels, for trying a model with no data staged; here 1,000 of
+    40x40x3, and --steps-per-epoch 3 of the 20 steps an epoch has."""
+    proc = run_module("hpccnn.train", "--experiment", "cifar_cnn_v3", "--dataset", "synthetic", "--epochs", "2",
+                      "--synthetic-size", "1000", "--synthetic-shape", "40x40x3", "--steps-per-epoch", "3",
                       "--data-dir", tmp_path / "no-cache", "--results-dir", tmp_path / "results", "--no-save-model")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "32 images per rank per step, 3 steps per epoch" in proc.stdout
     (folder,) = run_folders(tmp_path / "results")
     metrics, config = read_json(folder / "metrics.json"), read_json(folder / "config.json")
     assert metrics["status"] == "completed" and config["dataset"] == "synthetic"
+    assert config["synthetic_shape"] == "40x40x3" and config["steps_per_epoch"] == 3
+    assert len(pd.read_csv(folder / "history.csv")) == 2
     predictions = pd.read_csv(folder / "predictions.csv")
-    assert len(predictions) == 410  # 20% of the 2,048 generated images
+    assert len(predictions) == 200  # 20% of the 1,000 generated images
     assert metrics["test_accuracy"] < 0.25  # random labels: nothing to learn, ten classes
     assert not (tmp_path / "no-cache").exists()  # generated, never staged or cached
+    (rank,) = read_json(folder / "provenance.json")["ranks"]  # a process alone holds its own copy
+    data = rank["memory"]["data"]
+    assert data["held_as"] == "own copy" and data["own_bytes"] >= 1000 * 40 * 40 * 3 and data["window_bytes"] == 0
+    assert rank["memory"]["peak_rss_bytes"] > data["own_bytes"] and rank["memory"]["rss_bytes"] > data["own_bytes"]
+    assert "hpccnn: peak memory of the process: " in proc.stdout
 
 
 def test_list_shows_the_experiments():

@@ -1,0 +1,63 @@
+"""Under horovodrun: the data set as hpccnn.shared gives it to each rank, against what loading alone gives.
+
+python tests/shared_data.py OUT SIZE writes OUT.<rank>.json: where the rank's arrays live (inside the node's
+window or not), its memory (smaps_rollup) before and after, digests of the splits (and of the same splits
+loaded alone), each image's digest of its training shard, and its first training batches' digest."""
+
+import hashlib
+import json
+import sys
+
+import numpy as np
+
+from hpccnn import data, dist, memory, shared
+from hpccnn.experiments import get_experiment, with_overrides
+
+out, size = sys.argv[1], int(sys.argv[2])
+exp = with_overrides(get_experiment("cifar_cnn_v3"), {"dataset": "synthetic", "synthetic_size": size,
+                                                          "share_data": True})
+world = dist.init()
+before = memory.usage()
+splits, held = shared.load(exp, world)
+for name in shared.ARRAYS:  # touch every page, as training and evaluation do
+    int(getattr(splits, name).sum())
+after = memory.usage()
+
+
+def address(array):
+    return array.__array_interface__["data"][0]
+
+
+window = None
+if held.window is not None:
+    buffer, _ = held.window.Shared_query(0)
+    base = address(np.frombuffer(buffer, np.uint8))
+    window = [base, base + held.window_bytes]
+
+
+def digest(array):
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def first_batches(x, y):
+    batches = data.train_pipeline(data.shard(x, world.rank, world.size), data.shard(y, world.rank, world.size),
+                                  16, 3, splits.scale, seed=(exp.seed, world.rank))
+    return digest(np.concatenate([b[0].numpy().ravel() for b in batches]))
+
+
+shard = data.shard(splits.x_train, world.rank, world.size)
+facts = {
+    "rank": world.rank, "held": held.facts(), "window": window, "before": before, "after": after,
+    "arrays": {name: [address(getattr(splits, name)), getattr(splits, name).nbytes] for name in shared.ARRAYS},
+    "digests": {name: digest(getattr(splits, name)) for name in shared.ARRAYS},
+    "shard_images": sorted(hashlib.sha1(image.tobytes()).hexdigest() for image in shard),
+    "batches": first_batches(splits.x_train, splits.y_train),
+}
+alone = data.load_split(exp)  # what every rank loaded before: the same splits, its own copy
+facts["alone"] = {"digests": {name: digest(getattr(alone, name)) for name in shared.ARRAYS},
+                  "train_images": sorted(hashlib.sha1(image.tobytes()).hexdigest() for image in alone.x_train),
+                  "batches": first_batches(alone.x_train, alone.y_train)}
+dist.allgather_object(0)  # both ranks are done with the window before it goes
+held.free()
+with open(f"{out}.{world.rank}.json", "w") as f:
+    json.dump(facts, f)
