@@ -19,6 +19,7 @@ import numpy as np
 from hpccnn import plots
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.files import read_json, write_bytes, write_text
+from hpccnn.results import commonest_confusions
 from hpccnn.runs import COMPLETED
 from hpccnn.tables import markdown, number
 
@@ -163,12 +164,8 @@ def run_section(report: Report, folder: Path, prefix: str):
 
 def frequent_confusions(cm, classes, top=10) -> list:
     """Rows (true, predicted, count, share of the true class) of the top most frequent confusions."""
-    off = cm.copy()
-    np.fill_diagonal(off, 0)
-    order = [int(i) for i in np.argsort(-off, axis=None, kind="stable")[:top] if off.flat[i]]
-    n = len(classes)
-    return [[classes[i // n], classes[i % n], f"{int(off.flat[i]):,}", f"{off.flat[i] / max(1, cm[i // n].sum()):.1%}"]
-            for i in order]
+    return [[classes[t], classes[p], f"{count:,}", f"{count / max(1, cm[t].sum()):.1%}"]
+            for t, p, count in commonest_confusions(cm, top)]
 
 
 def mistake_groups(npz):

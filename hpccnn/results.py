@@ -228,17 +228,25 @@ class RunWriter:
         self.figure("misclassified.png", plots.confusions(kept, classes, groups))
 
 
+def commonest_confusions(cm, pairs: int) -> list:
+    """(true, predicted, count) of the pairs most often confused in the confusion matrix cm (rows: true
+    class), most frequent first, ties in class order; pairs never confused are left out."""
+    off = np.array(cm, np.int64)
+    np.fill_diagonal(off, 0)
+    n = len(off)
+    return [(int(i) // n, int(i) % n, int(off.flat[i])) for i in np.argsort(-off, axis=None, kind="stable")[:pairs]
+            if off.flat[i]]
+
+
 def top_confusions(y_true, y_pred, classes: int, pairs=6, per_pair=8) -> list:
     """The pairs most often confused, most frequent first (ties in class order): for each, the true
     and predicted class, how many test images it took, how many of the true class there are, and the
     test-set indices of its first per_pair images."""
     y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
-    wrong = y_true != y_pred
-    counts = np.bincount(y_true[wrong] * classes + y_pred[wrong], minlength=classes * classes)
-    support = np.bincount(y_true, minlength=classes)
-    order = [int(c) for c in np.argsort(-counts, kind="stable")[:pairs] if counts[c]]
-    return [{"true": c // classes, "predicted": c % classes, "count": int(counts[c]), "support": int(support[c // classes]),
-             "index": np.flatnonzero((y_true == c // classes) & (y_pred == c % classes))[:per_pair]} for c in order]
+    cm = np.bincount(y_true * classes + y_pred, minlength=classes * classes).reshape(classes, classes)
+    return [{"true": t, "predicted": p, "count": count, "support": int(cm[t].sum()),
+             "index": np.flatnonzero((y_true == t) & (y_pred == p))[:per_pair]}
+            for t, p, count in commonest_confusions(cm, pairs)]
 
 
 def memory_line(per_rank: list) -> str:
