@@ -44,7 +44,7 @@ class Experiment:
     steps_per_epoch: int = 0  # at most this many training steps (and validation batches) per epoch; 0: the whole shard
     # the ranks of a node share one copy of the data set (an MPI shared-memory window, hpccnn.shared); off by
     # default until a hang at exit is understood: README, Memory per rank
-    share_data: bool = False
+    share_data: bool = True
     synthetic_size: int = 2048  # --dataset synthetic: this many random images and labels
     synthetic_shape: str = "32x32x3"  # of this height x width x channels
     reported: str = ""  # the figure the seed reports for this experiment

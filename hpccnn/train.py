@@ -343,6 +343,17 @@ def diverged(stopper, exp, writer, started) -> Diverged:
     return Diverged(f"{reason}; recorded as failed in {folder}")
 
 
+def free_data(held, world) -> None:
+    """Frees the node's window on every rank together, and no rank leaves before all have freed it.
+
+    Horovod's thread ends MPI (MPI_Finalize) as soon as any rank of the job shuts down. Had the first rank
+    to finish its free exited at once, another rank's free still under way (a 147 MB window's took longer
+    than that exit) would meet MPI_Finalize freeing the same window again, waiting for ranks long gone."""
+    held.free()
+    if world.size > 1:
+        dist.broadcast_object(None)
+
+
 def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_model=True, run_dir=None, resume=None):
     """Trains exp on this rank; returns (run folder or None on other ranks, test accuracy).
 
@@ -372,11 +383,11 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
             done = fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, writer, resuming,
                                   save_model)
         except (Interrupted, Diverged):  # every rank stops at the same point: they free the window together
-            inputs.held.free()
+            free_data(inputs.held, world)
             raise
         if world.size > 1:  # the others wait here, idle, while rank 0 writes the results: not spinning in Free
             dist.broadcast_object(None)
-        inputs.held.free()  # (a rank that fails alone leaves it to the end of its process)
+        free_data(inputs.held, world)  # (a rank that fails alone leaves it to the end of its process)
         return done
     finally:
         stopper.uninstall()
