@@ -73,6 +73,70 @@ def parse_sweep(specs) -> dict:
     return axes
 
 
+DISTRIBUTIONS = {  # --sample SETTING=KIND:ARGS
+    "loguniform": "loguniform:LOW,HIGH (0 < LOW < HIGH; uniform in log scale)",
+    "uniform": "uniform:LOW,HIGH (LOW < HIGH)",
+    "choice": "choice:A,B,C (each equally likely)",
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A setting drawn at random: kind is one of DISTRIBUTIONS; values are (low, high) or the choices."""
+
+    setting: str
+    kind: str
+    values: tuple
+
+
+def parse_samples(specs) -> list:
+    """--sample SETTING=KIND:ARGS options as Samples, every bound and choice typed and checked."""
+    samples = []
+    for spec in specs or ():
+        key, text = parse_assignment(spec, "--sample", "SETTING=KIND:ARGS")
+        kind, sep, args = text.partition(":")
+        if kind not in DISTRIBUTIONS or not sep or not args:
+            raise UserError(f"--sample {spec!r}: after SETTING= write one of "
+                            f"{'; '.join(DISTRIBUTIONS.values())}")
+        if key in [s.setting for s in samples]:
+            raise UserError(f"--sample {key} is given twice; give each sampled setting once")
+        values = tuple(parse_value(key, v.strip()) for v in args.split(","))
+        if kind == "choice":
+            samples.append(Sample(key, kind, values))
+            continue
+        kind_type = type(values[0])
+        if kind_type not in (int, float):
+            raise UserError(f"--sample {key}: {flag(key)} takes {kind_type.__name__} values; use choice:A,B")
+        if len(values) != 2 or not values[0] < values[1] or (kind == "loguniform" and values[0] <= 0):
+            raise UserError(f"--sample {spec!r} must be {DISTRIBUTIONS[kind]}")
+        samples.append(Sample(key, kind, values))
+    return samples
+
+
+def draw(samples, count: int, seed: int) -> list:
+    """count dicts of settings drawn from samples, the same for the same seed. Numbers keep 4
+    significant digits (readable labels, a value a user can type again); integers are rounded."""
+    import math
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    drawn = []
+    for _ in range(count):
+        point = {}
+        for s in samples:
+            if s.kind == "choice":
+                value = s.values[int(rng.integers(len(s.values)))]
+            else:
+                low, high = s.values
+                x = (math.exp(rng.uniform(math.log(low), math.log(high))) if s.kind == "loguniform"
+                     else rng.uniform(low, high))
+                value = int(round(x)) if isinstance(low, int) else float(f"{x:.4g}")
+            point[s.setting] = value
+        drawn.append(point)
+    return drawn
+
+
 def label(settings: dict, keys) -> str:
     """A folder-safe label for a point from its swept values: relu_b32_sgd."""
     parts = []
@@ -83,13 +147,22 @@ def label(settings: dict, keys) -> str:
     return "_".join(parts)
 
 
-def resolve(grid: Grid, overrides: dict) -> list:
-    """[(label, settings, Experiment)] for every point, each one validated before anything is submitted."""
+def resolve(grid: Grid, overrides: dict, drawn=()) -> list:
+    """[(label, settings, Experiment)] for every point, each one validated before anything is submitted.
+
+    drawn: settings drawn at random (draw()); each draw is crossed with every point of the grid."""
     base = get_experiment(grid.experiment)
+    sampled = list(drawn[0]) if drawn else []
+    clash = sorted(set(sampled) & (set(grid.axes) | set(overrides)))
+    if clash:
+        raise UserError(f"{flag(clash[0])} is sampled by --sample; it can't also be swept or set "
+                        f"(drop one of the two)")
+    keys = [*grid.axes, *sampled]
     resolved = []
-    for index, settings in enumerate(grid.points(overrides)):
+    points = [{**point, **d} for point in grid.points(overrides) for d in (drawn or [{}])]
+    for index, settings in enumerate(points):
         exp = with_overrides(base, settings)
-        name = label(settings, grid.axes) if grid.axes else exp.name
+        name = label(settings, keys) if keys else exp.name
         resolved.append((f"{index:02d}_{name}", settings, exp))
     return resolved
 

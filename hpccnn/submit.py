@@ -49,6 +49,13 @@ def build_parser():
     what.add_argument("--list", action="store_true", help="print the grids and exit")
     p.add_argument("--sweep", action="append", metavar="SETTING=V1,V2",
                    help="sweep a setting too (repeatable): --sweep learning-rate=1e-3,1e-4")
+    p.add_argument("--sample", action="append", metavar="SETTING=KIND:ARGS",
+                   help="draw a setting at random (repeatable): learning-rate=loguniform:1e-4,1e-1, "
+                        "dropout=uniform:0.1,0.5, optimizer=choice:sgd,adam; needs --samples")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="how many settings to draw for --sample (each crossed with the grid's points)")
+    p.add_argument("--sample-seed", type=int, default=0, metavar="SEED",
+                   help="the seed the draws come from: the same seed draws the same points [0]")
     p.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
                    help="submitit executor: slurm (sbatch), local (this machine, horovodrun), debug (in process)")
     p.add_argument("--dry-run", action="store_true", help="print each job's resources and command; submit nothing")
@@ -162,6 +169,12 @@ def plan(args):
     """(name, experiment name, axes, [(label, settings, Experiment)]): everything validated, nothing written."""
     overrides = experiment_overrides(args)
     sweep = grids.parse_sweep(args.sweep)
+    samples = grids.parse_samples(args.sample)
+    if bool(samples) != (args.samples is not None):
+        raise UserError("--sample and --samples N go together: what to draw and how many points")
+    if args.samples is not None and args.samples <= 0:
+        raise UserError(f"--samples must be a positive integer, got {args.samples}")
+    drawn = grids.draw(samples, args.samples, args.sample_seed) if samples else []
     if args.grid:
         base = grids.get_grid(args.grid)
         grid = dataclasses.replace(base, axes={**base.axes, **sweep})
@@ -170,7 +183,7 @@ def plan(args):
 
         get_experiment(args.experiment)
         grid = grids.Grid(args.experiment, args.experiment, sweep)
-    return grid, grids.resolve(grid, overrides)
+    return grid, grids.resolve(grid, overrides, drawn)
 
 
 def new_grid_folder(results_dir, name: str) -> Path:
@@ -265,6 +278,8 @@ def _submit_points(args, grid, points, folder: Path, ranks: int):
     record = grids.grid_record(grid, points, folder, args.cluster)
     record["command"] = shlex.join([sys.executable, "-m", "hpccnn.submit", *sys.argv[1:]])
     record["resources"] = {k: getattr(args, k) for k in RESOURCES}
+    if args.sample:
+        record["sampled"] = {"sample": args.sample, "samples": args.samples, "seed": args.sample_seed}
     for p, (label, settings, exp) in zip(record["points"], points):
         p["train_args"] = point_args(args, exp.name, settings, folder / label)
     from hpccnn.launch import mpi_env

@@ -172,7 +172,56 @@ def test_dry_run_piped_into_head_ends_quietly(tmp_path):
     assert proc.stderr == ""  # no BrokenPipeError traceback once head has stopped reading
 
 
+def sampled(*args):
+    """The (label, settings) of a dry run's points for these submit options, planned in process."""
+    from hpccnn.submit import build_parser, plan
+
+    _, resolved = plan(build_parser().parse_args(["--experiment", "digits_cnn", *args]))
+    return [(label, settings) for label, settings, _ in resolved]
+
+
+def test_sampling_draws_the_same_points_for_the_same_seed_within_their_ranges():
+    args = ["--sample", "learning-rate=loguniform:1e-4,1e-1", "--sample", "batch-size=uniform:16,256",
+            "--sample", "optimizer=choice:sgd,adam,rmsprop", "--samples", "40"]
+    first, again = sampled(*args), sampled(*args)
+    assert first == again  # reproducible: the same options and seed give the same points, labels included
+    other = sampled(*args, "--sample-seed", "1")
+    assert [s for _, s in other] != [s for _, s in first]
+    rates = [s["learning_rate"] for _, s in first]
+    assert all(1e-4 <= r <= 1e-1 for r in rates)
+    # loguniform: about a third of the draws in each decade, not most of them in the top one as uniform would
+    assert sum(r < 1e-3 for r in rates) >= 5 and sum(r < 1e-2 for r in rates) >= 15
+    assert all(isinstance(s["batch_size"], int) and 16 <= s["batch_size"] <= 256 for _, s in first)
+    assert {s["optimizer"] for _, s in first} == {"sgd", "adam", "rmsprop"}
+    assert len({label for label, _ in first}) == 40 and all(f"lr{s['learning_rate']:g}" in label for label, s in first)
+
+
+def test_sampling_crosses_each_draw_with_the_sweep():
+    points = sampled("--sample", "learning-rate=loguniform:1e-4,1e-1", "--samples", "3", "--sweep", "batch-size=32,64")
+    assert len(points) == 6
+    assert sorted((s["batch_size"], s["learning_rate"]) for _, s in points) == sorted(
+        (b, s["learning_rate"]) for b in (32, 64) for _, s in points[:3])
+
+
 BAD_SUBMITS = [
+    (["--experiment", "digits_cnn", "--sample", "learning-rate=normal:0,1", "--samples", "2"],
+     "--sample 'learning-rate=normal:0,1': after SETTING= write one of loguniform:LOW,HIGH"),
+    (["--experiment", "digits_cnn", "--sample", "learning-rate=loguniform:0,1", "--samples", "2"],
+     "--sample 'learning-rate=loguniform:0,1' must be loguniform:LOW,HIGH (0 < LOW < HIGH"),
+    (["--experiment", "digits_cnn", "--sample", "learning-rate=uniform:0.5,0.1", "--samples", "2"],
+     "must be uniform:LOW,HIGH (LOW < HIGH)"),
+    (["--experiment", "digits_cnn", "--sample", "activation=uniform:1,2", "--samples", "2"],
+     "--activation takes str values; use choice:A,B"),
+    (["--experiment", "digits_cnn", "--sample", "optimizer=choice:sgd,nope", "--samples", "2"],
+     "--optimizer must be one of"),
+    (["--experiment", "digits_cnn", "--sample", "learning-rate=uniform:x,1", "--samples", "2"],
+     "--learning-rate must be float, got 'x'"),
+    (["--experiment", "digits_cnn", "--sample", "learning-rate=uniform:0.1,1"], "--sample and --samples N go together"),
+    (["--experiment", "digits_cnn", "--samples", "3"], "--sample and --samples N go together"),
+    (["--experiment", "digits_cnn", "--sample", "seed=choice:1,2", "--samples", "0"], "--samples must be a positive"),
+    (["--grid", "cifar_hparams", "--sample", "optimizer=choice:sgd", "--samples", "2"],
+     "--optimizer is sampled by --sample; it can't also be swept or set"),
+
     (["--grid", "nope"], "unknown grid 'nope'; choose one of: cifar_hparams, alexnet227_lr"),
     (["--grid", "cifar_hparams", "--optimizer", "adam"], "--optimizer is swept by grid 'cifar_hparams'"),
     (["--experiment", "digits_cnn", "--sweep", "batch-size"], "--sweep wants SETTING=VALUE1,VALUE2"),
