@@ -36,6 +36,58 @@ class EpochStats(tf.keras.callbacks.Callback):
         logs["images_per_second"] = self.images_per_epoch / (self.train_seconds or seconds)
 
 
+class Progress(tf.keras.callbacks.Callback):
+    """Rank 0: where training is within an epoch (step k of N, images/s, time left in the epoch).
+
+    To a terminal a bar, redrawn at most twice a second and cleared before Keras' epoch line; to a
+    file or a pipe (a SLURM log) a line every `interval` seconds, so a 25-minute epoch is not silent."""
+
+    def __init__(self, steps: int, images_per_step: int, epochs: int, interval: float, stream=None):
+        import sys
+
+        super().__init__()
+        self.steps, self.images_per_step, self.epochs = steps, images_per_step, epochs
+        self.stream = stream or sys.stdout
+        self.terminal = self.stream.isatty()
+        self.interval = 0.5 if self.terminal else interval
+        self.drawn = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.start = epoch, time.perf_counter()
+        self.last = self.start
+
+    def on_train_batch_end(self, batch, logs=None):
+        done, now = batch + 1, time.perf_counter()  # batch: the last step of this execution
+        if done >= self.steps or now - self.last < self.interval:
+            return  # the epoch's own line follows the last step
+        self.last = now
+        elapsed = now - self.start
+        left = elapsed / done * (self.steps - done)
+        text = (f"epoch {self.epoch + 1}/{self.epochs}: step {done:,}/{self.steps:,}, "
+                f"{done * self.images_per_step / elapsed:,.0f} img/s, {clock(left)} left in this epoch")
+        if self.terminal:
+            filled = int(24 * done / self.steps)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (24 - filled)}] {text}\033[K")
+            self.drawn = True
+        else:
+            self.stream.write(f"hpccnn: {text}\n")
+        self.stream.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.drawn = False
+
+
+def clock(seconds: float) -> str:
+    """1h02m, 4m05s, 12s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 class ReseedRandomLayers(tf.keras.callbacks.Callback):
     """Dropout masks that depend only on (seed, epoch, step), so a resumed run repeats them exactly.
 

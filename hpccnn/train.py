@@ -247,7 +247,7 @@ def assemble_callbacks(exp, world, inputs, lr, watchdog, stopper, writer, resume
     """(callbacks in Horovod's order, rank 0's recorder or None)."""
     import tensorflow as tf
 
-    from hpccnn.callbacks import EpochStats, RankZeroRecorder, ReseedRandomLayers, lr_warmup
+    from hpccnn.callbacks import EpochStats, Progress, RankZeroRecorder, ReseedRandomLayers, lr_warmup
 
     hvd = dist.hvd()
     callbacks = [
@@ -274,7 +274,8 @@ def assemble_callbacks(exp, world, inputs, lr, watchdog, stopper, writer, resume
         return callbacks, None
     recorder = RankZeroRecorder(writer, stopper, resume.history if resume is not None else [], stateful)
     board = tf.keras.callbacks.TensorBoard(log_dir=str(writer.path("tensorboard")), profile_batch=0)
-    return [*callbacks, recorder, board], recorder
+    progress = Progress(inputs.steps, inputs.batch * world.size, exp.epochs, progress_interval())
+    return [*callbacks, recorder, board, progress], recorder
 
 
 def gather_predictions(model, inputs, exp, world, callbacks):
@@ -436,13 +437,22 @@ def fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, wr
 
 def stall_timeout() -> float:
     """HPCCNN_STALL_TIMEOUT: seconds without progress after which a rank gives up (0: never)."""
-    value = os.environ.get("HPCCNN_STALL_TIMEOUT", "600")
+    return seconds_from_env("HPCCNN_STALL_TIMEOUT", 600, "0 turns the watchdog off")
+
+
+def progress_interval() -> float:
+    """HPCCNN_PROGRESS_SECONDS: seconds between rank 0's progress lines within an epoch in a log."""
+    return seconds_from_env("HPCCNN_PROGRESS_SECONDS", 30, "0 writes a line after every step")
+
+
+def seconds_from_env(name: str, default: float, zero: str) -> float:
+    value = os.environ.get(name, str(default))
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds < float("inf"):
-        raise UserError(f"HPCCNN_STALL_TIMEOUT={value!r} must be a number of seconds (0 turns the watchdog off)")
+        raise UserError(f"{name}={value!r} must be a number of seconds ({zero})")
     return seconds
 
 
@@ -476,7 +486,7 @@ def stopped(stopper, writer, started) -> Interrupted:
 def parse(argv):
     """(options, Experiment) from hpccnn.train's command line; a UserError if anything is wrong."""
     args = build_parser().parse_args(argv)
-    stall_timeout()  # checked before anything starts
+    stall_timeout(), progress_interval()  # checked before anything starts
     changes = overrides(args)
     if args.resume is not None:
         return args, resumed_experiment(args, changes)

@@ -179,13 +179,15 @@ def test_the_stall_watchdog_ends_a_rank_that_makes_no_progress(tmp_path):
     assert re.match(r"STALL no progress for [2-9] s", proc.stdout) and "ending this rank" in proc.stderr, proc.stdout
 
 
+@pytest.mark.parametrize("name", ["HPCCNN_STALL_TIMEOUT", "HPCCNN_PROGRESS_SECONDS"])
 @pytest.mark.parametrize("value", ["soon", "-5", "inf", "nan"])
-def test_a_bad_stall_timeout_is_refused_in_one_line(tmp_path, value, monkeypatch):
+def test_a_bad_stall_timeout_or_progress_interval_is_refused_in_one_line(tmp_path, name, value, monkeypatch):
     """In this process (hpccnn.train as a command: tests/test_bad_input.py)."""
     from conftest import train_refusal
 
-    monkeypatch.setenv("HPCCNN_STALL_TIMEOUT", value)
-    assert "HPCCNN_STALL_TIMEOUT" in train_refusal("--epochs", "1", "--results-dir", tmp_path / "results")
+    monkeypatch.setenv(name, value)
+    assert f"{name}={value!r} must be a number of seconds" in train_refusal(
+        "--epochs", "1", "--results-dir", tmp_path / "results")
     assert not (tmp_path / "results").exists()
 
 

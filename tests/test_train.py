@@ -1,5 +1,7 @@
 """python -m hpccnn.train as one process: the run folder holds everything, nothing is overwritten."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,10 +14,47 @@ HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    proc = run_module("hpccnn.train", "--experiment", "digits_cnn", "--epochs", "3", "--results-dir", results)
+    env = {**os.environ, "HPCCNN_PROGRESS_SECONDS": "0"}  # a progress line after every step but an epoch's last
+    proc = run_module("hpccnn.train", "--experiment", "digits_cnn", "--epochs", "3", "--results-dir", results,
+                      env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = run_folders(results)
     return folder, proc
+
+
+def test_a_log_gets_progress_lines_within_each_epoch(digits_run):
+    import re
+
+    folder, proc = digits_run  # stdout is a pipe here, as a SLURM log is a file
+    found = re.findall(r"^hpccnn: epoch (\d)/3: step (\d+)/(\d+), [\d,]+ img/s, \d+s left in this epoch$",
+                       proc.stdout, re.M)
+    steps, every = int(found[0][2]), read_json(folder / "config.json")["steps_per_execution"]
+    assert steps > 2 * every  # Keras reports a step once per execution of steps_per_execution steps
+    for epoch in (1, 2, 3):
+        assert [int(s) for e, s, _ in found if int(e) == epoch] == list(range(every, steps, every))
+    assert "\r" not in proc.stdout  # no terminal bar in a log
+
+
+def test_a_terminal_gets_a_bar_redrawn_in_place_and_cleared_before_the_epoch_line():
+    import io
+
+    from hpccnn.callbacks import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    bar = Progress(steps=100, images_per_step=32, epochs=2, interval=30, stream=out)
+    bar.interval = 0  # redraw at every step instead of twice a second
+    bar.on_epoch_begin(0)
+    for step in range(100):
+        bar.on_train_batch_end(step)
+    bar.on_epoch_end(0)
+    text = out.getvalue()
+    assert text.count("\r[") == 99 and "\n" not in text  # redrawn in place, never a new line
+    assert "\r[############............] epoch 1/2: step 50/100," in text
+    assert text.endswith("\r\033[K")  # the bar is gone before Keras prints the epoch's line
 
 
 def test_run_folder_is_dated_and_named_after_the_experiment(digits_run):
