@@ -46,6 +46,11 @@ def build_parser():
     what.add_argument("--grid", help=f"a named grid: {', '.join(grids.GRIDS)}")
     what.add_argument("--experiment", help="one experiment (see python -m hpccnn.train --list)")
     what.add_argument("--collect", metavar="GRID_FOLDER", help="write GRID_FOLDER/grid.csv from its runs and exit")
+    what.add_argument("--status", metavar="GRID_FOLDER",
+                      help="one row per point: state, epoch k of N, last validation accuracy, time so far and left")
+    what.add_argument("--resubmit", metavar="GRID_FOLDER",
+                      help="submit again the points that failed or never ran, each resuming from its checkpoint, "
+                           "into the same grid folder (with the resources and cluster it was submitted with)")
     what.add_argument("--list", action="store_true", help="print the grids and exit")
     p.add_argument("--sweep", action="append", metavar="SETTING=V1,V2",
                    help="sweep a setting too (repeatable): --sweep learning-rate=1e-3,1e-4")
@@ -248,20 +253,26 @@ def submit(args) -> int:
     folder = new_grid_folder(args.results_dir, grid.name)
     print(describe(args, grid, points, folder), flush=True)
     try:
-        jobs = _submit_points(args, grid, points, folder, ranks)
+        record = new_record(args, grid, points, folder)
+        jobs = _run_points(args, record, record["points"], folder, ranks, grid.name)
     except Exception:
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)  # nothing ran: leave no half-made grid behind
         raise
+    return _after_submit(args, folder, jobs)
+
+
+def _after_submit(args, folder: Path, jobs) -> int:
+    """Once the points are submitted: on SLURM the collector job, or --wait; then grid.csv and the table."""
     if args.cluster == "slurm":
         print(f"hpccnn: submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} task(s))")
         if not args.wait:
             collector = _submit_collector(args, folder, jobs)
             print(f"hpccnn: grid.csv will be written by job {collector.job_id} when the array has ended "
-                  f"(or now: python -m hpccnn.submit --collect {folder})")
+                  f"(or now: python -m hpccnn.submit --collect {folder}; progress: --status {folder})")
             return 0
-        wait_for_slurm(jobs)
+        wait_for_slurm(jobs, folder)
     rows = collect(folder)
     print(format_table(rows))
     print(f"hpccnn: {folder / 'grid.csv'}")
@@ -272,9 +283,7 @@ def submit(args) -> int:
     return 1 if failed else 0
 
 
-def _submit_points(args, grid, points, folder: Path, ranks: int):
-    import submitit
-
+def new_record(args, grid, points, folder: Path) -> dict:
     record = grids.grid_record(grid, points, folder, args.cluster)
     record["command"] = shlex.join([sys.executable, "-m", "hpccnn.submit", *sys.argv[1:]])
     record["resources"] = {k: getattr(args, k) for k in RESOURCES}
@@ -282,15 +291,22 @@ def _submit_points(args, grid, points, folder: Path, ranks: int):
         record["sampled"] = {"sample": args.sample, "samples": args.samples, "seed": args.sample_seed}
     for p, (label, settings, exp) in zip(record["points"], points):
         p["train_args"] = point_args(args, exp.name, settings, folder / label)
+    return record
+
+
+def _run_points(args, record: dict, points: list, folder: Path, ranks: int, name: str):
+    """Submits these points of record (each with its run_args, else train_args); grid.json kept current."""
+    import submitit
+
     from hpccnn.launch import mpi_env
 
     os.environ.update(mpi_env())  # sbatch exports this environment to the ranks (root may run Open MPI)
     if args.cluster == "slurm":
         executor = submitit.SlurmExecutor(folder=folder / "submitit")
-        executor.update_parameters(**slurm_parameters(args, grid.name))
+        executor.update_parameters(**slurm_parameters(args, name))
         with executor.batch():
-            jobs = [executor.submit(TrainPoint(p["train_args"], "python", ranks)) for p in record["points"]]
-        for p, job in zip(record["points"], jobs):
+            jobs = [executor.submit(TrainPoint(p.get("run_args", p["train_args"]), "python", ranks)) for p in points]
+        for p, job in zip(points, jobs):
             p.update(job_id=job.job_id, log=str(job.paths.stdout).replace("%t", "0"))
         write_json(folder / "grid.json", record)
         return jobs
@@ -300,8 +316,8 @@ def _submit_points(args, grid, points, folder: Path, ranks: int):
     launcher = "horovodrun" if args.cluster == "local" else "python"
     write_json(folder / "grid.json", record)
     jobs = []
-    for p in record["points"]:
-        job = executor.submit(TrainPoint(p["train_args"], launcher, ranks))
+    for p in points:
+        job = executor.submit(TrainPoint(p.get("run_args", p["train_args"]), launcher, ranks))
         print(f"hpccnn: point {p['label']}: job {job.job_id}", flush=True)
         try:
             job.result()
@@ -328,17 +344,22 @@ def _submit_collector(args, folder: Path, jobs):
     return executor.submit(Collect(folder))
 
 
-def wait_for_slurm(jobs):
-    """Blocks until every array task has left SLURM's active states; prints progress when it changes."""
+def wait_for_slurm(jobs, folder: Path):
+    """Blocks until every array task has left SLURM's active states; prints a line for each point
+    whose progress changed (state, epoch, validation accuracy), so that a log stays readable."""
     array_id = jobs[0].job_id.split("_")[0]
-    last = None
+    shown = {}
     while True:
         states = slurm.job_states(array_id)
         mine = [states.get(j.job_id, states.get(array_id, "UNKNOWN")) for j in jobs]
-        summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(_count(mine).items()))
-        if summary != last:
-            print(f"hpccnn: {datetime.datetime.now():%H:%M:%S} array {array_id}: {summary}", flush=True)
-            last = summary
+        record = read_record(folder)
+        for p in (progress(r) for r in point_rows(record)):
+            key = (p["status"], p["epoch"], p["val_accuracy"])
+            if shown.get(p["point"]) != key:
+                shown[p["point"]] = key
+                cells = progress_cells(p)
+                print(f"hpccnn: {datetime.datetime.now():%H:%M:%S} {cells[0]}: {cells[1]}, epoch {cells[2]}, "
+                      f"val_acc {cells[3]}, elapsed {cells[4]}, left {cells[5]}", flush=True)
         if not any(s in slurm.ACTIVE for s in mine):
             return
         time.sleep(5)
@@ -401,21 +422,33 @@ def last_error(log) -> str | None:
     return f"{found[-1][0]}: {found[-1][1]}"[:300] if found else None
 
 
+def read_record(folder) -> dict:
+    """A grid folder's grid.json, its points' run folders found beside it (a grid folder copied elsewhere)."""
+    folder = Path(folder)
+    record = read_json(folder / "grid.json")
+    if record is None:
+        raise UserError(f"{folder} has no readable grid.json: not a grid folder made by python -m hpccnn.submit")
+    for p in record["points"]:
+        if (folder / p["label"]).is_dir():
+            p["run_dir"] = str(folder / p["label"])
+    return record
+
+
+def point_rows(record: dict) -> list:
+    """grid.csv's rows: each point's status from its run folder and SLURM's state of its latest job."""
+    states = {}
+    if record.get("cluster") == "slurm":  # a resubmitted point's job is in another array
+        for array in sorted({p["job_id"].split("_")[0] for p in record["points"] if p.get("job_id")}):
+            states.update(slurm.job_states(array))
+    return [point_row(p, states.get(p.get("job_id")) if record.get("cluster") == "slurm" else None)
+            for p in record["points"]]
+
+
 def collect(folder: Path) -> list:
     """Writes folder/grid.csv from grid.json, the run folders and SLURM's job states; returns the rows."""
     import pandas as pd
 
-    record = read_json(folder / "grid.json")
-    if record is None:
-        raise UserError(f"{folder} has no readable grid.json: not a grid folder made by python -m hpccnn.submit")
-    states = {}
-    if record.get("cluster") == "slurm" and record["points"]:
-        states = slurm.job_states(record["points"][0]["job_id"].split("_")[0])
-    for p in record["points"]:  # a grid folder copied elsewhere still finds its runs beside grid.json
-        if (folder / p["label"]).is_dir():
-            p["run_dir"] = str(folder / p["label"])
-    rows = [point_row(p, states.get(p.get("job_id")) if record.get("cluster") == "slurm" else None)
-            for p in record["points"]]
+    rows = point_rows(read_record(folder))
     frame = pd.DataFrame(rows)
     for key in ("world_size", "last_epoch"):
         frame[key] = frame[key].astype("Int64")
@@ -436,12 +469,115 @@ def format_table(rows) -> str:
                                  tables.number(r["world_size"])] for r in ordered))
 
 
+def progress(row: dict, now=None) -> dict:
+    """Where a point is: epoch k of N, last validation accuracy, seconds so far and an estimate of those left."""
+    import csv
+
+    now = now or time.time()
+    run = Path(row["run_folder"])
+    config, metrics = read_json(run / "config.json") or {}, read_json(run / "metrics.json") or {}
+    try:
+        with open(run / "history.csv") as f:
+            history = list(csv.DictReader(f))
+    except OSError:
+        history = []
+    epochs, done = config.get("epochs") or row.get("epochs"), int(history[-1]["epoch"]) if history else 0
+    val = history[-1].get("val_accuracy") if history else None
+    seconds = [float(h["epoch_seconds"]) for h in history if h.get("epoch_seconds")]
+    elapsed = left = None
+    if row["status"] == RUNNING:
+        started = _started(run)
+        elapsed = metrics.get("wall_seconds", 0) * bool(metrics.get("resumes")) + (now - started if started else 0)
+        if seconds and epochs:
+            since_last = now - (run / "history.csv").stat().st_mtime
+            left = max(0.0, sum(seconds) / len(seconds) * (epochs - done) - since_last)
+    elif metrics.get("wall_seconds") is not None:
+        elapsed, left = metrics["wall_seconds"], 0.0 if row["status"] == COMPLETED else None
+    return {"point": row["point"], "status": row["status"], "epoch": done, "epochs": epochs,
+            "val_accuracy": float(val) if val not in (None, "") else None, "elapsed": elapsed, "left": left,
+            "reason": row["reason"]}
+
+
+def _started(run: Path):
+    """When the run's latest attempt started (provenance.json), in seconds since the epoch."""
+    prov = read_json(run / "provenance.json") or {}
+    when = (prov.get("resumes") or [prov])[-1].get("started")
+    return datetime.datetime.fromisoformat(when).timestamp() if when else None
+
+
+def progress_cells(p: dict) -> list:
+    from hpccnn.callbacks import clock
+
+    return [p["point"], p["status"], f"{p['epoch']}/{p['epochs'] or '?'}", tables.number(p["val_accuracy"]),
+            clock(p["elapsed"]) if p["elapsed"] is not None else "-",
+            clock(p["left"]) if p["left"] is not None else "-", (p["reason"] or "")[:80]]
+
+
+PROGRESS_HEADER = ["point", "status", "epoch", "val_acc", "elapsed", "left", "reason"]
+
+
+def status(folder) -> str:
+    """python -m hpccnn.submit --status GRID_FOLDER: the table, and a line of totals."""
+    rows = [progress(r) for r in point_rows(read_record(folder))]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(_count([r["status"] for r in rows]).items()))
+    return tables.text(PROGRESS_HEADER, [progress_cells(r) for r in rows]) + f"\nhpccnn: {len(rows)} point(s): {counts}"
+
+
+RESUBMITTABLE = (FAILED, NOT_RUN, "interrupted")
+
+
+def resubmit(args) -> int:
+    """Submits again, into the same grid folder, the points that failed or never ran: a point whose run
+    folder was started resumes from its latest checkpoint (--resume), the others start afresh."""
+    folder = Path(args.resubmit)
+    record = read_record(folder)
+    rows = point_rows(record)
+    active = [r["point"] for r in rows if r["status"] not in (COMPLETED, *RESUBMITTABLE)]
+    if active:
+        raise UserError(f"{len(active)} point(s) of {folder} are still pending or running ({', '.join(active[:3])}); "
+                        f"wait for them (python -m hpccnn.submit --status {folder}) before --resubmit")
+    again = [p for p, r in zip(record["points"], rows) if r["status"] in RESUBMITTABLE]
+    if not again:
+        print(f"hpccnn: nothing to resubmit: every point of {folder} completed")
+        return 0
+    for p in again:
+        run = Path(p["run_dir"])
+        p.setdefault("attempts", []).append({k: p[k] for k in ("job_id", "log", "state", "reason") if p.get(k)})
+        for key in ("state", "reason"):
+            p.pop(key, None)
+        if (run / "config.json").exists() and (run / "metrics.json").exists():
+            given = p["train_args"]  # of its options, only these two go with --resume
+            extra = ["--no-save-model"] * ("--no-save-model" in given)
+            if "--data-dir" in given:
+                extra += given[given.index("--data-dir"):given.index("--data-dir") + 2]
+            p["run_args"] = ["--resume", str(run), *extra]
+        else:
+            if run.exists():  # started but never got as far as its settings: kept beside, never overwritten
+                aside = run.with_name(f"{run.name}.attempt-{len(p['attempts'])}")
+                run.rename(aside)
+                print(f"hpccnn: {p['label']}: its unfinished run folder is now {aside}")
+            p["run_args"] = p["train_args"]
+    for key, value in record.get("resources", {}).items():
+        setattr(args, key, value)
+    args.cluster = record["cluster"]
+    ranks = args.nodes * args.ntasks_per_node
+    print(f"hpccnn: resubmitting {len(again)} of {len(record['points'])} point(s) of {folder} on --cluster "
+          f"{args.cluster}: {', '.join(p['label'] for p in again)}", flush=True)
+    jobs = _run_points(args, record, again, folder, ranks, record["grid"])
+    return _after_submit(args, folder, jobs)
+
+
 @cli
 def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
         print(list_grids())
         return 0
+    if args.status:
+        print(status(args.status))
+        return 0
+    if args.resubmit:
+        return resubmit(args)
     if args.collect:
         folder = Path(args.collect)
         rows = collect(folder)

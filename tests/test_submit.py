@@ -103,6 +103,61 @@ def test_without_wait_a_collector_job_writes_grid_csv_after_the_array(slurm_env,
 
 @pytest.mark.mpi
 @pytest.mark.slow
+def test_status_shows_a_running_grid_and_resubmit_resumes_the_point_that_was_cancelled(slurm_env, tmp_path,
+                                                                                     monkeypatch):
+    from hpccnn import submit
+
+    for key, value in slurm_env.items():  # this process reads SLURM's states too (submit.point_rows)
+        monkeypatch.setenv(key, value)
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", "seed=0,1", "--epochs", "20",
+                      "--results-dir", results, "--no-save-model", *SMALL, env=slurm_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    folder = grid_folder(results)
+    seen, shown, cancelled_after, deadline = set(), None, None, time.time() + 300
+    while time.time() < deadline and cancelled_after is None:
+        rows = {p["point"]: p for p in map(submit.progress, submit.point_rows(submit.read_record(folder)))}
+        first, second = rows["00_0"], rows["01_1"]
+        seen.add((first["status"], second["status"]))
+        if first["status"] == "running" and 1 <= first["epoch"] < 15 and shown is None:
+            shown = run_module("hpccnn.submit", "--status", folder, env=slurm_env, timeout=120)
+        if second["status"] == "running" and second["epoch"] >= 2:  # it has a checkpoint: cancel it now
+            job = submit.read_record(folder)["points"][1]["job_id"]
+            subprocess.run(["scancel", job], env=slurm_env, check=True, timeout=30)
+            cancelled_after = second["epoch"]
+        time.sleep(0.5)
+    assert cancelled_after is not None, seen
+    # --status while the grid ran: the first point running, some epochs of 20 done, an estimate of what is left
+    assert shown is not None and shown.returncode == 0, seen
+    line = next(x for x in shown.stdout.splitlines() if x.startswith("00_0 "))
+    epoch, left = re.search(r"running\s+(\d+)/20\s+0\.\d{4}\s+\S+\s+(\S+)", line).groups()
+    assert 1 <= int(epoch) < 20 and re.fullmatch(r"(\d+m)?\d+s", left), shown.stdout
+    collector = re.search(r"written by job (\d+)", proc.stdout).group(1)
+    assert wait_for(slurm_env, collector, timeout=600) == "COMPLETED"
+
+    after = run_module("hpccnn.submit", "--status", folder, env=slurm_env, timeout=120)
+    assert re.search(r"^00_0\s+completed\s+20/20\s+0\.\d{4}\s+\S+\s+0s", after.stdout, re.M), after.stdout
+    assert re.search(r"^01_1\s+failed\s+(\d+)/20 .*(SIGTERM|CANCELLED)", after.stdout, re.M), after.stdout
+    assert "2 point(s): 1 completed, 1 failed" in after.stdout
+
+    again = run_module("hpccnn.submit", "--resubmit", folder, "--wait", env=slurm_env, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resubmitting 1 of 2 point(s)" in again.stdout and "01_1" in again.stdout
+    assert [r["status"] for r in read_grid(folder)] == ["completed", "completed"]  # the grid as a whole
+    run = folder / "01_1"
+    with open(run / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, 21))  # every epoch once, continuing
+    resumed = read_json(run / "provenance.json")["resumes"][-1]
+    assert resumed["after_epoch"] >= cancelled_after and "--resume" in resumed["command"]
+    point = read_json(folder / "grid.json")["points"][1]
+    assert point["attempts"][0]["job_id"] != point["job_id"]
+    nothing = run_module("hpccnn.submit", "--resubmit", folder, env=slurm_env, timeout=120)
+    assert nothing.returncode == 0 and nothing.stdout.strip().count("\n") == 0
+    assert nothing.stdout.startswith("hpccnn: nothing to resubmit")
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
 def test_array_template_runs_grid_points_and_collects(slurm_env, tmp_path):
     results = tmp_path / "results"
     job = sbatch(dict(slurm_env, DATASET="digits", EPOCHS="1", RESULTS_DIR=str(results)), "slurm/grid_array.sbatch",
