@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from hpccnn import grids, slurm, tables
+from hpccnn import grids, halving, slurm, tables
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.experiments import add_setting_options, flag
 from hpccnn.experiments import overrides as experiment_overrides
@@ -61,6 +61,11 @@ def build_parser():
                    help="how many settings to draw for --sample (each crossed with the grid's points)")
     p.add_argument("--sample-seed", type=int, default=0, metavar="SEED",
                    help="the seed the draws come from: the same seed draws the same points [0]")
+    p.add_argument("--halving", type=int, default=None, metavar="ETA",
+                   help="successive halving: after each rung only the best 1/ETA of the points (by validation "
+                        "accuracy) go on, to ETA times the epochs, resuming from their checkpoints")
+    p.add_argument("--min-epochs", type=int, default=None, metavar="N",
+                   help="epochs of the first rung of --halving [1]")
     p.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
                    help="submitit executor: slurm (sbatch), local (this machine, horovodrun), debug (in process)")
     p.add_argument("--dry-run", action="store_true", help="print each job's resources and command; submit nothing")
@@ -235,11 +240,15 @@ def submit(args) -> int:
         if limit is not None and len(points) > limit:
             raise UserError(f"{len(points)} points exceed this cluster's MaxArraySize of {limit}; "
                             f"submit the grid in parts (fewer --sweep values)")
+    rungs = halving.check(args.halving, args.min_epochs, [exp.epochs for _, _, exp in points])
     if args.dry_run:
         folder = run_folder(Path(args.results_dir).resolve(), grid.name, datetime.date.today().isoformat(), "<HHMMSS>")
         print(describe(args, grid, points, folder) + "\n")
+        if rungs:
+            print(describe_rungs(args, points, rungs) + "\n")
         for index, (label, settings, exp) in enumerate(points):
-            command = TrainPoint(point_args(args, exp.name, settings, folder / label),
+            given = point_args(args, exp.name, settings, folder / label)
+            command = TrainPoint(_with_epochs(given, rungs[0]) if rungs else given,
                                  "horovodrun" if args.cluster == "local" else "python", ranks).command()
             where = f"array task {index}" if args.cluster == "slurm" else f"point {index}"
             print(f"[{where}] {label}: {shlex.join(command)}")
@@ -252,8 +261,13 @@ def submit(args) -> int:
 
     folder = new_grid_folder(args.results_dir, grid.name)
     print(describe(args, grid, points, folder), flush=True)
+    if rungs:
+        print(describe_rungs(args, points, rungs), flush=True)
     try:
         record = new_record(args, grid, points, folder)
+        if rungs:
+            record["halving"] = {"eta": args.halving, "epochs": rungs, "rungs": []}
+            return run_rung(args, record, folder, 0)
         jobs = _run_points(args, record, record["points"], folder, ranks, grid.name)
     except Exception:
         import shutil
@@ -263,12 +277,13 @@ def submit(args) -> int:
     return _after_submit(args, folder, jobs)
 
 
-def _after_submit(args, folder: Path, jobs) -> int:
-    """Once the points are submitted: on SLURM the collector job, or --wait; then grid.csv and the table."""
-    if args.cluster == "slurm":
+def _after_submit(args, folder: Path, jobs, final=False) -> int:
+    """Once the points are submitted: on SLURM the collector job, or --wait; then grid.csv and the table.
+    final: every job has ended already (the last rung of a halving grid): grid.csv and the table now."""
+    if args.cluster == "slurm" and not final:
         print(f"hpccnn: submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} task(s))")
         if not args.wait:
-            collector = _submit_collector(args, folder, jobs)
+            collector = _submit_follow_up(args, folder, jobs, Collect(folder), "hpccnn-collect")
             print(f"hpccnn: grid.csv will be written by job {collector.job_id} when the array has ended "
                   f"(or now: python -m hpccnn.submit --collect {folder}; progress: --status {folder})")
             return 0
@@ -281,6 +296,102 @@ def _after_submit(args, folder: Path, jobs) -> int:
         print(f"hpccnn: {len(failed)} of {len(rows)} point(s) did not complete; logs: "
               + ", ".join(r["log"] for r in failed if r["log"]), file=sys.stderr)
     return 1 if failed else 0
+
+
+def describe_rungs(args, points, rungs) -> str:
+    """The rungs of a halving grid: points and epochs of each, and the training they cost at most."""
+    ranks = args.nodes * args.ntasks_per_node
+    counts = halving.survivors(len(points), args.halving, len(rungs))
+    lines = [f"successive halving, ETA {args.halving}: {len(rungs)} rungs"]
+    for k, (n, e) in enumerate(zip(counts, rungs)):
+        lines.append(f"  rung {k}: {'every point' if k == 0 else f'the best {n}'} ({n}) to epoch {e}")
+    full = len(points) * rungs[-1] * ranks
+    lines.append(f"{halving.rank_epochs(counts, rungs, ranks)} rank-epochs at most, against {full} for the whole grid "
+                 f"to epoch {rungs[-1]}")
+    if args.cluster == "slurm":
+        lines.append(f"{sum(counts) * ranks * args.time_min / 60:.1f} rank-hours at most (each rung one job array "
+                     f"of {args.time_min}-minute tasks)")
+    return "\n".join(lines)
+
+
+def run_rung(args, record: dict, folder: Path, k: int) -> int:
+    """Starts rung k of a halving grid: its points to the rung's epochs, rung 0 afresh and the others
+    resuming their run folders. Locally, and on SLURM with --wait, this process then decides the next
+    rung itself; on SLURM without --wait a one-core job (Advance) does, after the rung's array."""
+    h = record["halving"]
+    epochs = h["epochs"][k]
+    if k == 0:
+        labels = [p["label"] for p in record["points"]]
+    else:
+        rows = {r["point"]: r for r in map(progress, point_rows(record))}
+        done = [rows[label] for label in h["rungs"][k - 1]["points"]]
+        count = halving.survivors(len(record["points"]), h["eta"], len(h["epochs"]))[k]
+        labels = halving.promote(done, count)
+        h["rungs"][k - 1]["promoted"] = labels
+    for p in record["points"]:
+        if k and p["label"] in h["rungs"][k - 1]["points"]:
+            p["stopped_early"] = p["label"] not in labels
+    if not labels:  # every point of the rung before failed
+        write_json(folder / "grid.json", record)
+        return _after_submit(args, folder, [], final=True)
+    h["rungs"].append({"epochs": epochs, "points": labels})
+    chosen = [p for p in record["points"] if p["label"] in labels]
+    for p in chosen:
+        p["rung"], p["stopped_early"] = k, False
+        if k == 0:
+            p["run_args"] = _with_epochs(p["train_args"], epochs)
+        else:
+            p["run_args"] = ["--resume", p["run_dir"], "--epochs", str(epochs), *_resume_extras(p["train_args"])]
+            for key in ("state", "reason"):
+                p.pop(key, None)
+    print(f"hpccnn: rung {k}: {len(chosen)} point(s) to epoch {epochs}: {', '.join(labels)}", flush=True)
+    jobs = _run_points(args, record, chosen, folder, args.nodes * args.ntasks_per_node, record["grid"])
+    last = k == len(h["epochs"]) - 1
+    if args.cluster == "slurm":
+        print(f"hpccnn: submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} task(s)) for rung {k}")
+        if not args.wait:
+            if last:
+                return _after_submit(args, folder, jobs)
+            job = _submit_follow_up(args, folder, jobs, Advance(folder, k + 1), "hpccnn-halving")
+            print(f"hpccnn: job {job.job_id} starts rung {k + 1} when rung {k} has ended "
+                  f"(progress: python -m hpccnn.submit --status {folder})", flush=True)
+            return 0
+        wait_for_slurm(jobs, folder)
+    if last:
+        return _after_submit(args, folder, [], final=True)
+    return run_rung(args, read_record(folder), folder, k + 1)
+
+
+class Advance:
+    """The small job that runs after a rung of a halving grid on SLURM: promotes and starts the next rung."""
+
+    def __init__(self, folder, rung: int):
+        self.folder, self.rung = str(folder), rung
+
+    def __call__(self):
+        import argparse
+
+        for key in [k for k in os.environ if k.startswith(("SLURM_", "SBATCH_")) and k != "SLURM_CONF"]:
+            del os.environ[key]  # this job's own: the next array must not inherit them (the cluster's config stays)
+        record = read_record(self.folder)
+        args = argparse.Namespace(**record["resources"], cluster="slurm", wait=False)
+        return run_rung(args, record, Path(self.folder), self.rung)
+
+
+def _with_epochs(train_args: list, epochs: int) -> list:
+    args = list(train_args)
+    if "--epochs" in args:
+        args[args.index("--epochs") + 1] = str(epochs)
+        return args
+    return [*args, "--epochs", str(epochs)]
+
+
+def _resume_extras(given: list) -> list:
+    """Of a point's hpccnn.train options, those that go with --resume: --no-save-model and --data-dir."""
+    extra = ["--no-save-model"] * ("--no-save-model" in given)
+    if "--data-dir" in given:
+        extra += given[given.index("--data-dir"):given.index("--data-dir") + 2]
+    return extra
 
 
 def new_record(args, grid, points, folder: Path) -> dict:
@@ -331,17 +442,18 @@ def _run_points(args, record: dict, points: list, folder: Path, ranks: int, name
     return jobs
 
 
-def _submit_collector(args, folder: Path, jobs):
+def _submit_follow_up(args, folder: Path, jobs, call, name: str):
+    """A one-core job that SLURM starts once the array of jobs has ended, however it ended (afterany)."""
     import submitit
 
     executor = submitit.SlurmExecutor(folder=folder / "submitit")
-    params = dict(job_name="hpccnn-collect", nodes=1, ntasks_per_node=1, cpus_per_task=1, mem="1GB", time=10,
+    params = dict(job_name=name, nodes=1, ntasks_per_node=1, cpus_per_task=1, mem="1GB", time=10,
                   dependency=f"afterany:{jobs[0].job_id.split('_')[0]}")
     for key in ("partition", "account"):
         if getattr(args, key):
             params[key] = getattr(args, key)
     executor.update_parameters(**params)
-    return executor.submit(Collect(folder))
+    return executor.submit(call)
 
 
 def wait_for_slurm(jobs, folder: Path):
@@ -399,7 +511,10 @@ def point_row(point: dict, state: str | None) -> dict:
             "test_accuracy": metrics.get("test_accuracy"), "test_loss": metrics.get("test_loss"),
             "wall_seconds": metrics.get("wall_seconds"), "world_size": metrics.get("world_size"),
             "last_epoch": metrics.get("last_epoch"), "job_id": point.get("job_id"), "reason": reason,
-            "run_folder": point["run_dir"], "log": log}
+            "run_folder": point["run_dir"], "log": log,
+            **({"rung": point["rung"], "epochs_trained": metrics.get("last_epoch") or 0,
+                "rank_epochs": (metrics.get("last_epoch") or 0) * (metrics.get("world_size") or 0),
+                "stopped_early": point.get("stopped_early", False)} if "rung" in point else {})}
 
 
 def _slurm_log(point: dict) -> str:
@@ -461,12 +576,21 @@ def format_table(rows) -> str:
     if not rows:
         return "(no points)"
     settings = [k for k in rows[0] if k not in ("point", "status", "test_accuracy", "test_loss", "wall_seconds",
-                                                 "world_size", "last_epoch", "job_id", "reason", "run_folder", "log")]
-    header = ["point", *settings, "status", "test_acc", "test_loss", "seconds", "ranks"]
-    ordered = sorted(rows, key=lambda r: -(r["test_accuracy"] if r["test_accuracy"] is not None else -1))
+                                                 "world_size", "last_epoch", "job_id", "reason", "run_folder", "log",
+                                                 *HALVING_COLUMNS)]
+    halved = "rung" in rows[0]
+    header = ["point", *settings, "status", "test_acc", "test_loss", "seconds", "ranks",
+              *(["rung", "trained", "stopped"] if halved else [])]
+    ordered = sorted(rows, key=lambda r: (-(r.get("epochs_trained") or 0),
+                                          -(r["test_accuracy"] if r["test_accuracy"] is not None else -1)))
     return tables.text(header, ([r["point"], *(r[k] for k in settings), r["status"], tables.number(r["test_accuracy"]),
                                  tables.number(r["test_loss"]), tables.number(r["wall_seconds"], 0),
-                                 tables.number(r["world_size"])] for r in ordered))
+                                 tables.number(r["world_size"]),
+                                 *([r["rung"], r["epochs_trained"], "early" if r["stopped_early"] else ""]
+                                   if halved else [])] for r in ordered))
+
+
+HALVING_COLUMNS = ("rung", "epochs_trained", "rank_epochs", "stopped_early")
 
 
 def progress(row: dict, now=None) -> dict:
@@ -483,6 +607,7 @@ def progress(row: dict, now=None) -> dict:
         history = []
     epochs, done = config.get("epochs") or row.get("epochs"), int(history[-1]["epoch"]) if history else 0
     val = history[-1].get("val_accuracy") if history else None
+    val_loss = history[-1].get("val_loss") if history else None
     seconds = [float(h["epoch_seconds"]) for h in history if h.get("epoch_seconds")]
     elapsed = left = None
     if row["status"] == RUNNING:
@@ -494,7 +619,8 @@ def progress(row: dict, now=None) -> dict:
     elif metrics.get("wall_seconds") is not None:
         elapsed, left = metrics["wall_seconds"], 0.0 if row["status"] == COMPLETED else None
     return {"point": row["point"], "status": row["status"], "epoch": done, "epochs": epochs,
-            "val_accuracy": float(val) if val not in (None, "") else None, "elapsed": elapsed, "left": left,
+            "val_accuracy": float(val) if val not in (None, "") else None,
+            "val_loss": float(val_loss) if val_loss not in (None, "") else None, "elapsed": elapsed, "left": left,
             "reason": row["reason"]}
 
 
@@ -546,11 +672,7 @@ def resubmit(args) -> int:
         for key in ("state", "reason"):
             p.pop(key, None)
         if (run / "config.json").exists() and (run / "metrics.json").exists():
-            given = p["train_args"]  # of its options, only these two go with --resume
-            extra = ["--no-save-model"] * ("--no-save-model" in given)
-            if "--data-dir" in given:
-                extra += given[given.index("--data-dir"):given.index("--data-dir") + 2]
-            p["run_args"] = ["--resume", str(run), *extra]
+            p["run_args"] = ["--resume", str(run), *_resume_extras(p["train_args"])]
         else:
             if run.exists():  # started but never got as far as its settings: kept beside, never overwritten
                 aside = run.with_name(f"{run.name}.attempt-{len(p['attempts'])}")

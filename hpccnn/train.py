@@ -229,6 +229,7 @@ def open_writer(exp, world, inputs, resume, results_dir, run_dir, argv, data_dir
     if resume is not None:
         writer = RunWriter.reopen(resume.folder)
         writer.resumed(resume.epoch, list(argv), hosts)
+        writer.json("config.json", dataclasses.asdict(exp))  # its --epochs, if the resume changed them
     else:
         writer = RunWriter.create(results_dir, exp.name, world, run_dir)
         try:

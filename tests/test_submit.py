@@ -258,7 +258,102 @@ def test_sampling_crosses_each_draw_with_the_sweep():
         (b, s["learning_rate"]) for b in (32, 64) for _, s in points[:3])
 
 
+def test_halving_rungs_survivors_and_rank_epochs():
+    from hpccnn import halving
+
+    assert halving.rung_epochs(1, 3, 9) == [1, 3, 9] and halving.rung_epochs(1, 3, 10) == [1, 3, 10]
+    assert halving.rung_epochs(2, 2, 8) == [2, 4, 8] and halving.rung_epochs(1, 3, 2) == [2]
+    assert halving.survivors(12, 3, 3) == [12, 4, 2] and halving.survivors(10, 3, 3) == [10, 4, 2]
+    assert halving.rank_epochs([12, 4, 2], [1, 3, 9], 2) == 2 * (12 * 1 + 4 * 2 + 2 * 6)
+    rows = [{"point": "a", "status": "completed", "val_accuracy": 0.5, "val_loss": 1.0},
+            {"point": "b", "status": "failed", "val_accuracy": 0.9, "val_loss": 0.1},  # failed: never promoted
+            {"point": "c", "status": "completed", "val_accuracy": 0.5, "val_loss": 0.8},  # a tie, lower loss
+            {"point": "d", "status": "completed", "val_accuracy": 0.7, "val_loss": 2.0},
+            {"point": "e", "status": "completed", "val_accuracy": 0.5, "val_loss": 0.8}]  # a tie in both: order
+    assert halving.promote(rows, 3) == ["d", "c", "e"]
+    assert halving.promote(rows[:2], 2) == ["a"]
+
+
+def test_halving_dry_run_prints_the_rungs_and_rung_zeros_commands(tmp_path):
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--grid", "cifar_hparams", "--halving", "3", "--min-epochs", "1", "--epochs", "9",
+                      "--dry-run", "--results-dir", results, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"rung 0: every point \(12\) to epoch 1\n\s+rung 1: the best 4 \(4\) to epoch 3\n"
+                     r"\s+rung 2: the best 2 \(2\) to epoch 9\n", proc.stdout), proc.stdout
+    assert "64 rank-epochs at most, against 216 for the whole grid" in proc.stdout  # 2 ranks x (12 + 4x2 + 2x6)
+    assert "288.0 rank-hours at most (each rung" in proc.stdout  # 18 array tasks x 2 ranks x 8 h
+    commands = re.findall(r"^\[array task \d+\] \S+: (.+)$", proc.stdout, re.M)
+    assert len(commands) == 12 and all("--epochs 1 " in c and "--epochs 9" not in c for c in commands)
+    assert not results.exists()
+
+
+@pytest.mark.slow
+def test_halving_on_the_debug_cluster_resumes_the_best_and_stops_the_rest(tmp_path):
+    import pandas as pd
+
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", "seed=0,1,2", "--sweep",
+                      "learning-rate=1e-3,1e-5", "--epochs", "3", "--halving", "3", "--cluster", "debug",
+                      "--results-dir", results, "--no-save-model", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = grid_folder(results)
+    assert proc.stdout.index("rung 0: 6 point(s) to epoch 1") < proc.stdout.index("rung 1: 2 point(s) to epoch 3")
+    record = read_json(folder / "grid.json")
+    (first, second) = record["halving"]["rungs"]
+    assert len(first["points"]) == 6 and first["promoted"] == second["points"] and len(second["points"]) == 2
+    # the promoted are rung 0's best by validation accuracy after its one epoch
+    after_one = {label: pd.read_csv(folder / label / "history.csv").iloc[0]["val_accuracy"] for label in first["points"]}
+    assert sorted(after_one.values())[-2:] == sorted(after_one[label] for label in second["points"])
+    grid = pd.read_csv(folder / "grid.csv")
+    assert (grid["status"] == "completed").all()
+    for _, row in grid.iterrows():
+        history = pd.read_csv(Path(row["run_folder"]) / "history.csv")
+        promoted = row["point"] in second["points"]
+        assert list(history["epoch"]) == ([1, 2, 3] if promoted else [1])  # each epoch once, continuing
+        assert (row["rung"], row["epochs_trained"], bool(row["stopped_early"])) == ((1, 3, False) if promoted
+                                                                                   else (0, 1, True))
+        assert read_json(Path(row["run_folder"]) / "config.json")["epochs"] == row["epochs_trained"]
+    assert grid["rank_epochs"].sum() == 4 * 1 + 2 * 3  # one rank: 4 points stopped after 1 epoch, 2 trained to 3
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_halving_through_slurm_without_wait_runs_every_rung_by_its_own_jobs(slurm_env, tmp_path):
+    import pandas as pd
+
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", "seed=0,1,2", "--epochs", "3",
+                      "--halving", "3", "--results-dir", results, "--no-save-model", *SMALL, env=slurm_env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    advance = re.search(r"job (\d+) starts rung 1 when rung 0 has ended", proc.stdout).group(1)
+    assert wait_for(slurm_env, advance, timeout=600) == "COMPLETED"  # it promoted and submitted rung 1
+    folder = grid_folder(results)
+    record = read_json(folder / "grid.json")
+    (first, second) = record["halving"]["rungs"]
+    (promoted,) = second["points"]
+    job = next(p["job_id"] for p in record["points"] if p["label"] == promoted)
+    assert job.split("_")[0] != record["points"][0]["job_id"].split("_")[0]  # rung 1 is an array of its own
+    assert wait_for(slurm_env, job, timeout=600) == "COMPLETED"
+    deadline = time.time() + 300  # then rung 1's collector writes grid.csv
+    while not (folder / "grid.csv").exists() and time.time() < deadline:
+        time.sleep(2)
+    grid = pd.read_csv(folder / "grid.csv")
+    assert (grid["status"] == "completed").all() and grid["world_size"].tolist() == [2, 2, 2]
+    assert grid.set_index("point")["epochs_trained"].to_dict() == {p: 3 if p == promoted else 1 for p in first["points"]}
+    assert grid["rank_epochs"].sum() == 2 * (2 * 1 + 3)
+    history = pd.read_csv(folder / promoted / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+
+
 BAD_SUBMITS = [
+    (["--experiment", "digits_cnn", "--halving", "1"], "--halving must be 2 or more"),
+    (["--experiment", "digits_cnn", "--min-epochs", "2"], "--min-epochs goes with --halving ETA"),
+    (["--experiment", "digits_cnn", "--halving", "3", "--min-epochs", "0"], "--min-epochs must be a positive"),
+    (["--experiment", "digits_cnn", "--halving", "3", "--epochs", "2"],
+     "--halving 3 --min-epochs 1 leaves one rung of 2 epoch(s): nothing to stop early"),
+    (["--experiment", "digits_cnn", "--halving", "3", "--sweep", "epochs=3,9"], "don't sweep --epochs"),
+
     (["--experiment", "digits_cnn", "--sample", "learning-rate=normal:0,1", "--samples", "2"],
      "--sample 'learning-rate=normal:0,1': after SETTING= write one of loguniform:LOW,HIGH"),
     (["--experiment", "digits_cnn", "--sample", "learning-rate=loguniform:0,1", "--samples", "2"],
