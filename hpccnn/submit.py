@@ -270,11 +270,19 @@ def submit(args) -> int:
             return run_rung(args, record, folder, 0)
         jobs = _run_points(args, record, record["points"], folder, ranks, grid.name)
     except Exception:
-        import shutil
+        if not _anything_ran(folder):  # leave no half-made grid behind, but never a result
+            import shutil
 
-        shutil.rmtree(folder, ignore_errors=True)  # nothing ran: leave no half-made grid behind
+            shutil.rmtree(folder, ignore_errors=True)
         raise
     return _after_submit(args, folder, jobs)
+
+
+def _anything_ran(folder: Path) -> bool:
+    """Whether a grid folder holds a submitted job or a point's run folder (a later rung's failure to
+    submit must not take the earlier rungs' results with it)."""
+    record = read_json(folder / "grid.json") or {"points": []}
+    return any(p.get("job_id") or (folder / p["label"]).exists() for p in record["points"])
 
 
 def _after_submit(args, folder: Path, jobs, final=False) -> int:

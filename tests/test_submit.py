@@ -317,6 +317,30 @@ def test_halving_on_the_debug_cluster_resumes_the_best_and_stops_the_rest(tmp_pa
     assert grid["rank_epochs"].sum() == 4 * 1 + 2 * 3  # one rank: 4 points stopped after 1 epoch, 2 trained to 3
 
 
+@pytest.mark.slow
+def test_a_later_rung_that_fails_to_start_keeps_the_earlier_rungs_results(tmp_path, monkeypatch):
+    """The submission of rung 1 fails here by an injected error (sbatch down, say, which this machine
+    can't produce on demand); rung 0 trained for real, in this process."""
+    from hpccnn import submit
+
+    real, calls = submit._run_points, []
+
+    def run_points(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise RuntimeError("sbatch: error: Batch job submission failed")
+        return real(*args)
+
+    monkeypatch.setattr(submit, "_run_points", run_points)
+    results = tmp_path / "results"
+    with pytest.raises(RuntimeError, match="submission failed"):
+        submit.main(["--experiment", "digits_cnn", "--sweep", "seed=0,1", "--epochs", "3", "--halving", "2",
+                     "--cluster", "debug", "--results-dir", str(results), "--no-save-model"])
+    folder = grid_folder(results)
+    for label in ("00_0", "01_1"):
+        assert read_json(folder / label / "metrics.json")["status"] == "completed"
+
+
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_halving_through_slurm_without_wait_runs_every_rung_by_its_own_jobs(slurm_env, tmp_path):
