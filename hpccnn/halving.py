@@ -60,5 +60,8 @@ def promote(rows: list, count: int) -> list:
     """The labels of the best count points of a rung: completed ones only, by validation accuracy, then
     lower validation loss, then grid order (so ties are decided the same way every time)."""
     done = [(i, r) for i, r in enumerate(rows) if r["status"] == "completed" and r["val_accuracy"] is not None]
-    done.sort(key=lambda ir: (-ir[1]["val_accuracy"], ir[1].get("val_loss", math.inf), ir[0]))
+    def loss(row):
+        return math.inf if row.get("val_loss") is None else row["val_loss"]
+
+    done.sort(key=lambda ir: (-ir[1]["val_accuracy"], loss(ir[1]), ir[0]))
     return [r["point"] for _, r in done[:count]]

@@ -337,8 +337,8 @@ def run_rung(args, record: dict, folder: Path, k: int) -> int:
         labels = halving.promote(done, count)
         h["rungs"][k - 1]["promoted"] = labels
     for p in record["points"]:
-        if k and p["label"] in h["rungs"][k - 1]["points"]:
-            p["stopped_early"] = p["label"] not in labels
+        if k and p["label"] in h["rungs"][k - 1]["points"]:  # a failed point did not stop early: it failed
+            p["stopped_early"] = p["label"] not in labels and rows[p["label"]]["status"] == COMPLETED
     if not labels:  # every point of the rung before failed
         write_json(folder / "grid.json", record)
         return _after_submit(args, folder, [], final=True)
@@ -468,9 +468,14 @@ def wait_for_slurm(jobs, folder: Path):
     """Blocks until every array task has left SLURM's active states; prints a line for each point
     whose progress changed (state, epoch, validation accuracy), so that a log stays readable."""
     array_id = jobs[0].job_id.split("_")[0]
-    shown = {}
+    shown, misses = {}, 0
     while True:
         states = slurm.job_states(array_id)
+        if not states and misses < 12:  # sacct and scontrol both failed to answer: not an end, ask again
+            misses += 1
+            time.sleep(5)
+            continue
+        misses = 0
         mine = [states.get(j.job_id, states.get(array_id, "UNKNOWN")) for j in jobs]
         record = read_record(folder)
         for p in (progress(r) for r in point_rows(record)):
@@ -502,10 +507,10 @@ def point_row(point: dict, state: str | None) -> dict:
             reason = f"job ended {state} although rank 0 finished"
         status = FAILED
         reason = reason or f"job ended {state}"
+    elif state in slurm.ACTIVE:  # its latest job (a resubmission, a later rung, a requeue) is still on its way
+        status, reason = state.lower(), ""
     elif status in (None, RUNNING):
-        if state in slurm.ACTIVE:
-            status = state.lower()
-        elif status is None and state is None and not point.get("state") and not Path(log or "/nonexistent").exists():
+        if status is None and state is None and not point.get("state") and not Path(log or "/nonexistent").exists():
             status, reason = NOT_RUN, "no job ran this point (not in the submitted --array?)"
         else:  # the job has ended (or SLURM has forgotten it) and the run never finished
             status = FAILED
@@ -663,8 +668,13 @@ RESUBMITTABLE = (FAILED, NOT_RUN, "interrupted")
 def resubmit(args) -> int:
     """Submits again, into the same grid folder, the points that failed or never ran: a point whose run
     folder was started resumes from its latest checkpoint (--resume), the others start afresh."""
+    if args.dry_run:
+        raise UserError("--resubmit has no --dry-run: run --status GRID_FOLDER to see which points it would submit")
     folder = Path(args.resubmit)
     record = read_record(folder)
+    if any("train_args" not in p for p in record["points"]):
+        raise UserError(f"{folder} was not made by python -m hpccnn.submit (slurm/grid_array.sbatch?); "
+                        f"resubmit its failed array tasks with sbatch --array=...")
     rows = point_rows(record)
     active = [r["point"] for r in rows if r["status"] not in (COMPLETED, *RESUBMITTABLE)]
     if active:

@@ -272,6 +272,9 @@ def test_halving_rungs_survivors_and_rank_epochs():
             {"point": "e", "status": "completed", "val_accuracy": 0.5, "val_loss": 0.8}]  # a tie in both: order
     assert halving.promote(rows, 3) == ["d", "c", "e"]
     assert halving.promote(rows[:2], 2) == ["a"]
+    no_loss = [{"point": "x", "status": "completed", "val_accuracy": 0.5, "val_loss": None},
+               {"point": "y", "status": "completed", "val_accuracy": 0.5, "val_loss": 0.3}]
+    assert halving.promote(no_loss, 1) == ["y"]  # a missing loss ranks below any, never a TypeError
 
 
 def test_halving_dry_run_prints_the_rungs_and_rung_zeros_commands(tmp_path):
@@ -371,6 +374,7 @@ def test_halving_through_slurm_without_wait_runs_every_rung_by_its_own_jobs(slur
 
 
 BAD_SUBMITS = [
+    (["--resubmit", "somewhere", "--dry-run"], "--resubmit has no --dry-run"),
     (["--experiment", "digits_cnn", "--halving", "1"], "--halving must be 2 or more"),
     (["--experiment", "digits_cnn", "--min-epochs", "2"], "--min-epochs goes with --halving ETA"),
     (["--experiment", "digits_cnn", "--halving", "3", "--min-epochs", "0"], "--min-epochs must be a positive"),
@@ -465,6 +469,9 @@ def test_job_states_parse_sacct_and_scontrol_output():
     (None, "PENDING", "pending", ""),
     (None, "NODE_FAIL", "failed", "job ended NODE_FAIL"),
     (None, None, "not run", "no job ran this point"),
+    # its latest job (resubmitted, promoted to a later rung, requeued) is queued: what SLURM says wins
+    ({"status": "failed", "reason": "stopped by SIGTERM"}, "PENDING", "pending", ""),
+    ({"status": "completed", "test_accuracy": 0.9}, "RUNNING", "running", ""),
 ])
 def test_point_status_combines_metrics_and_slurm_state(tmp_path, metrics, state, status, reason):
     import json
