@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from hpccnn import checkpoint
 from hpccnn.runs import RUNNING
+from hpccnn.tables import clock
 
 # SIGUSR2: SLURM's warning before a time limit or preemption (submitit's and the templates'
 # --signal=USR2@...), so the job is requeued; SIGTERM: scancel or preemption, the job just stops.
@@ -78,14 +79,6 @@ class Progress(tf.keras.callbacks.Callback):
             self.stream.write("\r\033[K")
             self.stream.flush()
             self.drawn = False
-
-
-def clock(seconds: float) -> str:
-    """1h02m, 4m05s, 12s."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 class ReseedRandomLayers(tf.keras.callbacks.Callback):

@@ -9,6 +9,7 @@ results (test scores at the epochs they trained). A failed point is never promot
 import math
 
 from hpccnn.errors import UserError
+from hpccnn.runs import COMPLETED
 
 
 def rung_epochs(min_epochs: int, eta: int, epochs: int) -> list:
@@ -59,7 +60,8 @@ def rank_epochs(counts: list, rungs: list, ranks: int) -> int:
 def promote(rows: list, count: int) -> list:
     """The labels of the best count points of a rung: completed ones only, by validation accuracy, then
     lower validation loss, then grid order (so ties are decided the same way every time)."""
-    done = [(i, r) for i, r in enumerate(rows) if r["status"] == "completed" and r["val_accuracy"] is not None]
+    done = [(i, r) for i, r in enumerate(rows) if r["status"] == COMPLETED and r["val_accuracy"] is not None]
+
     def loss(row):
         return math.inf if row.get("val_loss") is None else row["val_loss"]
 

@@ -645,11 +645,9 @@ def _started(run: Path):
 
 
 def progress_cells(p: dict) -> list:
-    from hpccnn.callbacks import clock
-
     return [p["point"], p["status"], f"{p['epoch']}/{p['epochs'] or '?'}", tables.number(p["val_accuracy"]),
-            clock(p["elapsed"]) if p["elapsed"] is not None else "-",
-            clock(p["left"]) if p["left"] is not None else "-", (p["reason"] or "")[:80]]
+            tables.clock(p["elapsed"]) if p["elapsed"] is not None else "-",
+            tables.clock(p["left"]) if p["left"] is not None else "-", (p["reason"] or "")[:80]]
 
 
 PROGRESS_HEADER = ["point", "status", "epoch", "val_acc", "elapsed", "left", "reason"]
