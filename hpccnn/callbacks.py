@@ -267,8 +267,10 @@ class Watchdog(tf.keras.callbacks.Callback):
         self.beat()
         self.first = True
 
-    on_train_batch_end = on_test_batch_end = on_predict_batch_end = on_epoch_end = beat
-    on_train_begin = on_epoch_begin = on_test_begin = on_predict_begin = phase
+    # the work between epochs (metric allreduce, checkpoint, results, plots) is not a step: counted in
+    # the longest gap, a slow checkpoint on a loaded node raised the allowed silence to a minute
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = beat
+    on_train_begin = on_epoch_begin = on_epoch_end = on_test_begin = on_predict_begin = phase
 
     def allowed(self) -> float:
         return max(self.limit, 10 * self.longest)

@@ -127,6 +127,17 @@ def run_module(module, *args, env=None, cwd=None, timeout=900):
                           env=mpi_env(env), cwd=cwd or ROOT, timeout=timeout)
 
 
+def output_of(proc, tail=3000) -> str:
+    """A failed process's output for an assertion message: the end of stdout and stderr and, where a rank
+    crashed, what it printed before Open MPI's "Process received signal" block (the cause, which the
+    block's stack frames push out of any tail)."""
+    text = proc.stdout[-1500:] + proc.stderr[-tail:]
+    crash = proc.stderr.find("Process received signal")
+    if crash >= 0 and crash < len(proc.stderr) - tail:
+        text = proc.stderr[max(0, crash - 2500):crash + 600] + "\n[...]\n" + text
+    return text
+
+
 def refusal(main, *argv) -> str:
     """The message of the UserError that a command's entry point raises for argv, run in this process
     (its @cli wrapper, which prints the message as one line and exits 2, taken off); one line."""

@@ -191,7 +191,7 @@ def test_a_bad_stall_timeout_or_progress_interval_is_refused_in_one_line(tmp_pat
     assert not (tmp_path / "results").exists()
 
 
-def test_the_watchdog_does_not_count_a_phases_first_batch_which_compiles():
+def test_the_watchdog_counts_neither_a_phases_first_batch_nor_the_work_between_epochs():
     from hpccnn.callbacks import Watchdog
 
     dog = Watchdog(600)
@@ -202,8 +202,13 @@ def test_the_watchdog_does_not_count_a_phases_first_batch_which_compiles():
     dog.last -= 2  # then a step of 2 s
     dog.on_train_batch_end(1)
     assert 2 <= dog.longest < 3 and dog.allowed() == 600
+    dog.on_epoch_end(0)
+    dog.last -= 30  # the checkpoint and results between epochs took 30 s: not a step's gap
+    dog.on_epoch_begin(1)
+    dog.on_train_batch_end(0)
+    assert 2 <= dog.longest < 3 and dog.allowed() == 600
     dog.last -= 70
-    dog.on_train_batch_end(2)
+    dog.on_train_batch_end(1)
     assert dog.allowed() >= 700  # ten times the longest gap seen
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, read_json, run_folders
+from conftest import ROOT, output_of, read_json, run_folders
 from hpccnn.launch import horovodrun_command, horovodrun_prefix, mpi_env
 
 SIZE = 20_000  # synthetic 32x32x3 images: a 61.6 MB window, large beside what else a rank's pages share
@@ -20,7 +20,7 @@ def shared_data(tmp_path, **env):
     proc = subprocess.run([*horovodrun_prefix(2), sys.executable, str(ROOT / "tests" / "shared_data.py"), str(out),
                            str(SIZE)], capture_output=True, text=True, cwd=ROOT, timeout=300,
                           env={**mpi_env(), "PYTHONPATH": str(ROOT), **env})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, output_of(proc)
     return [json.loads((tmp_path / f"facts.{rank}.json").read_text()) for rank in (0, 1)], proc.stderr
 
 
