@@ -132,6 +132,7 @@ def draw(samples, count: int, seed: int) -> list:
                 x = (math.exp(rng.uniform(math.log(low), math.log(high))) if s.kind == "loguniform"
                      else rng.uniform(low, high))
                 value = int(round(x)) if isinstance(low, int) else float(f"{x:.4g}")
+                value = min(max(value, low), high)  # rounding must not carry a draw out of its range
             point[s.setting] = value
         drawn.append(point)
     return drawn

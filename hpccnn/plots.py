@@ -45,15 +45,20 @@ def curves(rows, title=""):
     return fig
 
 
-def grid_curves(runs):
-    """Validation accuracy and loss per epoch of every (label, history frame or None) in runs."""
+def grid_curves(runs, rungs=(), best=None):
+    """Validation accuracy and loss per epoch of every (label, history frame or None) in runs.
+    rungs: the epochs at which a halving grid's rungs end (a dotted line each, where points stopped);
+    best: the label drawn thick (the best point's whole curve)."""
     fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4))
     for label, history in runs:
         for ax, key in zip(axes, ("val_accuracy", "val_loss")):
             if history is not None and key in history:
-                ax.plot(history["epoch"], history[key], "-o", label=label, markersize=3)
+                ax.plot(history["epoch"], history[key], "-o", label=label + (" (best)" if label == best else ""),
+                        markersize=3, linewidth=3 if label == best else 1.2, zorder=3 if label == best else 2)
     epochs = [e for _, history in runs if history is not None for e in history["epoch"]]
     for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+        for end in rungs[:-1]:
+            ax.axvline(end, color="grey", linestyle=":", linewidth=1)
         epoch_ticks(ax, epochs)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

@@ -219,24 +219,33 @@ def grid_section(report: Report, folder: Path, data_dir, check_best: bool):
     if frame is None:
         raise UserError(f"{folder} has no grid.csv yet; run python -m hpccnn.submit --collect {folder} first")
     axes = list(record.get("axes", {}))
-    frame = frame.sort_values("test_accuracy", ascending=False, na_position="last", kind="stable")
+    halved = (record or {}).get("halving") and "epochs_trained" in frame
+    order = (["epochs_trained", "test_accuracy"] if halved else ["test_accuracy"])
+    frame = frame.sort_values(order, ascending=False, na_position="last", kind="stable")
     report.heading(f"Grid {record.get('grid', folder.name)}: {len(frame)} points", 2, anchor="grid")
-    report.paragraph(f"Experiment {record.get('experiment')}; swept: {', '.join(axes) or '(none)'}; "
-                     f"sorted by test accuracy, best row marked.", css="note")
-    header = ["", "point", *axes, "status", "test accuracy", "test loss", "seconds", "ranks", "note"]
+    report.paragraph(f"Experiment {record.get('experiment')}; swept: {', '.join(axes) or '(none)'}; sorted by "
+                     + ("epochs trained, then " if halved else "") + "test accuracy, best row marked.", css="note")
+    header = ["", "point", *axes, "status", "test accuracy", "test loss", "seconds", "ranks",
+              *(["rung", "epochs trained", "stopped"] if halved else []), "note"]
     rows = []
     for i, (_, r) in enumerate(frame.iterrows()):
         ranks = int(r["world_size"]) if pd.notna(r.get("world_size")) else None
         note = str(r["reason"])[:90] if pd.notna(r.get("reason")) else ""
         rows.append(["★" if i == 0 and r["status"] == COMPLETED else "", r["point"], *(r[a] for a in axes),
                      r["status"], number(r["test_accuracy"]), number(r["test_loss"]), number(r["wall_seconds"], 1),
-                     number(ranks), note])
+                     number(ranks), *([int(r["rung"]), int(r["epochs_trained"]),
+                                       "early" if str(r["stopped_early"]) == "True" else ""] if halved else []), note])
     best_ok = len(frame) and frame.iloc[0]["status"] == COMPLETED
     report.table(header, rows, ident="grid-table", marked=0 if best_ok else None)
+    if halved:
+        rungs_section(report, record["halving"], frame)
     frame["run_folder"] = [str(_run_folder(folder, r)) for _, r in frame.iterrows()]
     curves = [(r["point"], _read_csv(Path(r["run_folder"]) / "history.csv")) for _, r in frame.iterrows()]
-    report.figure(Figure(plots.grid_curves(curves), "grid_validation_curves.png",
-                         "validation accuracy and loss of every point"))
+    best = frame.iloc[0]["point"] if best_ok else None
+    report.figure(Figure(plots.grid_curves(curves, record["halving"]["epochs"] if halved else (), best),
+                         "grid_validation_curves.png", "validation accuracy and loss of every point"
+                         + (" (dotted: where a rung ended and the points not promoted stopped; thick: the best "
+                            "point's whole curve)" if halved else "")))
     if best_ok and check_best:
         best = frame.iloc[0]
         model = Path(best["run_folder"]) / "model.h5"
@@ -251,6 +260,27 @@ def grid_section(report: Report, folder: Path, data_dir, check_best: bool):
             report.paragraph(f"Best point {best['point']} saved no model.h5 (--no-save-model): not re-evaluated.",
                              css="note")
     return frame
+
+
+def rungs_section(report: Report, h: dict, frame):
+    """A halving grid's rungs: the points each trained, to which epoch, and those it stopped."""
+    report.heading(f"Successive halving: {len(h['rungs'])} of {len(h['epochs'])} rungs ran (ETA {h['eta']})", 3,
+                   anchor="rungs")
+    rank_epochs = frame["rank_epochs"].sum() if "rank_epochs" in frame else None
+    full = len(frame) * h["epochs"][-1] * int(frame["world_size"].max()) if frame["world_size"].notna().any() else None
+    rows = []
+    for k, rung in enumerate(h["rungs"]):
+        promoted = rung.get("promoted")
+        stopped = [p for p in rung["points"] if promoted is not None and p not in promoted]
+        last = k == len(h["epochs"]) - 1
+        rows.append([k, rung["epochs"], len(rung["points"]),
+                     "(the last rung)" if last else ", ".join(promoted) if promoted is not None else "(not yet)",
+                     ", ".join(stopped) or "-"])
+    report.table(["rung", "to epoch", "points", "promoted", "stopped here"], rows, ident="rungs-table")
+    if rank_epochs is not None and full:
+        report.paragraph(f"{int(rank_epochs)} rank-epochs trained, against {full} for every point to epoch "
+                         f"{h['epochs'][-1]}." + (f" The halving stopped: {h['error']}." if h.get("error") else ""),
+                         css="note")
 
 
 def grid_and_runs(report: Report, folder: Path, prefix: str, data_dir, check_best):

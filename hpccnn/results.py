@@ -20,7 +20,7 @@ import numpy as np
 
 from hpccnn import dist, plots
 from hpccnn.files import write_atomic, write_bytes, write_json
-from hpccnn.runs import COMPLETED, FAILED, RUNNING, create_run_folder
+from hpccnn.runs import FAILED, RUNNING, create_run_folder
 
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME",
                    "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
@@ -84,8 +84,8 @@ class RunWriter:
         """A run folder being resumed: its metrics so far are kept and updated."""
         writer = cls(folder)
         writer.metrics = json.loads(writer.path("metrics.json").read_text())
-        if writer.metrics.get("status") != COMPLETED:  # a completed run trained further starts its count anew
-            writer.wall_before = writer.metrics.get("wall_seconds", 0)
+        # every attempt counts, a completed run trained further too (a point promoted by successive halving)
+        writer.wall_before = writer.metrics.get("wall_seconds") or 0
         return writer
 
     def wall_seconds(self, started: float) -> float:

@@ -354,13 +354,21 @@ def run_rung(args, record: dict, folder: Path, k: int) -> int:
                 p.pop(key, None)
     print(f"hpccnn: rung {k}: {len(chosen)} point(s) to epoch {epochs}: {', '.join(labels)}", flush=True)
     jobs = _run_points(args, record, chosen, folder, args.nodes * args.ntasks_per_node, record["grid"])
-    last = k == len(h["epochs"]) - 1
+    return _after_rung(args, folder, jobs, k)
+
+
+def _after_rung(args, folder: Path, jobs, k: int) -> int:
+    """Once rung k's points (or those of it resubmitted) are submitted: the next rung, or grid.csv after the last."""
+    last = k == len(read_json(folder / "grid.json")["halving"]["epochs"]) - 1
     if args.cluster == "slurm":
         print(f"hpccnn: submitted job array {jobs[0].job_id.split('_')[0]} ({len(jobs)} task(s)) for rung {k}")
         if not args.wait:
             if last:
                 return _after_submit(args, folder, jobs)
             job = _submit_follow_up(args, folder, jobs, Advance(folder, k + 1), "hpccnn-halving")
+            record = read_json(folder / "grid.json")
+            record["halving"]["advance"] = job.job_id  # --resubmit waits for it
+            write_json(folder / "grid.json", record)
             print(f"hpccnn: job {job.job_id} starts rung {k + 1} when rung {k} has ended "
                   f"(progress: python -m hpccnn.submit --status {folder})", flush=True)
             return 0
@@ -383,7 +391,15 @@ class Advance:
             del os.environ[key]  # this job's own: the next array must not inherit them (the cluster's config stays)
         record = read_record(self.folder)
         args = argparse.Namespace(**record["resources"], cluster="slurm", wait=False)
-        return run_rung(args, record, Path(self.folder), self.rung)
+        try:
+            return run_rung(args, record, Path(self.folder), self.rung)
+        except Exception as err:  # sbatch refused the rung: the grid says why, and grid.csv sums up what ran
+            record = read_json(Path(self.folder) / "grid.json")
+            why = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+            record["halving"]["error"] = f"rung {self.rung} could not be submitted: {why}"
+            write_json(Path(self.folder) / "grid.json", record)
+            collect(Path(self.folder))
+            raise
 
 
 def _with_epochs(train_args: list, epochs: int) -> list:
@@ -433,11 +449,16 @@ def _run_points(args, record: dict, points: list, folder: Path, ranks: int, name
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=args.cluster)
     executor.update_parameters(timeout_min=args.time_min, tasks_per_node=1, nodes=1)
     launcher = "horovodrun" if args.cluster == "local" else "python"
+    record["driver"] = driver()  # --status: while this process lives, its points are pending or running
+    for p in points:
+        p["state"] = "PENDING"
     write_json(folder / "grid.json", record)
     jobs = []
     for p in points:
         job = executor.submit(TrainPoint(p.get("run_args", p["train_args"]), launcher, ranks))
         print(f"hpccnn: point {p['label']}: job {job.job_id}", flush=True)
+        p.update(state="RUNNING", job_id=str(job.job_id))
+        write_json(folder / "grid.json", record)
         try:
             job.result()
             p["state"] = "COMPLETED"
@@ -448,6 +469,50 @@ def _run_points(args, record: dict, points: list, folder: Path, ranks: int, name
         jobs.append(job)
         write_json(folder / "grid.json", record)
     return jobs
+
+
+def driver() -> dict:
+    """This process, as grid.json names the process that runs a local or debug grid's points."""
+    import socket
+
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid())}
+
+
+def _process_start(pid: int):
+    """The process's start time in clock ticks since boot (a pid used again has another), or None."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def driver_alive(record: dict):
+    """Whether the process that runs a local or debug grid's points still does: True, False, or None when
+    it can't be told from here (another machine)."""
+    import socket
+
+    from hpccnn.guard import alive
+
+    d = record.get("driver")
+    if not d:
+        return False
+    if d["host"] != socket.gethostname():
+        return None
+    return alive(d["pid"]) and _process_start(d["pid"]) == d["started"]
+
+
+def _local_state(point: dict, live) -> str | None:
+    """A local or debug point's state as point_row takes SLURM's: PENDING or RUNNING while the grid's
+    process lives, FAILED once it has ended without finishing the point, else None (its run folder says)."""
+    state = point.get("state")
+    if state not in ("PENDING", "RUNNING"):
+        return None
+    if live or live is None:
+        return state
+    point["reason"] = ("hpccnn.submit, which ran this grid's points on this machine, ended before the point "
+                       + ("finished" if state == "RUNNING" else "ran"))
+    point["state"] = "FAILED" if state == "RUNNING" else None
+    return None
 
 
 def _submit_follow_up(args, folder: Path, jobs, call, name: str):
@@ -511,7 +576,9 @@ def point_row(point: dict, state: str | None) -> dict:
         status, reason = state.lower(), ""
     elif status in (None, RUNNING):
         if status is None and state is None and not point.get("state") and not Path(log or "/nonexistent").exists():
-            status, reason = NOT_RUN, "no job ran this point (not in the submitted --array?)"
+            status, reason = NOT_RUN, point.get("reason") or (
+                f"its job {point['job_id']} never ran (cancelled while pending?)" if point.get("job_id")
+                else "no job ran this point (not in the submitted --array?)")
         else:  # the job has ended (or SLURM has forgotten it) and the run never finished
             status = FAILED
             reason = reason or point.get("reason") or (
@@ -564,12 +631,13 @@ def read_record(folder) -> dict:
 
 def point_rows(record: dict) -> list:
     """grid.csv's rows: each point's status from its run folder and SLURM's state of its latest job."""
+    if record.get("cluster") != "slurm":
+        live = driver_alive(record)
+        return [point_row(p, _local_state(p, live)) for p in record["points"]]
     states = {}
-    if record.get("cluster") == "slurm":  # a resubmitted point's job is in another array
-        for array in sorted({p["job_id"].split("_")[0] for p in record["points"] if p.get("job_id")}):
-            states.update(slurm.job_states(array))
-    return [point_row(p, states.get(p.get("job_id")) if record.get("cluster") == "slurm" else None)
-            for p in record["points"]]
+    for array in sorted({p["job_id"].split("_")[0] for p in record["points"] if p.get("job_id")}):
+        states.update(slurm.job_states(array))  # a resubmitted point's job is in another array
+    return [point_row(p, states.get(p.get("job_id"))) for p in record["points"]]
 
 
 def collect(folder: Path) -> list:
@@ -655,53 +723,102 @@ PROGRESS_HEADER = ["point", "status", "epoch", "val_acc", "elapsed", "left", "re
 
 def status(folder) -> str:
     """python -m hpccnn.submit --status GRID_FOLDER: the table, and a line of totals."""
-    rows = [progress(r) for r in point_rows(read_record(folder))]
+    record = read_record(folder)
+    rows = [progress(r) for r in point_rows(record)]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(_count([r["status"] for r in rows]).items()))
-    return tables.text(PROGRESS_HEADER, [progress_cells(r) for r in rows]) + f"\nhpccnn: {len(rows)} point(s): {counts}"
+    text = tables.text(PROGRESS_HEADER, [progress_cells(r) for r in rows]) + f"\nhpccnn: {len(rows)} point(s): {counts}"
+    h = record.get("halving")
+    if h:
+        done = len(h["rungs"])
+        if done:
+            text += (f"\nhpccnn: successive halving to epochs {', '.join(map(str, h['epochs']))}: the latest rung "
+                     f"started is rung {done - 1} (to epoch {h['epochs'][done - 1]})")
+        if h.get("error"):
+            text += f"\nhpccnn: the halving stopped: {h['error']}; --resubmit {folder} starts that rung again"
+    return text
 
 
 RESUBMITTABLE = (FAILED, NOT_RUN, "interrupted")
 
 
-def resubmit(args) -> int:
+def resubmit(args, given=()) -> int:
     """Submits again, into the same grid folder, the points that failed or never ran: a point whose run
-    folder was started resumes from its latest checkpoint (--resume), the others start afresh."""
+    folder was started resumes from its latest checkpoint (--resume), the others start afresh. The grid's
+    resources are those it was submitted with, except those given (given: their names).
+
+    A halving grid: the failed points of its latest rung, each to that rung's epochs; then the halving goes
+    on from that rung (a halving stopped because a rung could not be submitted starts that rung)."""
     if args.dry_run:
         raise UserError("--resubmit has no --dry-run: run --status GRID_FOLDER to see which points it would submit")
+    changed = [name for name in ("sweep", "sample", "samples", "halving", "min_epochs") if getattr(args, name)]
+    changed += list(experiment_overrides(args))
+    if changed:
+        raise UserError(f"--resubmit takes resource options only, not {flag(changed[0])}: each point keeps the "
+                        f"settings it was submitted with (submit a new grid for others)")
     folder = Path(args.resubmit)
     record = read_record(folder)
     if any("train_args" not in p for p in record["points"]):
         raise UserError(f"{folder} was not made by python -m hpccnn.submit (slurm/grid_array.sbatch?); "
                         f"resubmit its failed array tasks with sbatch --array=...")
+    h = record.get("halving")
+    if h and h.get("advance") and record["cluster"] == "slurm":
+        state = slurm.job_states(h["advance"]).get(h["advance"])
+        if state in slurm.ACTIVE:
+            raise UserError(f"job {h['advance']}, which starts the next rung of {folder}, is {state.lower()}; wait "
+                            f"for it, or scancel it to resubmit the failed points of the rung first (the halving "
+                            f"goes on after them)")
     rows = point_rows(record)
     active = [r["point"] for r in rows if r["status"] not in (COMPLETED, *RESUBMITTABLE)]
     if active:
         raise UserError(f"{len(active)} point(s) of {folder} are still pending or running ({', '.join(active[:3])}); "
                         f"wait for them (python -m hpccnn.submit --status {folder}) before --resubmit")
+    for key, value in record.get("resources", {}).items():
+        if key not in given:
+            setattr(args, key, value)
+    check_resources(args)
+    record["resources"] = {k: getattr(args, k) for k in RESOURCES}  # later rungs (Advance) take them too
+    args.cluster = record["cluster"]
     again = [p for p, r in zip(record["points"], rows) if r["status"] in RESUBMITTABLE]
+    rung = len(h["rungs"]) - 1 if h else None
+    if h:
+        latest = set(h["rungs"][rung]["points"]) if h["rungs"] else set()
+        left = [p["label"] for p in again if p["label"] not in latest]
+        if left:
+            print(f"hpccnn: {len(left)} point(s) that failed in an earlier rung stay as they are (the halving went on "
+                  f"without them): {', '.join(left)}")
+        again = [p for p in again if p["label"] in latest]
+        if not again and 0 <= rung < len(h["epochs"]) - 1:  # the next rung never started: start it now
+            why = h.pop("error", None) or f"rung {rung + 1} was never started (its job cancelled, or the grid's process ended)"
+            print(f"hpccnn: {why}; starting rung {rung + 1}", flush=True)
+            write_json(folder / "grid.json", record)
+            return run_rung(args, record, folder, rung + 1)
     if not again:
-        print(f"hpccnn: nothing to resubmit: every point of {folder} completed")
+        print(f"hpccnn: nothing to resubmit: every point of {folder} completed"
+              + (" or was stopped early by the halving" if h else ""))
         return 0
+    epochs = [] if not h else ["--epochs", str(h["epochs"][rung])]
     for p in again:
         run = Path(p["run_dir"])
         p.setdefault("attempts", []).append({k: p[k] for k in ("job_id", "log", "state", "reason") if p.get(k)})
         for key in ("state", "reason"):
             p.pop(key, None)
         if (run / "config.json").exists() and (run / "metrics.json").exists():
-            p["run_args"] = ["--resume", str(run), *_resume_extras(p["train_args"])]
+            p["run_args"] = ["--resume", str(run), *epochs, *_resume_extras(p["train_args"])]
         else:
             if run.exists():  # started but never got as far as its settings: kept beside, never overwritten
                 aside = run.with_name(f"{run.name}.attempt-{len(p['attempts'])}")
                 run.rename(aside)
                 print(f"hpccnn: {p['label']}: its unfinished run folder is now {aside}")
-            p["run_args"] = p["train_args"]
-    for key, value in record.get("resources", {}).items():
-        setattr(args, key, value)
-    args.cluster = record["cluster"]
+            p["run_args"] = _with_epochs(p["train_args"], int(epochs[1])) if h else p["train_args"]
     ranks = args.nodes * args.ntasks_per_node
     print(f"hpccnn: resubmitting {len(again)} of {len(record['points'])} point(s) of {folder} on --cluster "
-          f"{args.cluster}: {', '.join(p['label'] for p in again)}", flush=True)
+          f"{args.cluster}{f' (rung {rung}, to epoch {epochs[1]})' if h else ''}: "
+          f"{', '.join(p['label'] for p in again)}", flush=True)
+    if h:
+        h.pop("error", None)
     jobs = _run_points(args, record, again, folder, ranks, record["grid"])
+    if h:
+        return _after_rung(args, folder, jobs, rung)
     return _after_submit(args, folder, jobs)
 
 
@@ -715,7 +832,9 @@ def main(argv=None):
         print(status(args.status))
         return 0
     if args.resubmit:
-        return resubmit(args)
+        argv = sys.argv[1:] if argv is None else argv
+        given = [name for name in RESOURCES if any(a == flag(name) or a.startswith(flag(name) + "=") for a in argv)]
+        return resubmit(args, given)
     if args.collect:
         folder = Path(args.collect)
         rows = collect(folder)

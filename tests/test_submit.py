@@ -2,6 +2,7 @@
 
 import csv
 import itertools
+import json
 import os
 import re
 import shlex
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_json, refusal, run_module, sbatch, wait_for
+from conftest import ROOT, job_field, read_json, refusal, run_module, sbatch, wait_for
 
 from hpccnn import slurm
 from hpccnn.submit import point_row
@@ -141,9 +142,13 @@ def test_status_shows_a_running_grid_and_resubmit_resumes_the_point_that_was_can
     assert re.search(r"^01_1\s+failed\s+(\d+)/20 .*(SIGTERM|CANCELLED)", after.stdout, re.M), after.stdout
     assert "2 point(s): 1 completed, 1 failed" in after.stdout
 
-    again = run_module("hpccnn.submit", "--resubmit", folder, "--wait", env=slurm_env, timeout=900)
+    again = run_module("hpccnn.submit", "--resubmit", folder, "--wait", "--time-min", "14", env=slurm_env, timeout=900)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resubmitting 1 of 2 point(s)" in again.stdout and "01_1" in again.stdout
+    # the resources given with --resubmit win over those the grid was submitted with; the others stay
+    job = read_json(folder / "grid.json")["points"][1]["job_id"].split("_")[0]
+    script = (folder / "submitit" / f"{job}_submission.sh").read_text()
+    assert "#SBATCH --time=14" in script and "#SBATCH --cpus-per-task=1" in script, script
     assert [r["status"] for r in read_grid(folder)] == ["completed", "completed"]  # the grid as a whole
     run = folder / "01_1"
     with open(run / "history.csv") as f:
@@ -218,6 +223,12 @@ def test_cifar_hparams_learning_rate_follows_the_optimizer_unless_swept(tmp_path
     assert {(p["optimizer"], p["learning_rate"]) for p in points} == {("sgd", 0.01), ("adam", 0.001)}
     grid, resolved = plan(build_parser().parse_args(["--grid", "cifar_hparams", "--sweep", "learning-rate=0.1,0.2"]))
     assert len(resolved) == 24 and {exp.learning_rate for _, _, exp in resolved} == {0.1, 0.2}
+    # a sampled learning rate replaces the optimizer's linked one, as a swept or typed one does
+    _, resolved = plan(build_parser().parse_args(["--grid", "cifar_hparams", "--sample",
+                                                  "learning-rate=loguniform:1e-4,1e-1", "--samples", "2"]))
+    drawn = {settings["learning_rate"] for _, settings, _ in resolved}
+    assert len(resolved) == 24 and len(drawn) == 2 and not drawn & {0.01, 0.001}
+    assert all(exp.learning_rate == settings["learning_rate"] for _, settings, exp in resolved)
 
 
 def test_dry_run_piped_into_head_ends_quietly(tmp_path):
@@ -250,6 +261,12 @@ def test_sampling_draws_the_same_points_for_the_same_seed_within_their_ranges():
     assert all(isinstance(s["batch_size"], int) and 16 <= s["batch_size"] <= 256 for _, s in first)
     assert {s["optimizer"] for _, s in first} == {"sgd", "adam", "rmsprop"}
     assert len({label for label, _ in first}) == 40 and all(f"lr{s['learning_rate']:g}" in label for label, s in first)
+
+
+def test_a_draw_rounded_to_four_digits_stays_within_its_range():
+    narrow = [s["learning_rate"] for _, s in sampled("--sample", "learning-rate=uniform:0.12345,0.123456",
+                                                      "--samples", "20")]
+    assert all(0.12345 <= r <= 0.123456 for r in narrow), narrow  # 0.1234 and 0.1235 are both outside
 
 
 def test_sampling_crosses_each_draw_with_the_sweep():
@@ -318,7 +335,70 @@ def test_halving_on_the_debug_cluster_resumes_the_best_and_stops_the_rest(tmp_pa
         assert (row["rung"], row["epochs_trained"], bool(row["stopped_early"])) == ((1, 3, False) if promoted
                                                                                    else (0, 1, True))
         assert read_json(Path(row["run_folder"]) / "config.json")["epochs"] == row["epochs_trained"]
+        # a promoted point's training time is that of both its rungs, not of the last one alone
+        assert row["wall_seconds"] >= history["epoch_seconds"].sum()
     assert grid["rank_epochs"].sum() == 4 * 1 + 2 * 3  # one rank: 4 points stopped after 1 epoch, 2 trained to 3
+    # the grid report shows the rungs: who was promoted, who stopped where, and the rank-epochs
+    report = run_module("hpccnn.report", folder, "--no-reevaluate", timeout=300)
+    assert report.returncode == 0, report.stderr
+    md = (folder / "report.md").read_text()
+    stopped = [p for p in first["points"] if p not in second["points"]]
+    assert f"| 0 | 1 | 6 | {', '.join(first['promoted'])} | {', '.join(stopped)} |" in md, md[:3000]
+    assert "| 1 | 3 | 2 | (the last rung) | - |" in md and "10 rank-epochs trained, against 18" in md
+    best = md.split("| ★ | ")[1].split(" |")[0]
+    assert best in second["points"]  # the best row is one trained to the end
+
+
+@pytest.mark.slow
+def test_status_of_a_debug_grid_while_it_runs_shows_running_and_pending_never_failed(tmp_path):
+    results = tmp_path / "results"
+    grid = subprocess.Popen([sys.executable, "-m", "hpccnn.submit", "--experiment", "digits_cnn", "--sweep",
+                             "seed=0,1", "--epochs", "4", "--cluster", "debug", "--results-dir", str(results),
+                             "--no-save-model"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, refused = set(), ""
+    try:
+        deadline = time.time() + 600
+        while grid.poll() is None and time.time() < deadline:
+            folders = list(results.glob("*/*/grid.json"))
+            if folders:
+                proc = run_module("hpccnn.submit", "--status", folders[0].parent, timeout=60)
+                assert proc.returncode == 0, proc.stderr
+                rows = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines()
+                        if line.startswith(("00_", "01_"))}
+                assert "failed" not in rows.values() and "not" not in rows.values(), proc.stdout  # not run
+                seen.add(tuple(sorted(rows.items())))
+                if rows.get("00_0") == "running" and not refused:
+                    from hpccnn.submit import main
+
+                    refused = refusal(main, "--resubmit", folders[0].parent)
+            time.sleep(1)
+        out = grid.communicate(timeout=60)[0]
+    finally:
+        grid.kill()
+    assert grid.returncode == 0, out[-3000:]
+    assert (("00_0", "running"), ("01_1", "pending")) in seen, seen  # the first point trains, the second waits
+    assert "still pending or running" in refused
+    final = run_module("hpccnn.submit", "--status", grid_folder(results), timeout=60).stdout
+    assert "2 point(s): 2 completed" in final, final
+
+
+def test_a_local_grid_whose_submitting_process_died_shows_its_points_failed_and_not_run(tmp_path):
+    from hpccnn.submit import driver, point_rows
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    points = [{"label": label, "settings": {}, "run_dir": str(tmp_path / label), "state": state}
+              for label, state in (("a", "RUNNING"), ("b", "PENDING"), ("c", "COMPLETED"))]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.json").write_text('{"status": "running", "last_epoch": 1}')
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "metrics.json").write_text('{"status": "completed", "last_epoch": 2}')
+    alive = {"cluster": "debug", "driver": driver(), "points": [dict(p) for p in points]}
+    assert [r["status"] for r in point_rows(alive)] == ["running", "pending", "completed"]
+    gone = {"cluster": "local", "driver": {**driver(), "pid": dead.pid}, "points": [dict(p) for p in points]}
+    rows = point_rows(gone)
+    assert [r["status"] for r in rows] == ["failed", "not run", "completed"]
+    assert all("ended before the point" in r["reason"] for r in rows[:2]), rows
 
 
 @pytest.mark.slow
@@ -377,8 +457,121 @@ def test_halving_through_slurm_without_wait_runs_every_rung_by_its_own_jobs(slur
     assert list(history["epoch"]) == [1, 2, 3]
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_resubmitting_a_halving_grid_reruns_its_rungs_failed_point_to_the_rungs_epochs_and_goes_on(slurm_env,
+                                                                                                   tmp_path):
+    import pandas as pd
+
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", "seed=0,1,2", "--epochs", "3",
+                      "--halving", "3", "--results-dir", results, "--no-save-model", *SMALL, env=slurm_env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    advance = re.search(r"job (\d+) starts rung 1", proc.stdout).group(1)
+    subprocess.run(["scontrol", "hold", advance], env=slurm_env, check=True, timeout=30)
+    folder = grid_folder(results)
+    jobs = [p["job_id"] for p in read_json(folder / "grid.json")["points"]]
+    subprocess.run(["scancel", jobs[2]], env=slurm_env, check=True, timeout=30)  # rung 0's third point fails
+    wait_for(slurm_env, jobs[0].split("_")[0], timeout=600)  # the array (SLURM forgets a task cancelled pending)
+    refused = run_module("hpccnn.submit", "--resubmit", folder, env=slurm_env, timeout=120)
+    assert refused.returncode == 2 and f"job {advance}, which starts the next rung" in refused.stderr, refused.stderr
+    subprocess.run(["scancel", advance], env=slurm_env, check=True, timeout=30)
+    wait_for(slurm_env, advance, timeout=120)
+
+    again = run_module("hpccnn.submit", "--resubmit", folder, "--wait", env=slurm_env, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resubmitting 1 of 3 point(s)" in again.stdout and "(rung 0, to epoch 1): 02_2" in again.stdout
+    record = read_json(folder / "grid.json")
+    (first, second) = record["halving"]["rungs"]
+    assert len(second["points"]) == 1 and second["points"] == first["promoted"]
+    grid = pd.read_csv(folder / "grid.csv")
+    assert (grid["status"] == "completed").all(), grid
+    trained = grid.set_index("point")["epochs_trained"].to_dict()
+    assert trained == {p: 3 if p in second["points"] else 1 for p in first["points"]}  # 02_2 trained to rung 0's 1
+    # the promoted point is the best of all three after one epoch, the resubmitted one included
+    after_one = {p: pd.read_csv(folder / p / "history.csv").iloc[0]["val_accuracy"] for p in first["points"]}
+    assert after_one[second["points"][0]] == max(after_one.values())
+    nothing = run_module("hpccnn.submit", "--resubmit", folder, env=slurm_env, timeout=120)
+    assert "nothing to resubmit" in nothing.stdout and "stopped early by the halving" in nothing.stdout
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_rung_that_sbatch_refuses_is_recorded_and_resubmit_starts_it_with_the_resources_given(slurm_env, tmp_path):
+    """Between the rungs the grid's partition goes away (here: grid.json edited while the Advance job is held,
+    as an administrator renaming a partition would); sbatch's refusal is real."""
+    import pandas as pd
+
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", "seed=0,1", "--epochs", "2",
+                      "--halving", "2", "--results-dir", results, "--no-save-model", *SMALL, env=slurm_env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    advance = re.search(r"job (\d+) starts rung 1", proc.stdout).group(1)
+    subprocess.run(["scontrol", "hold", advance], env=slurm_env, check=True, timeout=30)
+    folder = grid_folder(results)
+    record = read_json(folder / "grid.json")
+    record["resources"]["partition"] = "gone"
+    (folder / "grid.json").write_text(json.dumps(record))
+    subprocess.run(["scontrol", "release", advance], env=slurm_env, check=True, timeout=30)
+    assert wait_for(slurm_env, advance, timeout=600) == "FAILED"
+    error = read_json(folder / "grid.json")["halving"]["error"]
+    assert error.startswith("rung 1 could not be submitted:") and "partition" in error.lower(), error
+    grid = pd.read_csv(folder / "grid.csv")  # what ran is summed up
+    assert (grid["status"] == "completed").all() and (grid["epochs_trained"] == 1).all()
+    shown = run_module("hpccnn.submit", "--status", folder, env=slurm_env, timeout=120)
+    assert "the halving stopped: rung 1 could not be submitted" in shown.stdout, shown.stdout
+
+    again = run_module("hpccnn.submit", "--resubmit", folder, "--partition", "debug", "--wait", env=slurm_env,
+                       timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "starting rung 1" in again.stdout
+    grid = pd.read_csv(folder / "grid.csv")
+    assert (grid["status"] == "completed").all() and sorted(grid["epochs_trained"]) == [1, 2]
+    assert "error" not in read_json(folder / "grid.json")["halving"]
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_a_point_preempted_in_a_rung_resumes_within_it_and_the_next_rung_waits_for_it(slurm_env, tmp_path):
+    """Rung 0 to epoch 3: its first point gets SLURM's warning signal after an epoch (as --signal before a
+    time limit or preemption sends it), requeues itself and resumes; the job that starts rung 1 waits for it."""
+    import pandas as pd
+
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--image-size", "32", "--sweep", "seed=0,1",
+                      "--epochs", "6", "--halving", "2", "--min-epochs", "3", "--results-dir", results,
+                      "--no-save-model", *SMALL, env=slurm_env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    advance = re.search(r"job (\d+) starts rung 1", proc.stdout).group(1)
+    folder = grid_folder(results)
+    job = read_json(folder / "grid.json")["points"][0]["job_id"]
+    deadline = time.time() + 300
+    from hpccnn.files import read_json as read_if_there
+
+    while (read_if_there(folder / "00_0" / "metrics.json") or {}).get("last_epoch", 0) < 1 and time.time() < deadline:
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, env=slurm_env, timeout=30)
+    assert wait_for(slurm_env, advance, timeout=900) == "COMPLETED"
+    record = read_json(folder / "grid.json")
+    (first, second) = record["halving"]["rungs"]
+    history = pd.read_csv(folder / "00_0" / "history.csv")
+    assert job_field(slurm_env, job, "Restarts") == "1"  # it was requeued, and resumed
+    assert read_json(folder / "00_0" / "metrics.json")["resumes"] >= 1
+    # the Advance job promoted from both points' finished rung: 00_0 had its three epochs, once each
+    assert history["epoch"].tolist()[:3] == [1, 2, 3]
+    from hpccnn import halving
+
+    at_three = [{"point": p, "status": "completed", **pd.read_csv(folder / p / "history.csv").iloc[2][
+        ["val_accuracy", "val_loss"]].to_dict()} for p in ("00_0", "01_1")]
+    assert second["points"] == halving.promote(at_three, 1), (at_three, second)
+    later = next(p["job_id"] for p in record["points"] if p["label"] == second["points"][0])
+    assert wait_for(slurm_env, later, timeout=600) == "COMPLETED"
+
+
 BAD_SUBMITS = [
     (["--resubmit", "somewhere", "--dry-run"], "--resubmit has no --dry-run"),
+    (["--resubmit", "somewhere", "--epochs", "30"], "--resubmit takes resource options only, not --epochs"),
+    (["--resubmit", "somewhere", "--sweep", "seed=1,2"], "--resubmit takes resource options only, not --sweep"),
     (["--experiment", "digits_cnn", "--halving", "1"], "--halving must be 2 or more"),
     (["--experiment", "digits_cnn", "--min-epochs", "2"], "--min-epochs goes with --halving ETA"),
     (["--experiment", "digits_cnn", "--halving", "3", "--min-epochs", "0"], "--min-epochs must be a positive"),
