@@ -4,6 +4,9 @@ For each model it measures, after warm-up, training images/second of
   keras   the seeds' way: NumPy float arrays into model.fit, one process, all cores;
   1 rank  hpccnn: uint8 images through hpccnn's tf.data pipeline, Horovod's optimizer;
   N ranks hpccnn under horovodrun -np N on the same cores (each rank gets cores/N threads);
+and what users would pick instead (--peers), on 1 and N workers on the same cores:
+  horovod recipe  Horovod's own Keras example (tensorflow2_keras_mnist.py), as it is written;
+  tf mwms         TensorFlow's MultiWorkerMirroredStrategy (TF_CONFIG, collectives over gRPC);
 then the ratios 1-rank/keras and N-ranks/1-rank, model FLOPs utilisation against a matmul
 peak measured in the same run, the time from launch to the first finished step, and peak
 memory (RSS) per rank. Each measurement runs in its own process. Writes bench.csv and bench.md.
@@ -146,15 +149,19 @@ INTERLEAVED_COLUMNS = {
 }
 
 
-def run(models, ranks, options: dict, out_dir: Path, repeats=1, log=print):
-    """Every runner of RUNNERS per model (hpccnn on 1 rank and on each of ranks), repeats rounds
-    whose order alternates; images/s are the rounds' medians and each ratio the median of the
-    rounds' ratios."""
+PEERS = ("horovod", "mwms")  # what users would pick instead of hpccnn, measured beside it by default
+
+
+def run(models, ranks, options: dict, out_dir: Path, repeats=1, log=print, peers=PEERS):
+    """Plain Keras, hpccnn and each peer runner per model (those on ranks on 1 and on each of ranks),
+    repeats rounds whose order alternates; images/s are the rounds' medians and each ratio the median
+    of the rounds' ratios."""
     peak = matmul_peak()
     log(f"matmul peak (4096x4096 float32, all {os.cpu_count()} cores): {peak:.1f} GFLOP/s")
     counts = sorted(set(ranks) | {1})
-    lineup = [(key, n) for key, runner in RUNNERS.items() for n in (counts if runner.on_ranks else [1])]
-    rows = []
+    lineup = [(key, n) for key, runner in RUNNERS.items() if key in ("keras", "hpccnn", *peers)
+              for n in (counts if runner.on_ranks else [1])]
+    rows, against = [], []
     for model in models:
         how = plan(model, **options)
         rounds = [{(key, n): measure(key, model, n, how) for key, n in (lineup if repeat % 2 == 0 else lineup[::-1])}
@@ -162,12 +169,57 @@ def run(models, ranks, options: dict, out_dir: Path, repeats=1, log=print):
         for entry in lineup:
             rows.append(bench_row(model, how, entry, rounds, peak))
             log(format_row(rows[-1]))
+        against += [peer_row(model, how, n, peer, rounds) for n in counts for peer in peers]
     spread = "" if repeats == 1 else (f" Each figure is the median of {repeats} rounds whose order alternates "
                                       f"(ratios: median of the rounds' ratios; in brackets, the lowest and "
                                       f"highest round).")
-    return rows, write(out_dir, "bench", rows, bench_columns(repeats), (
+    after = ""
+    if peers:
+        after = ("\n\nhpccnn against what users would pick instead, on the same cores, global batch and model "
+                 "(hpccnn / peer, per round):\n\n" + tables.markdown(*tables.cells(PEER_COLUMNS, against))
+                 + "\n\nHow each runner was set up (threads intra-op/inter-op per worker; 0 is TensorFlow's "
+                   "default, every core):\n\n" + tables.markdown(*tables.cells(SETUP_COLUMNS, _setups(rows))))
+    md = write(out_dir, "bench", rows, bench_columns(repeats), (
         f"; matmul peak {peak:.1f} GFLOP/s (4096² float32). MFU = images/s × 6 × forward MACs ÷ peak.{spread}"),
-        after="\n" + scaling.paper(rows))
+        after=after + "\n" + scaling.paper(rows))
+    if against:
+        with open(out_dir / "peers.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(against[0]))
+            writer.writeheader()
+            writer.writerows(against)
+    return rows, md
+
+
+def peer_row(model, how: Plan, ranks: int, peer: str, rounds) -> dict:
+    """hpccnn on ranks against peer on as many workers, from the same rounds."""
+    ours, theirs = [r[("hpccnn", ranks)]["images_per_second"] for r in rounds], \
+        [r[(peer, ranks)]["images_per_second"] for r in rounds]
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    return {"model": model, "batch": how.batch, "workers": ranks, "peer": RUNNERS[peer].label(ranks),
+            "hpccnn": round(statistics.median(ours), 1), "peer_images_per_second": round(statistics.median(theirs), 1),
+            "ratio": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+            "ratio_max": round(max(ratios), 3), "rounds": len(rounds)}
+
+
+PEER_COLUMNS = {
+    "model": tables.key("model"), "batch": tables.key("batch"), "workers": tables.key("workers"),
+    "hpccnn images/s": tables.key("hpccnn", ",.1f"), "peer": tables.key("peer"),
+    "peer images/s": tables.key("peer_images_per_second", ",.1f"),
+    "hpccnn / peer": lambda r: f"{r['ratio']:.2f}×" + (f" ({r['ratio_min']:.2f}–{r['ratio_max']:.2f})"
+                                                      if r["rounds"] > 1 else ""),
+}
+
+SETUP_COLUMNS = {"runner": tables.key("runner"), "threads": tables.key("threads"),
+                 "batch per worker": tables.key("batch_per_worker"), "input": tables.key("input"),
+                 "sharding": tables.key("sharding"), "collective": tables.key("collective")}
+
+
+def _setups(rows) -> list:
+    """One row per runner and worker count: its set-up as its first model's measurement reported it."""
+    seen = {}
+    for r in rows:
+        seen.setdefault(r["runner"], r)
+    return list(seen.values())
 
 
 def bench_row(model, how: Plan, entry, rounds, peak) -> dict:
@@ -192,6 +244,8 @@ def bench_row(model, how: Plan, entry, rounds, peak) -> dict:
         "timed_steps": round(statistics.median(each(field="timed_steps"))),
         "peak_rss_mb_per_rank": round(max(x["rss_mb"] for r in rounds for x in r[entry]["ranks"])),
         "rounds": len(rounds),
+        **{k: rounds[0][entry].get("setup", {}).get(k, "") for k in ("threads", "batch_per_worker", "input",
+                                                                     "sharding", "collective")},
     }
 
 
@@ -251,6 +305,10 @@ def parser() -> Parser:
     p = Parser(prog="python -m hpccnn.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(PLANS), help=f"comma-separated, from: {', '.join(PLANS)}")
     p.add_argument("--ranks", default="1,2", help="rank counts for hpccnn (horovodrun on this machine)")
+    p.add_argument("--peers", default=",".join(PEERS), metavar="NAMES",
+                   help="what to measure beside plain Keras and hpccnn, on the same rank counts: horovod (Horovod's "
+                        "own Keras recipe), mwms (TensorFlow's MultiWorkerMirroredStrategy); comma-separated, "
+                        "or none [horovod,mwms]")
     p.add_argument("--seconds", type=float, default=SECONDS,
                    help="timed training per measurement: as many steps as last this long at the warm-up's rate")
     p.add_argument("--steps", type=int, default=0, help="timed training steps per measurement, instead of --seconds")
@@ -302,10 +360,19 @@ def checked(args) -> tuple:
     return models, ranks
 
 
+def checked_peers(text: str) -> tuple:
+    names = () if text.strip() == "none" else tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise UserError(f"unknown peer {unknown[0]!r}; choose from: {', '.join(PEERS)} (comma-separated), or none")
+    return names
+
+
 @cli
 def main(argv=None):
     args = parser().parse_args(argv)
     models, ranks = checked(args)
+    peers = checked_peers(args.peers)
     options = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, seconds=args.seconds)
     out = args.out or Path("results") / f"bench-{datetime.datetime.now():%Y-%m-%d-%H%M%S}"
     if out.exists():
@@ -326,7 +393,7 @@ def main(argv=None):
         _, md = run_interleaved(models, options, out, args.interleave)
     else:
         name = "bench"
-        _, md = run(models, ranks, options, out, args.repeats or 1)
+        _, md = run(models, ranks, options, out, args.repeats or 1, peers=peers)
     print("\n" + md)
     print(f"hpccnn: {out / (name + '.csv')}")
     return 0

@@ -12,7 +12,7 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from hpccnn import scaling
@@ -53,6 +53,28 @@ class Trainer:
     first_callbacks: tuple = ()  # for the first fit only (Horovod's broadcast of rank 0's weights)
     share: Callable = lambda value: value  # rank 0's value, on every rank
     gather: Callable = lambda value: [value]  # every rank's value, in rank order
+    setup: dict = field(default_factory=dict)  # how it is set up: sharding and collective (bench.md prints it)
+    # fit_in_order(x, y): one epoch over these global uint8 images in order, unshuffled, global batch by
+    # global batch, each process on its own part of each (the loss-agreement check)
+    fit_in_order: Callable = None
+    rank: int = 0
+
+
+def _my_part(x, y, batch, rank, size):
+    """Of each global batch of x, y (in order), the part of process rank of size: what it trains on."""
+    import numpy as np
+
+    per = batch // size
+    index = np.concatenate([np.arange(start + rank * per, start + (rank + 1) * per)
+                            for start in range(0, len(x), batch)])
+    return x[index], y[index]
+
+
+def _threads() -> str:
+    """This process's TensorFlow threads, intra-op/inter-op (0 is TensorFlow's default: every core)."""
+    import tensorflow as tf
+
+    return f"{tf.config.threading.get_intra_op_parallelism_threads()}/{tf.config.threading.get_inter_op_parallelism_threads()}"
 
 
 def keras_trainer(exp, world, shape, batch) -> Trainer:
@@ -62,7 +84,7 @@ def keras_trainer(exp, world, shape, batch) -> Trainer:
 
     spec = get_model(exp.model)
     model = spec(shape, 10)
-    model.compile(optimizer=tf.keras.optimizers.legacy.SGD(1e-3), metrics=["accuracy"],
+    model.compile(optimizer=tf.keras.optimizers.legacy.SGD(exp.learning_rate), metrics=["accuracy"],
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
 
     def fit(steps, callbacks, seed):
@@ -70,7 +92,11 @@ def keras_trainer(exp, world, shape, batch) -> Trainer:
         x = x.astype(np.float32) / 255  # the seeds scale the whole array up front
         model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
 
-    return Trainer(model, fit, batch)
+    def fit_in_order(x, y):
+        model.fit(x.astype(np.float32) / 255, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+
+    return Trainer(model, fit, batch, fit_in_order=fit_in_order, setup={"sharding": "one process, the whole batch",
+                                             "collective": "none", "input": "float32 NumPy arrays into fit"})
 
 
 def hpccnn_trainer(exp, world, shape, batch) -> Trainer:
@@ -88,10 +114,141 @@ def hpccnn_trainer(exp, world, shape, batch) -> Trainer:
         ds = data.train_pipeline(x, y, per_rank, steps, 1 / 255, 0, seed=(seed, world.rank), epochs=1)
         model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
 
+    def fit_in_order(x, y):
+        mine = _my_part(x, y, batch, world.rank, world.size)
+        model.fit(data.pipeline(*mine, per_rank, 1 / 255), epochs=1, verbose=0,
+                  callbacks=[dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0)])
+
     # every rank runs rank 0's number of timed steps (share): each step's allreduce needs all of them
     return Trainer(model, fit, per_rank, exp.steps_per_execution, world.size, world.is_main,
                    (dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0),),
-                   dist.broadcast_object, dist.allgather_object)
+                   dist.broadcast_object, dist.allgather_object,
+                   {"sharding": "each rank its own images", "input": "uint8 through hpccnn's tf.data pipeline",
+                    "collective": "Horovod allreduce over MPI, hpccnn's MPI settings",
+                    "steps_per_execution": exp.steps_per_execution}, fit_in_order, world.rank)
+
+
+def horovod_recipe_trainer(exp, world, shape, batch) -> Trainer:
+    """Horovod's own Keras recipe, as examples/tensorflow2/tensorflow2_keras_mnist.py writes it: hvd.init()
+    and none of hpccnn's process set-up (TensorFlow's threads are its defaults); the images scaled to
+    float32 up front, from_tensor_slices, repeat, shuffle(10000), batch; DistributedOptimizer; the broadcast
+    and metric-average callbacks; one step per call. The model, optimizer and global batch are the other
+    runners', split between the ranks as hpccnn splits it."""
+    import horovod.tensorflow.keras as hvd
+    import tensorflow as tf
+
+    hvd.init()
+    spec = get_model(exp.model)
+    model = spec(shape, 10)
+    model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits),
+                  optimizer=hvd.DistributedOptimizer(tf.keras.optimizers.legacy.SGD(exp.learning_rate)), metrics=["accuracy"],
+                  experimental_run_tf_function=False)
+    per_rank = max(1, batch // hvd.size())
+
+    def fit(steps, callbacks, seed):
+        x, y = _images(shape, per_rank * steps, seed=(seed, hvd.rank()))
+        ds = tf.data.Dataset.from_tensor_slices((tf.cast(x / 255.0, tf.float32), tf.cast(y, tf.int64)))
+        ds = ds.repeat().shuffle(10000).batch(per_rank)
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0,
+                  callbacks=[*callbacks, hvd.callbacks.MetricAverageCallback()])
+
+    def fit_in_order(x, y):
+        x, y = _my_part(x, y, batch, hvd.rank(), hvd.size())
+        ds = tf.data.Dataset.from_tensor_slices((tf.cast(x / 255.0, tf.float32), tf.cast(y, tf.int64))).batch(per_rank)
+        model.fit(ds, epochs=1, verbose=0, callbacks=[hvd.callbacks.BroadcastGlobalVariablesCallback(0)])
+
+    import horovod.tensorflow as hvd_tf
+
+    return Trainer(model, fit, per_rank, 1, hvd.size(), hvd.rank() == 0,
+                   (hvd.callbacks.BroadcastGlobalVariablesCallback(0),),
+                   lambda value: hvd_tf.broadcast_object(value, root_rank=0), hvd_tf.allgather_object,
+                   {"sharding": "each rank its own images", "input": "float32 from_tensor_slices, shuffle, batch",
+                    "collective": "Horovod allreduce over MPI, Horovod's defaults"}, fit_in_order, hvd.rank())
+
+
+def _mwms_layout():
+    """(this worker's index, workers, workers on this node) from the launcher: srun's SLURM_* variables,
+    else Open MPI's (horovodrun, mpirun), else one worker alone."""
+    import os
+
+    env = os.environ
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:  # SLURM_STEP_TASKS_PER_NODE: "2" or "2(x3)"
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_STEP_TASKS_PER_NODE"].split("(")[0])
+    if "OMPI_COMM_WORLD_RANK" in env:
+        return (int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
+                int(env.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1")))
+    return 0, 1, 1
+
+
+def mwms_trainer(exp, world, shape, batch) -> Trainer:
+    """TensorFlow's MultiWorkerMirroredStrategy, set up as its multi-worker tutorial does: TF_CONFIG naming
+    every worker (ports on loopback from --mwms-ports under horovodrun's or mpirun's layout), or under srun
+    SlurmClusterResolver (its GPU arguments 0 on CPU nodes, where it would otherwise run nvidia-smi);
+    collectives over gRPC, the ring implementation (the only one for CPUs). Each worker gets the same
+    threads as an hpccnn rank, and the same images through hpccnn's input pipeline, batched by the
+    strategy's per-replica batch of the global batch (distribute_datasets_from_function)."""
+    import json
+    import os
+
+    import tensorflow as tf
+
+    from hpccnn import data, dist
+
+    index, workers, local = _mwms_layout()
+    threads = dist.cores_for_this_rank(local)
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+    resolver = None
+    if workers > 1 and "SLURM_STEP_ID" in os.environ:
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            port_base=int(os.environ.get("HPCCNN_MWMS_PORT", "29500")), gpus_per_node=0, gpus_per_task=0)
+    elif workers > 1:
+        ports = os.environ["HPCCNN_MWMS_PORTS"].split(",")
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports[:workers]]},
+                                              "task": {"type": "worker", "index": index}})
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+    spec = get_model(exp.model)
+    with strategy.scope():
+        model = spec(shape, 10)
+        model.compile(optimizer=tf.keras.optimizers.legacy.SGD(exp.learning_rate), metrics=["accuracy"],
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
+    per_worker = max(1, batch // workers)
+
+    def fit(steps, callbacks, seed):
+        def dataset(context):
+            per = context.get_per_replica_batch_size(per_worker * workers)
+            x, y = _images(shape, per * steps, seed=(seed, context.input_pipeline_id))
+            return data.train_pipeline(x, y, per, steps, 1 / 255, 0, seed=(seed, context.input_pipeline_id), epochs=1)
+
+        model.fit(strategy.distribute_datasets_from_function(dataset), steps_per_epoch=steps, epochs=1, verbose=0,
+                  callbacks=callbacks)
+
+    def fit_in_order(x, y):
+        mine = _my_part(x, y, per_worker * workers, index, workers)
+
+        def dataset(context):
+            return data.pipeline(*mine, context.get_per_replica_batch_size(per_worker * workers), 1 / 255)
+
+        model.fit(strategy.distribute_datasets_from_function(dataset), steps_per_epoch=len(x) // (per_worker * workers),
+                  epochs=1, verbose=0)
+
+    def gather(value):  # every worker's number, in worker order, by one cross-worker sum
+        one_hot = [0.0] * workers
+        one_hot[index] = float(value)
+        summed = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(one_hot)), axis=None)
+        return [float(v) for v in summed.numpy()]
+
+    def share(value):
+        return type(value)(gather(value)[0])
+
+    return Trainer(model, fit, per_worker, 1, workers, index == 0, share=share,
+                   gather=lambda value: [{"rss_mb": v} for v in gather(value["rss_mb"])],
+                   setup={"sharding": "a pipeline per worker (distribute_datasets_from_function)",
+                          "input": "uint8 through hpccnn's tf.data pipeline",
+                          "collective": "TensorFlow collectives over gRPC, ring" if workers > 1 else "none"},
+                   fit_in_order=fit_in_order, rank=index)
 
 
 @dataclass(frozen=True)
@@ -101,6 +258,7 @@ class Runner:
     trainer: Callable  # (experiment, hpccnn's world or None, input shape, global batch) -> Trainer
     title: str  # its rows' runner, followed by the rank count if on_ranks
     on_ranks: bool = False
+    hpccnn_setup: bool = True  # on ranks: hpccnn's process set-up (Horovod, threads, MPI settings) first
 
     def label(self, ranks: int) -> str:
         return f"{self.title} {ranks} rank{'s' if ranks > 1 else ''}" if self.on_ranks else self.title
@@ -110,6 +268,8 @@ class Runner:
 RUNNERS = {
     "keras": Runner(keras_trainer, "plain keras"),
     "hpccnn": Runner(hpccnn_trainer, "hpccnn", on_ranks=True),
+    "horovod": Runner(horovod_recipe_trainer, "horovod recipe", on_ranks=True, hpccnn_setup=False),
+    "mwms": Runner(mwms_trainer, "tf mwms", on_ranks=True, hpccnn_setup=False),
 }
 KERAS, ONE_RANK = ("keras", 1), ("hpccnn", 1)  # the (runner, ranks) that vs_keras and vs_1_rank divide by
 
@@ -189,17 +349,47 @@ def _trainer(key, exp, world, args) -> Trainer:
     return RUNNERS[key].trainer(exp, world, get_model(args.model).input_shape, args.batch)
 
 
+def losses(trainer, shape, steps: int, classes=10) -> dict:
+    """The loss on a fixed batch before and after one epoch of steps global batches in order (the same
+    images and order for every runner), from the first process's weights: runners that compute the same
+    training agree on it."""
+    import numpy as np
+    import tensorflow as tf
+
+    x, y = _images(shape, trainer.batch * trainer.size * steps, seed=7)
+    xe, ye = _images(shape, 64, seed=8)
+    spec_logits = getattr(trainer.model.loss, "get_config", lambda: {})().get("from_logits", False)
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec_logits)
+
+    def held_out():
+        return float(loss(ye, trainer.model(xe.astype(np.float32) / 255, training=False)).numpy())
+
+    before, weights = held_out(), [w.copy() for w in trainer.model.get_weights()]
+    trainer.fit_in_order(x, y)
+    moved = sum(float(((a - b).astype(np.float64) ** 2).sum()) for a, b in zip(trainer.model.get_weights(), weights))
+    return {"loss_before": before, "loss_after": held_out(), "update_norm": moved ** 0.5, "steps": steps,
+            "global_batch": trainer.batch * trainer.size}
+
+
 def worker(args):
     """One measurement of runner args.runner, in this process: prints a JSON line (rank 0 only)."""
-    exp, world = _setup(args, RUNNERS[args.runner].on_ranks)  # plain Keras is the seeds' way: no set-up
+    runner = RUNNERS[args.runner]  # plain Keras is the seeds' way, the peers their own: no hpccnn set-up
+    exp, world = _setup(args, runner.on_ranks and runner.hpccnn_setup)
     trainer = _trainer(args.runner, exp, world, args)
+    if args.losses:
+        got = losses(trainer, get_model(args.model).input_shape, args.losses)
+        if trainer.is_main:
+            print("BENCH " + json.dumps(got), flush=True)
+        return 0
     timed = Timed(trainer, args.warmup)
     got = timed.time(trainer.share(timed_steps(args, timed.rate, trainer.every)), 1)
     if args.allreduce:  # every rank: one whole-gradient allreduce between them, on its own
         got["allreduce_seconds"] = scaling.time_allreduce(trainer.model, fp16=exp.fp16_allreduce)
     ranks = trainer.gather({"rss_mb": _rss_mb()})
     if trainer.is_main:
+        setup = {"threads": _threads(), "batch_per_worker": trainer.batch, "workers": trainer.size, **trainer.setup}
         print("BENCH " + json.dumps({**got, "first_step_seconds": timed.first - args.launched, "ranks": ranks,
+                                     "setup": setup,
                                      "forward_macs": forward_macs(trainer.model),
                                      "params": int(trainer.model.count_params())}), flush=True)
     return 0
@@ -273,12 +463,28 @@ def measure(kind, model, ranks, plan: Plan, settings=None, env=None, extra=()) -
     if ranks > 1:
         cmd = [*horovodrun_prefix(ranks), *cmd]
         cmd[cmd.index("--launched") + 1] = repr(time.time())
+    if kind == "mwms" and ranks > 1:  # its workers' gRPC servers, on loopback
+        env = {"HPCCNN_MWMS_PORTS": ",".join(map(str, free_ports(ranks))), **(env or {})}
     out = subprocess.run(cmd, capture_output=True, text=True, env={**mpi_env(), **(env or {})}, timeout=3600)
     try:
         return parse_result(out.stdout)
     except RuntimeError:
         raise RuntimeError(f"{kind} {model} on {ranks} rank(s) failed:\n{out.stdout[-1500:]}\n"
                            f"{out.stderr[-1500:]}") from None
+
+
+def free_ports(n: int) -> list:
+    """n TCP ports free on loopback now (held open together while chosen, so all differ)."""
+    import socket
+
+    held = [socket.socket() for _ in range(n)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def worker_command(kind, model, plan: Plan, settings=None, allreduce=False) -> list:
@@ -310,6 +516,8 @@ def main(argv=None):
     p.add_argument("--launched", type=float, default=0.0, help="time.time() at launch: the first step's from it")
     p.add_argument("--allreduce", action="store_true", help="and time a whole-gradient allreduce on its own")
     p.add_argument("--chunks", type=int, default=0, help="interleaved: chunks per runner")
+    p.add_argument("--losses", type=int, default=0, metavar="STEPS",
+                   help="instead of timing: the loss on a fixed batch before and after STEPS batches in order")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an hpccnn.train setting")
     args = p.parse_args(argv)
     return interleaved_worker(args) if args.runner == "interleaved" else worker(args)

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ def test_options_override_each_models_own_batch_and_warmup_and_time_the_rest():
 def test_bench_writes_every_measure_for_each_runner(tmp_path):
     out = tmp_path / "bench"
     proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--seconds", "1", "--warmup", "4", "--repeats", "2",
-                      "--out", out, timeout=900)
+                      "--peers", "none", "--out", out, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "bench.csv")))
     assert [r["runner"] for r in rows] == ["plain keras", "hpccnn 1 rank", "hpccnn 2 ranks"]
@@ -49,6 +50,56 @@ def test_bench_writes_every_measure_for_each_runner(tmp_path):
     assert "| cnn_v3 | 0.5 |" in table and "wholly hidden" in table.split("Scaling on paper")[1]
     again = run_module("hpccnn.bench", "--models", "cnn_v3", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr  # never overwritten
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_bench_measures_horovods_recipe_and_tensorflows_multi_worker_strategy_beside_hpccnn(tmp_path):
+    out = tmp_path / "bench"
+    proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--seconds", "1", "--warmup", "4", "--out", out,
+                      timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {r["runner"]: r for r in csv.DictReader(open(out / "bench.csv"))}
+    assert list(rows) == ["plain keras", "hpccnn 1 rank", "hpccnn 2 ranks", "horovod recipe 1 rank",
+                          "horovod recipe 2 ranks", "tf mwms 1 rank", "tf mwms 2 ranks"]
+    for r in rows.values():
+        assert float(r["images_per_second"]) > 0 and int(r["timed_steps"]) > 3
+    # each runner's set-up as it ran: the same global batch split alike, threads as each sets them
+    assert [int(rows[k]["batch_per_worker"]) for k in ("hpccnn 2 ranks", "horovod recipe 2 ranks",
+                                                       "tf mwms 2 ranks")] == [16, 16, 16]
+    half = max(1, os.cpu_count() // 2)  # the cores of a node split between its 2 workers
+    assert rows["hpccnn 2 ranks"]["threads"] == rows["tf mwms 2 ranks"]["threads"] == f"{half}/{min(2, half)}"
+    assert rows["horovod recipe 2 ranks"]["threads"] == "0/0"  # the recipe leaves TensorFlow's defaults
+    assert "gRPC" in rows["tf mwms 2 ranks"]["collective"] and "MPI" in rows["horovod recipe 2 ranks"]["collective"]
+    assert len(list(csv.DictReader(open(out / "peers.csv")))) == 4  # 2 peers x 1 and 2 workers
+    table = (out / "bench.md").read_text()
+    peers = table.split("hpccnn against what users would pick instead")[1].split("How each runner")[0]
+    for workers, peer in ((1, "horovod recipe 1 rank"), (2, "horovod recipe 2 ranks"), (1, "tf mwms 1 rank"),
+                          (2, "tf mwms 2 ranks")):
+        ratio = float(rows[f"hpccnn {workers} rank{'s' if workers > 1 else ''}"]["images_per_second"]) / float(
+            rows[peer]["images_per_second"])
+        shown = re.search(rf"\| {workers} \| [\d,.]+ \| {peer} \| [\d,.]+ \| ([\d.]+)× \|", peers)
+        assert shown and abs(float(shown.group(1)) - ratio) < 0.011, peers
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_the_runners_compute_the_same_training_from_the_same_weights_and_batches():
+    """4 global batches of 32 in order (no shuffle) at learning rate 0.5, from the same initial weights: plain
+    Keras in one process, and hpccnn, Horovod's recipe and MultiWorkerMirroredStrategy each on 2 workers with
+    16 images each. Averaged gradients make them one computation up to float32 rounding: the update's norm
+    agrees to 1e-4 relative and the held-out loss to 1e-4, while a runner that summed instead of averaging
+    (twice the step) or trained both workers on the same images would differ by far more."""
+    from hpccnn.runners import Plan, measure
+
+    got = {(kind, n): measure(kind, "cnn_v3", n, Plan(32, 2), extra=["--losses", "4", "--set", "learning_rate=0.5"])
+           for kind, n in (("keras", 1), ("hpccnn", 2), ("horovod", 2), ("mwms", 2))}
+    reference = got[("keras", 1)]
+    assert reference["update_norm"] > 0.1 and reference["global_batch"] == 32
+    for key, r in got.items():
+        assert r["global_batch"] == 32 and r["loss_before"] == reference["loss_before"], key  # the same weights
+        assert abs(r["update_norm"] / reference["update_norm"] - 1) < 1e-4, (key, r, reference)
+        assert abs(r["loss_after"] - reference["loss_after"]) < 1e-4, (key, r, reference)
 
 
 @pytest.mark.slow
@@ -149,6 +200,7 @@ BAD_NODES_OPTIONS = [
     (["--nodes", "2", "--link-gbit", "0"], "--link-gbit"),
     (["--nodes", "1"], "--nodes 1"),
     (["--nodes", "2", "--variants", "xla"], "--nodes"),
+    (["--peers", "deepspeed"], "unknown peer 'deepspeed'; choose from: horovod, mwms"),
 ]
 
 

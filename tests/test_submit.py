@@ -349,6 +349,34 @@ def test_halving_on_the_debug_cluster_resumes_the_best_and_stops_the_rest(tmp_pa
     assert best in second["points"]  # the best row is one trained to the end
 
 
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_halving_a_sampled_set_on_the_local_cluster_promotes_under_horovodrun(tmp_path):
+    import pandas as pd
+
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sample", "learning-rate=loguniform:1e-4,1e-2",
+                      "--samples", "2", "--epochs", "2", "--halving", "2", "--cluster", "local", "--ntasks-per-node",
+                      "1", "--results-dir", results, "--no-save-model", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = grid_folder(results)
+    record = read_json(folder / "grid.json")
+    assert record["sampled"]["samples"] == 2 and len(record["points"]) == 2
+    (first, second) = record["halving"]["rungs"]
+    after_one = [{"point": p, "status": "completed", **pd.read_csv(folder / p / "history.csv").iloc[0][
+        ["val_accuracy", "val_loss"]].to_dict()} for p in first["points"]]
+    from hpccnn import halving
+
+    assert second["points"] == halving.promote(after_one, 1)
+    grid = pd.read_csv(folder / "grid.csv")
+    assert (grid["status"] == "completed").all() and grid["learning_rate"].between(1e-4, 1e-2).all()
+    assert sorted(grid["epochs_trained"]) == [1, 2]
+    (promoted,) = second["points"]
+    assert pd.read_csv(folder / promoted / "history.csv")["epoch"].tolist() == [1, 2]
+    prov = read_json(folder / promoted / "provenance.json")
+    assert prov["launcher"] == "horovodrun" and "--resume" in prov["resumes"][-1]["command"]
+
+
 @pytest.mark.slow
 def test_status_of_a_debug_grid_while_it_runs_shows_running_and_pending_never_failed(tmp_path):
     results = tmp_path / "results"
