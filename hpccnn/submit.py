@@ -31,8 +31,9 @@ RESOURCES = {  # flag: (default, help). Defaults fit the seeds' CPU nodes: 8 cor
     "partition": (None, "SLURM partition (default: the cluster's default)"),
     "account": (None, "SLURM account to charge"),
     "nodes": (1, "nodes per point"),
-    "ntasks_per_node": (2, "Horovod ranks per node"),
-    "cpus_per_task": (4, "cores per rank (TensorFlow's intra-op threads)"),
+    "ntasks_per_node": (None, "Horovod ranks per node (default: by the model, see --cpus-per-task)"),
+    "cpus_per_task": (None, "cores per rank, TensorFlow's intra-op threads (default: an 8-core node as 1 rank x 8 "
+                            "for a model whose gradient is over 8 MB, the AlexNets; as 2 x 4 for a smaller one)"),
     "gpus_per_node": (0, "GPUs per node: one rank per GPU, so set --ntasks-per-node to the same"),
     "mem_gb": (56, "memory per node, GB"),
     "time_min": (480, "time limit per point, minutes"),
@@ -75,8 +76,8 @@ def build_parser():
     p.add_argument("--no-save-model", action="store_true", help="skip writing each point's model.h5")
     res = p.add_argument_group("resources per point (one array task)")
     for name, (default, text) in RESOURCES.items():
-        res.add_argument(flag(name), dest=name, default=default,
-                         type=str if name in ("partition", "account") else int, help=f"{text} [{default}]")
+        res.add_argument(flag(name), dest=name, default=default, type=str if name in ("partition", "account") else int,
+                         help=text if default is None else f"{text} [{default}]")
     add_setting_options(p.add_argument_group("experiment settings, applied to every point"))
     return p
 
@@ -87,6 +88,27 @@ def list_grids() -> str:
         axes = " x ".join(f"{k} {'/'.join(map(str, v))}" for k, v in g.axes.items())
         lines.append(f"{g.name:16} {len(g.points()):>3} points  {g.experiment}: {axes}  ({g.description})")
     return "\n".join(lines)
+
+
+CPU_NODE_CORES = 8  # the seeds' CPU nodes
+LARGE_GRADIENT_MB = 8  # the seed models' gradients: 0.5-4.8 MB for the small CNNs, 12-233 MB for the AlexNets
+
+
+def default_layout(args, exp) -> None:
+    """Fills in --ntasks-per-node and --cpus-per-task where not given. The ranks of one node exchange
+    gradients through memory, on the cores that compute: a model whose gradient is large beside its step
+    (the AlexNets) trains faster as one rank with all the node's cores, and only a model too small to keep
+    the cores busy in one process gains from a second rank (measured on two CPUs: README, Ranks per CPU node)."""
+    from hpccnn import memory
+    from hpccnn.models import get_model
+
+    spec = get_model(exp.model)
+    parameters = memory.layers(spec, exp.image_size or spec.input_side, spec.input_channels, 10).parameters
+    ranks = args.gpus_per_node or (1 if 4 * parameters > LARGE_GRADIENT_MB * 1e6 else 2)
+    if args.ntasks_per_node is None:
+        args.ntasks_per_node = ranks
+    if args.cpus_per_task is None:
+        args.cpus_per_task = max(1, CPU_NODE_CORES // max(1, args.ntasks_per_node))
 
 
 def check_resources(args):
@@ -230,6 +252,7 @@ def describe(args, grid, points, folder: Path) -> str:
 
 def submit(args) -> int:
     grid, points = plan(args)
+    default_layout(args, points[0][2])
     check_resources(args)
     ranks = args.nodes * args.ntasks_per_node
     if args.cluster == "slurm":

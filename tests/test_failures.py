@@ -251,14 +251,21 @@ SEED_DATA = {"cifar10": (60_000, 32, 3), "mnist": (70_000, 28, 1), "fashion_mnis
 
 
 def test_the_estimate_fits_every_seed_experiment_on_the_seeds_nodes():
-    """The seeds' CPU nodes: 8 cores and 56 GB, 2 ranks each (slurm/alexnet_cpu.sbatch); the estimate
-    must leave every seed experiment room on them, at its own batch."""
+    """The seeds' CPU nodes: 8 cores and 56 GB, as many ranks each as hpccnn.submit puts there (2 for
+    a small CNN, 1 for an AlexNet); the estimate must leave every seed experiment room on them, at its own
+    batch, and room for 2 ranks of every one (a user who asks for them)."""
+    from types import SimpleNamespace
+
     from hpccnn import memory
     from hpccnn.experiments import EXPERIMENTS
     from hpccnn.models import get_model
+    from hpccnn.submit import default_layout
 
     per_rank = 56 * memory.GB / 2
     for exp in EXPERIMENTS.values():
+        layout = SimpleNamespace(gpus_per_node=0, ntasks_per_node=None, cpus_per_task=None)
+        default_layout(layout, exp)
+        assert (layout.ntasks_per_node, layout.cpus_per_task) == ((1, 8) if "alexnet" in exp.model else (2, 4))
         images, side, channels = SEED_DATA[exp.dataset]
         spec = get_model(exp.model)
         side = exp.image_size or (side if spec.output_side(side) > 0 else spec.input_side)

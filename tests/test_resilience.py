@@ -59,7 +59,7 @@ def requeued_twice_ends_where_an_uninterrupted_run_does(slurm_env, tmp_path, *la
     itself each time and resumes; its final weights, metrics and history equal a run left alone.
     layout: sbatch options placing the ranks (test_nodes puts them on 2 nodes)."""
     epochs = "8"
-    common = ["--export=ALL", "--cpus-per-task=1", "--mem=3G", "--time=20", *layout]
+    common = ["--export=ALL", "--cpus-per-task=1", "--mem=3G", "--time=20", *(layout or ["--ntasks-per-node=2"])]
     env = dict(slurm_env, EXPERIMENT="digits_cnn", EPOCHS=epochs)
 
     alone = tmp_path / "alone"

@@ -11,9 +11,9 @@ pytestmark = [pytest.mark.mpi, pytest.mark.slow]  # every job here runs 2 ranks 
 def test_template_runs_two_ranks_on_the_local_cluster(slurm_env, tmp_path, template):
     results = tmp_path / "results"
     # The node here has 2 cores and about 20 GB; the #SBATCH defaults are for real nodes,
-    # so the test scales them down on the sbatch command line as a user would.
+    # so the test scales them down on the sbatch command line as a user would (a small CNN: 2 ranks a node).
     job = sbatch(dict(slurm_env, EXPERIMENT="digits_cnn", EPOCHS="1", RESULTS_DIR=str(results)), template,
-                 "--export=ALL", "--cpus-per-task=1", "--mem=4G", "--time=15",
+                 "--export=ALL", "--ntasks-per-node=2", "--cpus-per-task=1", "--mem=4G", "--time=15",
                  f"--output={tmp_path}/slurm-%j.out", args=["--no-save-model"])
     state = wait_for(slurm_env, job)
     log = (tmp_path / f"slurm-{job}.out").read_text()

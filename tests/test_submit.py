@@ -72,6 +72,27 @@ def test_cifar_hparams_grid_runs_every_point_as_a_two_rank_array_task(digits_gri
     # the table printed at the end, best row first
     table = proc.stdout[proc.stdout.index("point "):]
     assert len([line for line in table.splitlines() if re.match(r"\d\d_", line)]) == 12
+    # --wait's progress, as a SLURM log holds it (stdout is a pipe here): a line per point whose state, epoch
+    # or validation accuracy changed, never a terminal's redrawn bar, nor a line that repeats the one before
+    assert "\r" not in proc.stdout
+    lines = re.findall(r"^hpccnn: \d\d:\d\d:\d\d (\S+): (\w[\w ]*), epoch (\d+)/1, val_acc (\S+), elapsed \S+, left \S+$",
+                       proc.stdout, re.M)
+    seen = {}
+    for label, state, epoch, val in lines:
+        seen.setdefault(label, []).append((state, epoch, val))
+    assert sorted(seen) == sorted(p["label"] for p in record["points"]), proc.stdout[:3000]
+    for row, point in zip(rows, record["points"]):
+        changes = seen[point["label"]]
+        assert all(a != b for a, b in zip(changes, changes[1:])), changes
+        states = [state for state, _, _ in changes]  # e.g. pending, running (epoch 0, then 1), completed
+        assert "completed" not in states[:-1] and not ({"pending", "running"} <= set(states) and
+                                                        max(i for i, s in enumerate(states) if s == "pending") >
+                                                        states.index("running")), changes
+        with open(Path(row["run_folder"]) / "history.csv") as f:
+            val_accuracy = float(list(csv.DictReader(f))[-1]["val_accuracy"])
+        assert changes[-1][:2] == ("completed", "1") and float(changes[-1][2]) == pytest.approx(val_accuracy, abs=6e-5)
+    # 12 points of 2 ranks on a 2-core node run a few at a time: some were seen waiting before they ran
+    assert any(changes[0][0] == "pending" for changes in seen.values()), seen
 
 
 @pytest.mark.mpi
@@ -213,6 +234,23 @@ def test_dry_run_shows_the_sbatch_resources(tmp_path):
     assert all("--experiment cifar_alexnet227" in c for c in commands)
     assert "12.0 rank-hours at most" in out  # 3 points x 2 ranks x 2 h
     assert not results.exists()
+
+
+@pytest.mark.parametrize("grid, given, layout", [
+    ("alexnet227_lr", [], (1, 8)),  # a 233 MB gradient: one rank with all the node's cores
+    ("cifar_hparams", [], (2, 4)),  # cnn_v3's 0.5 MB: two ranks gain where one can't keep 8 cores busy
+    ("alexnet227_lr", ["--ntasks-per-node", "4"], (4, 2)),  # the cores shared by the ranks asked for
+    ("cifar_hparams", ["--cpus-per-task", "1"], (2, 1)),
+    ("alexnet227_lr", ["--gpus-per-node", "2"], (2, 4)),  # one rank per GPU
+])
+def test_ranks_per_node_default_by_the_models_gradient(tmp_path, capsys, grid, given, layout):
+    from hpccnn import submit
+
+    assert submit.main.__wrapped__(["--grid", grid, "--dry-run", "--results-dir", str(tmp_path / "r"), *given]) == 0
+    out = capsys.readouterr().out
+    assert f"#SBATCH --ntasks-per-node={layout[0]}" in out.splitlines()
+    assert f"#SBATCH --cpus-per-task={layout[1]}" in out.splitlines()
+    assert f"x {layout[0]} rank(s) x {layout[1]} core(s)" in out
 
 
 def test_cifar_hparams_learning_rate_follows_the_optimizer_unless_swept(tmp_path):
