@@ -8,8 +8,10 @@ PY := $(VENV)/bin/python
 demo: install
 	$(PY) -m hpccnn.demo
 
+# on WORKERS processes side by side (pytest-xdist; tests/conftest.py keeps those that share a cluster together)
+WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 # no SLURM cluster, no MPI ranks, nothing slow (the markers in pyproject.toml): under a minute, for development
 test-fast: install

@@ -24,6 +24,11 @@ host=$(hostname -s)
 cores=$(nproc)
 mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 85 / 100 ))
 export SLURM_CONF="$D/slurm.conf"
+MUNGED_PID=/run/munge/hpccnn-munged.pid  # one munged for every cluster of this script on the machine
+LOCK=/run/lock/hpccnn-local-slurm.lock  # held while a cluster starts its daemons or stops them (munged is shared)
+
+lock() { mkdir -p "$(dirname "$LOCK")"; exec 9>"$LOCK"; flock -w 300 9 || die "another start or stop holds $LOCK"; }
+unlock() { flock -u 9; exec 9>&-; }
 
 die() { echo "local_slurm.sh: $*" >&2; exit 2; }
 # a process that runs, not a zombie left for a parent that never reaps (gVisor's init doesn't)
@@ -72,7 +77,10 @@ network_up() {
 hosts_remove() {
   if grep -qF "# hpccnn-local-slurm $D" /etc/hosts; then
     grep -vF "# hpccnn-local-slurm $D" /etc/hosts > "$D/hosts.tmp" || true
-    cat "$D/hosts.tmp" > /etc/hosts && rm -f "$D/hosts.tmp"
+    # over the old text, then cut to length: the lines before ours (the host's own name, which another
+    # cluster on this machine resolves meanwhile) are there at every moment, as a truncation would not leave them
+    dd if="$D/hosts.tmp" of=/etc/hosts conv=notrunc status=none
+    truncate -s "$(stat -c %s "$D/hosts.tmp")" /etc/hosts && rm -f "$D/hosts.tmp"
   fi
 }
 
@@ -126,6 +134,9 @@ SlurmdLogFile=$D/log/slurmd.${per_node:-local}.log
 TmpFS=$D/tmp/$per_node
 SlurmctldPort=${HPCCNN_SLURMCTLD_PORT:-6817}
 SlurmdPort=${HPCCNN_SLURMD_PORT:-6818}
+# clusters that run side by side (the tests' workers) number their jobs apart: Open MPI names its
+# session directories after SLURM's job id
+FirstJobId=${HPCCNN_SLURM_FIRST_JOB_ID:-1}
 MpiDefault=none
 ReturnToService=2
 SchedulerType=sched/backfill
@@ -166,15 +177,17 @@ start() {
   cpus=${cpus:-$share}
   mkdir -p "$D"/{state,spool,log,dev,tmp}
   echo "$n" > "$D/nodes"
+  lock  # until slurmctld runs: a stop meanwhile then sees this cluster and leaves munged running
   if [ -z "$(running_named munged)" ]; then
     mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
     [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-    install -d -o munge -g munge "$D/munge"  # munged runs as munge and writes its pid file there
-    runuser -u munge -- /usr/sbin/munged --pid-file="$D/munge/munged.pid"
+    # munged runs as munge and writes its pid file where every cluster's stop finds it: the last one stops it
+    runuser -u munge -- /usr/sbin/munged --pid-file="$MUNGED_PID" 9>&-
   fi
   for i in 0 1; do [ -c "$D/dev/fakegpu$i" ] || mknod "$D/dev/fakegpu$i" c 1 3; done
   write_conf "$n" "$cpus" $(( mem_mb / n ))
-  /usr/sbin/slurmctld -f "$SLURM_CONF"
+  /usr/sbin/slurmctld -f "$SLURM_CONF" 9>&-
+  unlock
   local names=()
   if [ "$n" -eq 1 ]; then
     mkdir -p "$D/tmp"
@@ -236,13 +249,17 @@ stop() {
     scancel --quiet --full --user=root >/dev/null 2>&1 || true
     for _ in $(seq 60); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.5; done
   fi
+  lock
   local others=0 own
   own=$(cat "$D/slurmctld.pid" 2>/dev/null || echo none)
   for pid in $(running_named slurmctld); do [ "$pid" = "$own" ] || others=1; done
   local pids=()  # read first: slurmd removes its pid file on SIGTERM, before it has ended
-  for pidfile in "$D"/slurmd.*.pid "$D/slurmctld.pid" "$D/munge/munged.pid"; do
+  for pidfile in "$D"/slurmd.*.pid "$D/slurmctld.pid" "$MUNGED_PID"; do
     # munged serves every cluster on this machine: it stays while another one runs
-    [ "$pidfile" = "$D/munge/munged.pid" ] && [ "$others" -eq 1 ] && continue
+    if [ "$pidfile" = "$MUNGED_PID" ]; then
+      [ "$others" -eq 1 ] && continue
+      [ "$(cat "/proc/$(cat "$pidfile" 2>/dev/null)/comm" 2>/dev/null)" = munged ] || continue  # a stale file
+    fi
     if alive "$pidfile"; then pids+=("$(cat "$pidfile")"); kill "${pids[-1]}" 2>/dev/null || true; fi
   done
   for _ in $(seq 20); do

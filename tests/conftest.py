@@ -23,10 +23,70 @@ LAUNCHERS = {"mpi": ("mpirun", "mpiexec", "orterun"), "slurm": ("sbatch", "srun"
 SLOW_SECONDS = 10  # a test over this (on the 2-core machine) is marked slow
 
 
+# `make test` runs the suite on 2 workers (pytest-xdist, --dist loadgroup): while one test waits (a
+# process importing TensorFlow on one core, SLURM scheduling, a timeout running out), the other works.
+# Tests that share something one worker owns run on the same worker (xdist_group): the namespace
+# clusters (one bridge for the machine), a session's grid, a module's training.
+NAMESPACE_FIXTURES = {"nodes_env"}  # and tests marked xdist_group("namespace") by hand
+# Tests that need the machine's cores to themselves (marked exclusive, or using a namespace cluster, whose
+# nodes are pinned to the cores and whose timing bounds count on them) run while the other worker waits:
+# a readers-writer lock across the workers, held around each test's setup, call and teardown.
+LOCKS = Path(os.environ.get("HPCCNN_TEST_LOCKS", "/tmp/hpccnn-test-locks"))
+
+
+def exclusive(item) -> bool:
+    return bool(item.get_closest_marker("exclusive") or NAMESPACE_FIXTURES & set(item.fixturenames))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Shared for a test, exclusive for an exclusive one. A gate before the shared lock lets an exclusive
+    test that waits keep the other worker from starting its next test (a writer is not starved)."""
+    import fcntl
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nothing runs beside
+        yield
+        return
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    with open(LOCKS / "gate", "a") as gate, open(LOCKS / "cores", "a") as cores:
+        if exclusive(item):
+            fcntl.flock(gate, fcntl.LOCK_EX)
+            fcntl.flock(cores, fcntl.LOCK_EX)
+        else:
+            fcntl.flock(gate, fcntl.LOCK_SH)
+            fcntl.flock(cores, fcntl.LOCK_SH)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(cores, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for fixture in FIXTURE_MARKS.keys() & set(item.fixturenames):  # with the fixtures' own fixtures
             item.add_marker(FIXTURE_MARKS[fixture])
+    groups = {}
+    for item in items:
+        shared = [name for name, defs in item._fixtureinfo.name2fixturedefs.items()  # the suite's own (baseid)
+                  if defs and defs[-1].baseid and defs[-1].scope in ("module", "session") and name != "slurm_env"]
+        if item.get_closest_marker("xdist_group") or NAMESPACE_FIXTURES & set(item.fixturenames):
+            groups[item] = "namespace"
+        elif "digits_grid" in shared:
+            groups[item] = "digits_grid"
+        elif shared:
+            groups[item] = item.module.__name__
+    grid_modules = {item.module.__name__ for item, group in groups.items() if group == "digits_grid"}
+    for item, group in groups.items():
+        group = "digits_grid" if group in grid_modules else group  # the module's other shared fixtures too
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+        groups[item] = group
+    # the longest groups first, so that neither worker is left with one at the end
+    first = {"namespace": 0, "digits_grid": 1}
+    items.sort(key=lambda item: first.get(groups.get(item), 2))
 
 
 @pytest.fixture(autouse=True)
@@ -213,10 +273,22 @@ def assert_namespace_nodes_gone(hosts_tag: str):
     assert hosts_tag not in Path("/etc/hosts").read_text()
 
 
+def worker() -> int:
+    """This pytest-xdist worker's number (`make test` runs the suite on several: gw0, gw1, ...); 0 alone."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name[2:].isdigit() else 0
+
+
 @pytest.fixture(scope="session")
 def slurm_env():
-    """A real one-node SLURM cluster (scripts/local_slurm.sh), started for the tests and stopped after."""
-    yield from _cluster(os.environ.get("HPCCNN_SLURM_DIR", "/tmp/hpccnn-slurm"))
+    """A real one-node SLURM cluster (scripts/local_slurm.sh), started for the tests and stopped after:
+    one for each worker of the suite, in a folder, on ports and with job ids of its own."""
+    directory, n = os.environ.get("HPCCNN_SLURM_DIR", "/tmp/hpccnn-slurm"), worker()
+    if n == 0:
+        yield from _cluster(directory)
+    else:  # 6827 and 6837 are the namespace clusters' (nodes_env, the multi-node benchmark)
+        yield from _cluster(f"{directory}-w{n}", HPCCNN_SLURMCTLD_PORT=str(6847 + 10 * n),
+                            HPCCNN_SLURMD_PORT=str(6848 + 10 * n), HPCCNN_SLURM_FIRST_JOB_ID=str(100_000 * n + 1))
 
 
 NODE_CORES = {"n1": [0], "n2": [1 % os.cpu_count()]}  # each namespace node's pinned core (local_slurm.sh)

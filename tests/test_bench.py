@@ -146,6 +146,8 @@ def test_interleave_trains_both_runners_in_one_process_in_alternating_chunks(tmp
 @pytest.mark.slurm
 @pytest.mark.mpi
 @pytest.mark.slow
+@pytest.mark.xdist_group("namespace")  # its cluster and test_nodes' own the same bridge: one at a time
+@pytest.mark.exclusive  # its nodes are pinned to the cores, and it measures them
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("slurmctld") is None,
                     reason="namespace nodes need root and SLURM's daemons (scripts/install_system.sh)")
 def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leaves_nothing(tmp_path):

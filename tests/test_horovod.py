@@ -103,6 +103,7 @@ def test_two_rank_run_writes_one_folder_from_rank_zero_with_the_whole_test_set(d
 
 
 @pytest.mark.mpi
+@pytest.mark.exclusive  # counts wake-ups in a second: a loaded core would miss some
 def test_a_process_alone_wakes_horovod_every_20_ms_and_jobs_of_several_ranks_keep_its_default():
     """Horovod's background thread cycles every 1 ms by default, with nothing to do for one rank."""
     import json

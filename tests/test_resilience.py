@@ -97,8 +97,9 @@ def requeued_twice_ends_where_an_uninterrupted_run_does(slurm_env, tmp_path, *la
     return prov
 
 
-def rank_pids(parent: int):
-    """The hpccnn.train processes below parent, by their Open MPI rank."""
+def rank_pids(results: Path):
+    """The hpccnn.train processes writing into results (not another test's, running beside), by their
+    Open MPI rank."""
     ranks = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -108,7 +109,7 @@ def rank_pids(parent: int):
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"hpccnn.train" in cmd:
+        if b"hpccnn.train" in cmd and str(results).encode() in cmd:
             for item in env:
                 if item.startswith(b"OMPI_COMM_WORLD_RANK="):
                     ranks[int(item.split(b"=")[1])] = int(proc.name)
@@ -124,7 +125,7 @@ def test_a_killed_rank_fails_the_job_quickly_and_the_run_resumes(tmp_path):
     try:
         folder = wait_until(lambda: (run_folders(results) or [None])[0], 300, "the run folder")
         wait_until(lambda: metrics(folder).get("last_epoch", 0) >= 2, 300, "two finished epochs")
-        pids = rank_pids(launcher.pid)
+        pids = rank_pids(results)
         os.kill(pids[1], signal.SIGKILL)
         killed = time.time()
         status = launcher.wait(timeout=120)
