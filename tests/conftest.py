@@ -28,14 +28,14 @@ SLOW_SECONDS = 10  # a test over this (on the 2-core machine) is marked slow
 # Tests that share something one worker owns run on the same worker (xdist_group): the namespace
 # clusters (one bridge for the machine), a session's grid, a module's training.
 NAMESPACE_FIXTURES = {"nodes_env"}  # and tests marked xdist_group("namespace") by hand
-# Tests that need the machine's cores to themselves (marked exclusive, or using a namespace cluster, whose
-# nodes are pinned to the cores and whose timing bounds count on them) run while the other worker waits:
-# a readers-writer lock across the workers, held around each test's setup, call and teardown.
+# Tests that need the machine's cores to themselves (marked exclusive: a bound on time, a measurement)
+# run while the other worker waits: a readers-writer lock across the workers, held around each test's
+# setup, call and teardown.
 LOCKS = Path(os.environ.get("HPCCNN_TEST_LOCKS", "/tmp/hpccnn-test-locks"))
 
 
 def exclusive(item) -> bool:
-    return bool(item.get_closest_marker("exclusive") or NAMESPACE_FIXTURES & set(item.fixturenames))
+    return item.get_closest_marker("exclusive") is not None
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -25,6 +25,7 @@ def test_options_override_each_models_own_batch_and_warmup_and_time_the_rest():
 
 @pytest.mark.mpi
 @pytest.mark.slow
+@pytest.mark.exclusive  # about a second of steps, sized from the warm-up's rate: the load must hold
 def test_bench_writes_every_measure_for_each_runner(tmp_path):
     out = tmp_path / "bench"
     proc = run_module("hpccnn.bench", "--models", "cnn_v3", "--seconds", "1", "--warmup", "4", "--repeats", "2",

@@ -133,6 +133,7 @@ ALLREDUCE = ("import os, sys; from hpccnn import dist; "
              "MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, x); print('SUM', x[0], flush=True)")
 
 
+@pytest.mark.exclusive  # 15 s for Python, MPI and an allreduce on both nodes
 @pytest.mark.parametrize("settings", ["none", "hpccnn"])
 def test_the_second_interface_hangs_mpi_unless_the_interface_is_chosen(nodes_env, settings):
     """eth1 has an address in the same subnet on both nodes but is connected to nothing, as a
@@ -154,6 +155,7 @@ TIMED_ALLREDUCE = ("import os, time; from hpccnn import dist; os.environ.update(
                    "MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, x); print('SECONDS', time.perf_counter() - t)")
 
 
+@pytest.mark.exclusive  # an unshaped allreduce a third of the shaped one
 def test_link_gbit_shapes_what_crosses_between_the_nodes(nodes_env):
     """link --gbit 0.1: a 4 MB allreduce between the 2 nodes must send at least 4 MB over some node's
     link (each node sends 2 x (N-1)/N of it), which at 100 Mbit/s takes at least 0.32 s; unshaped it
@@ -264,6 +266,7 @@ def resume_on_n1(env, folder, epochs="4"):
     assert read_json(folder / "provenance.json")["resumes"][-1]["hosts"] == ["n1"]
 
 
+@pytest.mark.exclusive  # ended within 60 s
 def test_a_rank_killed_on_one_node_ends_the_job_and_the_run_resumes_on_the_other(nodes_env, tmp_path):
     results = tmp_path / "results"
     job, folder = train_until_epoch_two(nodes_env, tmp_path, results)
@@ -287,6 +290,7 @@ def test_a_rank_killed_on_one_node_ends_the_job_and_the_run_resumes_on_the_other
     resume_on_n1(nodes_env, folder, epochs=str(state["last_epoch"] + 2))
 
 
+@pytest.mark.exclusive  # no rank left within 60 s; the watchdog counts the steps' gaps
 def test_a_node_whose_link_goes_down_ends_the_job_in_bounded_time_and_the_run_resumes(nodes_env, tmp_path):
     """n2's link taken down mid-run: no TCP reset reaches anyone, so both ranks wait in their allreduce.
     SLURM would end the rank on n1 once it marks n2 DOWN (SlurmdTimeout, 60 s on this cluster), but the

@@ -118,6 +118,7 @@ def rank_pids(results: Path):
 
 @pytest.mark.mpi
 @pytest.mark.slow
+@pytest.mark.exclusive  # ended within 60 s of the kill
 def test_a_killed_rank_fails_the_job_quickly_and_the_run_resumes(tmp_path):
     results = tmp_path / "results"
     launcher = subprocess.Popen(horovodrun_command(2, [*SLOW, "--epochs", "12", "--results-dir", str(results)]),
