@@ -473,6 +473,9 @@ def stopped(stopper, writer, started) -> Interrupted:
         if requeue:  # SLURM stops every rank now; the requeued job finds this folder and resumes it
             import subprocess
 
+            # said first: once requeued, SLURM may end this process before it says anything more
+            print(f"hpccnn: stopped by {name} after epoch {last}; requeueing job {os.environ['SLURM_JOB_ID']}, "
+                  f"which resumes from {writer.folder}", file=sys.stderr, flush=True)
             done = subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True,
                                   text=True, timeout=60)
             requeue = done.returncode == 0

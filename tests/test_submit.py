@@ -243,11 +243,10 @@ def test_dry_run_shows_the_sbatch_resources(tmp_path):
     ("cifar_hparams", ["--cpus-per-task", "1"], (2, 1)),
     ("alexnet227_lr", ["--gpus-per-node", "2"], (2, 4)),  # one rank per GPU
 ])
-def test_ranks_per_node_default_by_the_models_gradient(tmp_path, capsys, grid, given, layout):
-    from hpccnn import submit
-
-    assert submit.main.__wrapped__(["--grid", grid, "--dry-run", "--results-dir", str(tmp_path / "r"), *given]) == 0
-    out = capsys.readouterr().out
+def test_ranks_per_node_default_by_the_models_gradient(tmp_path, grid, given, layout):
+    proc = run_module("hpccnn.submit", "--grid", grid, "--dry-run", "--results-dir", tmp_path / "r", *given, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     assert f"#SBATCH --ntasks-per-node={layout[0]}" in out.splitlines()
     assert f"#SBATCH --cpus-per-task={layout[1]}" in out.splitlines()
     assert f"x {layout[0]} rank(s) x {layout[1]} core(s)" in out
