@@ -306,9 +306,9 @@ def parser() -> Parser:
     p.add_argument("--models", default=",".join(PLANS), help=f"comma-separated, from: {', '.join(PLANS)}")
     p.add_argument("--ranks", default="1,2", help="rank counts for hpccnn (horovodrun on this machine)")
     p.add_argument("--peers", default=",".join(PEERS), metavar="NAMES",
-                   help="what to measure beside plain Keras and hpccnn, on the same rank counts: horovod (Horovod's "
-                        "own Keras recipe), mwms (TensorFlow's MultiWorkerMirroredStrategy); comma-separated, "
-                        "or none [horovod,mwms]")
+                   help="what to measure beside plain Keras and hpccnn, on the same rank counts (with --nodes, on "
+                        "the same nodes and links): horovod (Horovod's own Keras recipe), mwms (TensorFlow's "
+                        "MultiWorkerMirroredStrategy); comma-separated, or none [horovod,mwms]")
     p.add_argument("--seconds", type=float, default=SECONDS,
                    help="timed training per measurement: as many steps as last this long at the warm-up's rate")
     p.add_argument("--steps", type=int, default=0, help="timed training steps per measurement, instead of --seconds")
@@ -380,7 +380,7 @@ def main(argv=None):
     if args.nodes:
         name = "nodes"
         _, md = scaling.run_nodes(models, args.nodes, scaling.parse_links(args.link_gbit), options, out,
-                                  fp16=args.fp16_allreduce)
+                                  fp16=args.fp16_allreduce, peers=peers)
     elif args.variants:
         name = "variants"
         names = list(VARIANTS) if args.variants == "all" else [v.strip() for v in args.variants.split(",")]

@@ -172,8 +172,9 @@ def _mwms_layout():
     import os
 
     env = os.environ
-    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:  # SLURM_STEP_TASKS_PER_NODE: "2" or "2(x3)"
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_STEP_TASKS_PER_NODE"].split("(")[0])
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:  # SLURM_STEP_TASKS_PER_NODE: "2", "2(x3)" or "2(x3),1"
+        per_node = max(int(part.split("(")[0]) for part in env["SLURM_STEP_TASKS_PER_NODE"].split(","))
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), per_node
     if "OMPI_COMM_WORLD_RANK" in env:
         return (int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
                 int(env.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1")))
@@ -183,7 +184,7 @@ def _mwms_layout():
 def mwms_trainer(exp, world, shape, batch) -> Trainer:
     """TensorFlow's MultiWorkerMirroredStrategy, set up as its multi-worker tutorial does: TF_CONFIG naming
     every worker (ports on loopback from --mwms-ports under horovodrun's or mpirun's layout), or under srun
-    SlurmClusterResolver (its GPU arguments 0 on CPU nodes, where it would otherwise run nvidia-smi);
+    SlurmClusterResolver (on CPU nodes, one placeholder GPU per task: see below);
     collectives over gRPC, the ring implementation (the only one for CPUs). Each worker gets the same
     threads as an hpccnn rank, and the same images through hpccnn's input pipeline, batched by the
     strategy's per-replica batch of the global batch (distribute_datasets_from_function)."""
@@ -200,8 +201,12 @@ def mwms_trainer(exp, world, shape, batch) -> Trainer:
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     resolver = None
     if workers > 1 and "SLURM_STEP_ID" in os.environ:
+        # it pairs each task of a node with a slice of the node's GPUs (zip of the tasks and range(0, gpus per
+        # node, gpus per task)): with 0 GPUs it lists no task at all, with gpus_per_task 0 range() raises, and
+        # left alone it runs nvidia-smi. On CPU nodes one "GPU" per task, never made visible, lists every task.
         resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-            port_base=int(os.environ.get("HPCCNN_MWMS_PORT", "29500")), gpus_per_node=0, gpus_per_task=0)
+            port_base=int(os.environ.get("HPCCNN_MWMS_PORT", "29500")), gpus_per_node=local, gpus_per_task=1,
+            auto_set_gpu=False)
     elif workers > 1:
         ports = os.environ["HPCCNN_MWMS_PORTS"].split(",")
         os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports[:workers]]},

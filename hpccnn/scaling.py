@@ -10,6 +10,9 @@ and joined to a bridge by a link that tc shapes to each speed in turn, and measu
             cores are as busy as in the N-node job, without the network): the model's compute step;
   N nodes   images/s of N ranks, one per node, each with that node's cores and the same batch;
   allreduce one whole-gradient allreduce (as Horovod sends it) between the nodes, timed on its own;
+  peers     images/s on the same nodes and link, one worker per node under srun, of TensorFlow's
+            MultiWorkerMirroredStrategy (mwms: SlurmClusterResolver, collectives over gRPC) and of
+            Horovod's own Keras recipe (horovod: its defaults, over MPI);
 and beside them what the model predicts from the compute step and the link's speed.
 """
 
@@ -134,14 +137,14 @@ class Cluster:
         subprocess.run([str(SCRIPT), "stop"], capture_output=True, env=self.env, timeout=180)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def job(self, nodes, cores, command, out, timeout=1800) -> subprocess.Popen:
+    def job(self, nodes, cores, command, out, timeout=1800, env=None) -> subprocess.Popen:
         """Submits command under srun on the nodes named (one task each, cores each) with sbatch --wait,
-        and returns at once; wait() gives its measurement."""
+        and returns at once; wait() gives its measurement. env: variables for the job beside the cluster's."""
         wrap = "srun --mpi=pmix " + shlex.join(command)
         proc = subprocess.Popen(["sbatch", "--wait", "--parsable", f"--nodes={len(nodes)}", "--ntasks-per-node=1",
                                  f"--cpus-per-task={cores}", f"--nodelist={','.join(nodes)}",
                                  f"--time={timeout // 60}", f"--output={out}", "--wrap", wrap],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**self.env, **(env or {})})
         proc.out, proc.timeout = out, timeout + 120
         return proc
 
@@ -161,9 +164,10 @@ class Cluster:
         return parse_result(text)
 
 
-def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=print):
+def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=print, peers=("horovod", "mwms")):
     """Per model: compute (every node training alone, all at once), then at each link speed N nodes'
-    images/s and a whole-gradient allreduce, beside the README model's prediction for that link.
+    images/s and a whole-gradient allreduce, beside the README model's prediction for that link, and
+    each peer's images/s (hpccnn.runners.RUNNERS: horovod, mwms) on the same nodes and link.
     Writes nodes.csv, nodes.md and the jobs' output (jobs/) to out_dir, a new folder."""
     from hpccnn import bench, runners
 
@@ -202,6 +206,11 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
                         names, cores, runners.worker_command("hpccnn", model, per_rank, settings, allreduce=True),
                         work / "jobs" / f"{model}-{nodes}-nodes-{gbit}-gbit.out"))
                     rows.append(row(model, nodes, gbit, how.batch, compute[model], got, fp16))
+                    for peer in peers:  # the same model, global batch and nodes, each set up its own way
+                        got = cluster.wait(cluster.job(
+                            names, cores, runners.worker_command(peer, model, per_rank, settings),
+                            work / "jobs" / f"{model}-{nodes}-nodes-{gbit}-gbit-{peer}.out", env=PEER_ENV.get(peer)))
+                        rows[-1].update(peer_row(peer, got, rows[-1]))
                     log(format_row(rows[-1]))
         md = markdown(rows, nodes, cores, fp16)
         bench.write_tables(work, "nodes", rows, md)
@@ -240,10 +249,28 @@ def row(model, nodes, gbit, batch, compute, got, fp16) -> dict:
             "peak_rss_mb_per_rank": round(max(r["rss_mb"] for r in got["ranks"]))}
 
 
+def peer_row(peer, got, hpccnn) -> dict:
+    """A peer's measurement (runner peer) beside hpccnn's row of the same model and link."""
+    workers = got["setup"]["workers"]
+    if workers != hpccnn["nodes"]:  # e.g. a resolver that saw one worker: each node would have trained alone
+        raise RuntimeError(f"{peer} ran {workers} worker(s) on {hpccnn['nodes']} nodes")
+    return {f"{peer}_images_per_second": round(got["images_per_second"], 1),
+            f"hpccnn_vs_{peer}": round(hpccnn["images_per_second"] / got["images_per_second"], 3),
+            f"{peer}_collective": got["setup"]["collective"], f"{peer}_threads": got["setup"]["threads"]}
+
+
+def _peers_of(rows) -> list:
+    from hpccnn.runners import RUNNERS
+
+    return [(p, RUNNERS[p].title) for p in ("horovod", "mwms") if rows and f"{p}_images_per_second" in rows[0]]
+
+
 def format_row(r) -> str:
     return (f"{r['model']:17} {r['nodes']} nodes {r['link_gbit']:5g} Gbit/s {r['images_per_second']:9.1f} img/s "
             f"(predicted {r['predicted_images_per_second']:.1f}, x{r['measured_vs_predicted']:.2f})  allreduce "
-            f"{r['allreduce_ms']:.0f} ms = x{r['allreduce_vs_ring']:.2f} the ring's {r['ring_bound_ms']:.0f} ms")
+            f"{r['allreduce_ms']:.0f} ms = x{r['allreduce_vs_ring']:.2f} the ring's {r['ring_bound_ms']:.0f} ms"
+            + "".join(f"; {title} {r[f'{p}_images_per_second']:.1f} img/s (hpccnn x{r[f'hpccnn_vs_{p}']:.2f})"
+                      for p, title in _peers_of([r])))
 
 
 def markdown(rows, nodes, cores, fp16) -> str:
@@ -269,4 +296,21 @@ def markdown(rows, nodes, cores, fp16) -> str:
         "allreduce measured (ms)": tables.key("allreduce_ms", ",.0f"),
         "ring bound (ms)": tables.key("ring_bound_ms", ",.0f"),
         "allreduce / ring": lambda r: f"{r['allreduce_vs_ring']:.2f}×",
-    }, rows))
+        **{k: v for p, title in _peers_of(rows) for k, v in (
+            (f"{title}, {nodes} nodes (img/s)", tables.key(f"{p}_images_per_second", ",.1f")),
+            (f"hpccnn / {title}", lambda r, p=p: f"{r[f'hpccnn_vs_{p}']:.2f}×"))},
+    }, rows)) + "".join(
+        f"\n\n{title}: {PEER_SETUPS[p]}, one worker per node under srun, the same model and global batch as "
+        f"hpccnn's ranks; {rows[0][f'{p}_collective']}; threads {rows[0][f'{p}_threads']} per worker (intra-op/"
+        f"inter-op; 0 is TensorFlow's default, every core it sees)." for p, title in _peers_of(rows))
+
+
+# What a peer's user must set for it to run on these nodes at all. Each node has a second interface that
+# leads nowhere (eth1, as real nodes have a docker bridge or a second network; scripts/local_slurm.sh):
+# Open MPI, left to choose, tried it and the recipe hung in its first allreduce. Horovod's documentation
+# tells such a user to name the interface (horovodrun --network-interfaces, mpirun -mca btl_tcp_if_include).
+PEER_ENV = {"horovod": {"OMPI_MCA_btl_tcp_if_include": "eth0"}}
+PEER_SETUPS = {"horovod": "Horovod's own Keras recipe as its example writes it (its input pipeline, TensorFlow's "
+                          "threads at their defaults), with OMPI_MCA_btl_tcp_if_include=eth0 (the nodes' second "
+                          "interface leads nowhere, and left to choose Open MPI hung the recipe's first allreduce)",
+               "mwms": "TensorFlow's MultiWorkerMirroredStrategy (SlurmClusterResolver; hpccnn's input pipeline)"}

@@ -553,9 +553,11 @@ def _submit_follow_up(args, folder: Path, jobs, call, name: str):
 
 
 def wait_for_slurm(jobs, folder: Path):
-    """Blocks until every array task has left SLURM's active states; prints a line for each point
-    whose progress changed (state, epoch, validation accuracy), so that a log stays readable."""
+    """Blocks until every array task has left SLURM's active states; prints a line for each of their
+    points whose progress changed (state, epoch, validation accuracy), so that a log stays readable
+    (a later rung's or a resubmission's lines are of its own points only)."""
     array_id = jobs[0].job_id.split("_")[0]
+    ids = {j.job_id for j in jobs}
     shown, misses = {}, 0
     while True:
         states = slurm.job_states(array_id)
@@ -566,7 +568,8 @@ def wait_for_slurm(jobs, folder: Path):
         misses = 0
         mine = [states.get(j.job_id, states.get(array_id, "UNKNOWN")) for j in jobs]
         record = read_record(folder)
-        for p in (progress(r) for r in point_rows(record)):
+        labels = {p["label"] for p in record["points"] if p.get("job_id") in ids}
+        for p in (progress(r) for r in point_rows(record) if r["point"] in labels):
             key = (p["status"], p["epoch"], p["val_accuracy"])
             if shown.get(p["point"]) != key:
                 shown[p["point"]] = key
@@ -615,9 +618,15 @@ def point_row(point: dict, state: str | None) -> dict:
             "wall_seconds": metrics.get("wall_seconds"), "world_size": metrics.get("world_size"),
             "last_epoch": metrics.get("last_epoch"), "job_id": point.get("job_id"), "reason": reason,
             "run_folder": point["run_dir"], "log": log,
-            **({"rung": point["rung"], "epochs_trained": metrics.get("last_epoch") or 0,
+            **({"rung": point["rung"], "rung_epochs": _epochs_of(point.get("run_args", point["train_args"])),
+                "epochs_trained": metrics.get("last_epoch") or 0,
                 "rank_epochs": (metrics.get("last_epoch") or 0) * (metrics.get("world_size") or 0),
                 "stopped_early": point.get("stopped_early", False)} if "rung" in point else {})}
+
+
+def _epochs_of(run_args: list) -> int | None:
+    """The epochs a point's latest command trains to (a halving rung's), from its --epochs."""
+    return int(run_args[run_args.index("--epochs") + 1]) if "--epochs" in run_args else None
 
 
 def _slurm_log(point: dict) -> str:
@@ -694,7 +703,7 @@ def format_table(rows) -> str:
                                    if halved else [])] for r in ordered))
 
 
-HALVING_COLUMNS = ("rung", "epochs_trained", "rank_epochs", "stopped_early")
+HALVING_COLUMNS = ("rung", "rung_epochs", "epochs_trained", "rank_epochs", "stopped_early")
 
 
 def progress(row: dict, now=None) -> dict:
@@ -709,7 +718,9 @@ def progress(row: dict, now=None) -> dict:
             history = list(csv.DictReader(f))
     except OSError:
         history = []
-    epochs, done = config.get("epochs") or row.get("epochs"), int(history[-1]["epoch"]) if history else 0
+    # a halving point's target is its rung's (its run folder's config.json holds it only once that rung's run starts)
+    epochs = row.get("rung_epochs") or config.get("epochs") or row.get("epochs")
+    done = int(history[-1]["epoch"]) if history else 0
     val = history[-1].get("val_accuracy") if history else None
     val_loss = history[-1].get("val_loss") if history else None
     seconds = [float(h["epoch_seconds"]) for h in history if h.get("epoch_seconds")]

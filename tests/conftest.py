@@ -337,11 +337,15 @@ GRID_ARGS = ["--grid", "cifar_hparams", "--dataset", "digits", "--epochs", "1",
              "--cpus-per-task", "1", "--mem-gb", "3", "--time-min", "15"]  # sized for the 2-core local node
 
 
+HALVING_ARGS = ["--epochs", "3", "--halving", "3", "--min-epochs", "1"]  # rung 0: 12 points to epoch 1; rung 1: 4 to 3
+
+
 @pytest.fixture(scope="session")
 def digits_grid(slurm_env, tmp_path_factory):
-    """seed 001's cifar_hparams grid on digits, 1 epoch, submitted once for real: (results dir, dry run, run)."""
+    """seed 001's cifar_hparams grid on digits, halved (HALVING_ARGS), submitted once for real with --wait:
+    (results dir, dry run, run)."""
     results = tmp_path_factory.mktemp("grid") / "results"
-    args = [*GRID_ARGS, "--results-dir", results]
+    args = [*GRID_ARGS, *HALVING_ARGS, "--results-dir", results]
     dry = run_module("hpccnn.submit", *args, "--dry-run", env=slurm_env, timeout=120)
     dry_results_existed = results.exists()
     proc = run_module("hpccnn.submit", *args, "--wait", env=slurm_env, timeout=1500)

@@ -64,10 +64,20 @@ def test_grid_report_shows_every_table_and_figure_in_a_browser(digits_grid, brow
     assert len(rows) == 12
     header = browser.execute_script(
         "return Array.from(document.querySelectorAll('#grid-table thead th')).map(c => c.textContent)")
-    acc = header.index("test accuracy")
-    accuracies = [float(cells[acc]) for _, cells in rows]
-    assert accuracies == sorted(accuracies, reverse=True)
+    acc, trained = header.index("test accuracy"), header.index("epochs trained")
+    # a halving grid: the points that trained longest first (the last rung's), each group by test accuracy
+    order = [(int(cells[trained]), float(cells[acc])) for _, cells in rows]
+    assert order == sorted(order, reverse=True) and [e for e, _ in order] == [3] * 4 + [1] * 8, order
     assert [cls for cls, _ in rows].count("best") == 1 and rows[0][0] == "best" and rows[0][1][0] == "★"
+    # the halving's rungs (conftest.HALVING_ARGS): who was promoted after rung 0 and who stopped there
+    (first, second) = read_json(folder / "grid.json")["halving"]["rungs"]
+    rungs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#rungs-table tbody tr')).map(r =>"
+        " Array.from(r.cells).map(c => c.textContent))")
+    stopped = [p for p in first["points"] if p not in second["points"]]
+    assert rungs == [["0", "1", "12", ", ".join(second["points"]), ", ".join(stopped)],
+                     ["1", "3", "4", "(the last rung)", "-"]], rungs
+    assert len(stopped) == 8 and "40 rank-epochs trained, against 72 for every point to epoch 3." in text
     per_class = browser.execute_script(
         "return Array.from(document.querySelectorAll('table.per-class')).map(t => t.tBodies[0].rows.length)")
     assert per_class == [10] * 12

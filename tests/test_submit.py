@@ -34,20 +34,37 @@ def read_grid(folder: Path):
 
 @pytest.mark.mpi
 @pytest.mark.slow
-def test_cifar_hparams_grid_runs_every_point_as_a_two_rank_array_task(digits_grid):
+def test_cifar_hparams_grid_halved_through_slurm_runs_its_rungs_in_order_and_resumes_the_best(digits_grid):
+    """Seed 001's 12-point grid with --halving 3 --min-epochs 1 --epochs 3 and --wait: rung 0 one 12-task array
+    of 2-rank tasks to epoch 1, rung 1 an array of its own for the best 4, which resume their run folders to
+    epoch 3; the other 8 stop with their results, and grid.csv's rank-epochs add up."""
     results, dry, dry_results_existed, proc = digits_grid
     assert dry.returncode == 0, dry.stderr
     assert not dry_results_existed, "a dry run must not write anything"
     planned = re.findall(r"^\[array task (\d+)\] (\S+): (.+)$", dry.stdout, re.M)
+    assert re.search(r"rung 0: every point \(12\) to epoch 1\n\s+rung 1: the best 4 \(4\) to epoch 3\n", dry.stdout)
 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     folder = grid_folder(results)
-    assert str(folder) in proc.stdout and re.search(r"submitted job array \d+ \(12 task", proc.stdout)
+    assert str(folder) in proc.stdout
+    arrays = re.findall(r"submitted job array (\d+) \((\d+) task\(s\)\) for rung (\d)", proc.stdout)
+    assert [(n, k) for _, n, k in arrays] == [("12", "0"), ("4", "1")] and arrays[0][0] != arrays[1][0], arrays
+    # the rungs ran in order: rung 1 was chosen only once every task of rung 0 had ended
+    rung_one = proc.stdout.index("hpccnn: rung 1: 4 point(s) to epoch 3: ")
+    record = read_json(folder / "grid.json")
+    (first, second) = record["halving"]["rungs"]
+    assert record["halving"]["epochs"] == [1, 3] and (first["epochs"], second["epochs"]) == (1, 3)
     rows = read_grid(folder)
     expected = list(itertools.product(["relu", "sigmoid"], ["32", "64", "128"], ["sgd", "adam"]))
     assert [(r["activation"], r["batch_size"], r["optimizer"]) for r in rows] == expected
-    record = read_json(folder / "grid.json")
-    array_id = record["points"][0]["job_id"].split("_")[0]
+    from hpccnn import halving
+
+    promoted = second["points"]
+    at_one = [{"point": r["point"], "status": r["status"], **{k: float(v) for k, v in list(csv.DictReader(
+        open(Path(r["run_folder"]) / "history.csv")))[0].items() if k in ("val_accuracy", "val_loss")}} for r in rows]
+    assert first["promoted"] == promoted == halving.promote(at_one, 4), (at_one, promoted)
+    assert proc.stdout[rung_one:].splitlines()[0].endswith(", ".join(promoted))
+    array_ids = {k: job for job, _, k in arrays}
     for index, (row, point) in enumerate(zip(rows, record["points"])):
         assert row["status"] == "completed", row
         run = Path(row["run_folder"])
@@ -55,44 +72,61 @@ def test_cifar_hparams_grid_runs_every_point_as_a_two_rank_array_task(digits_gri
         metrics, prov = read_json(run / "metrics.json"), read_json(run / "provenance.json")
         assert float(row["test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
         assert prov["world_size"] == 2 and int(row["world_size"]) == 2
-        assert prov["slurm"]["SLURM_ARRAY_JOB_ID"] == array_id and prov["slurm"]["SLURM_ARRAY_TASK_ID"] == str(index)
+        assert prov["slurm"]["SLURM_ARRAY_JOB_ID"] == array_ids["0"] and prov["slurm"]["SLURM_ARRAY_TASK_ID"] == str(index)
         assert prov["slurm"]["SLURM_NTASKS"] == "2" and prov["slurm"]["SLURM_NNODES"] == "1"
         config = read_json(run / "config.json")
         assert (config["activation"], str(config["batch_size"]), config["optimizer"]) == expected[index]
-        assert config["epochs"] == 1 and config["dataset"] == "digits" and config["model"] == "cnn_v3"
+        assert config["dataset"] == "digits" and config["model"] == "cnn_v3"
         # seed 001 compiled with optimizer="sgd"/"adam": Keras' default learning rate for each
         assert config["learning_rate"] == {"sgd": 0.01, "adam": 0.001}[config["optimizer"]]
-        # the dry run showed the very command each array task ran (its folder's time aside)
+        with open(run / "history.csv") as f:
+            epochs = [int(h["epoch"]) for h in csv.DictReader(f)]
+        if point["label"] in promoted:  # resumed from its checkpoint in rung 1's own array: every epoch once
+            assert epochs == [1, 2, 3] and config["epochs"] == 3 and metrics["resumes"] == 1
+            (resume,) = prov["resumes"]
+            assert resume["after_epoch"] == 1 and resume["slurm"]["SLURM_ARRAY_JOB_ID"] == array_ids["1"]
+            assert (row["rung"], row["epochs_trained"], row["stopped_early"]) == ("1", "3", "False"), row
+        else:  # stopped after rung 0, its results kept
+            assert epochs == [1] and config["epochs"] == 1 and "resumes" not in prov
+            assert (row["rung"], row["epochs_trained"], row["stopped_early"]) == ("0", "1", "True"), row
+        assert int(row["rank_epochs"]) == 2 * int(row["epochs_trained"])
+        # the dry run showed the very command each of rung 0's array tasks ran (its folder's time aside)
         task, label, command = planned[index]
         assert int(task) == index and label == point["label"]
         shown = shlex.split(command)[1:]
         ran = ["-m", "hpccnn.train", *point["train_args"]]
+        ran[ran.index("--epochs") + 1] = "1"  # the experiment's 3 epochs, rung 0's 1
         assert [a.split("/")[-1] for a in shown] == [a.split("/")[-1] for a in ran]
         assert Path(row["log"]).exists()
+    assert sum(int(r["rank_epochs"]) for r in rows) == 2 * (12 * 1 + 4 * 2)  # against 2 x 12 x 3 = 72 unhalved
     # the table printed at the end, best row first
-    table = proc.stdout[proc.stdout.index("point "):]
+    table = proc.stdout[proc.stdout.rindex("point "):]
     assert len([line for line in table.splitlines() if re.match(r"\d\d_", line)]) == 12
-    # --wait's progress, as a SLURM log holds it (stdout is a pipe here): a line per point whose state, epoch
-    # or validation accuracy changed, never a terminal's redrawn bar, nor a line that repeats the one before
+    # --wait's progress, as a SLURM log holds it (stdout is a pipe here), for each rung: a line per point whose
+    # state, epoch or validation accuracy changed, never a terminal's redrawn bar, nor a line repeating the one before
     assert "\r" not in proc.stdout
-    lines = re.findall(r"^hpccnn: \d\d:\d\d:\d\d (\S+): (\w[\w ]*), epoch (\d+)/1, val_acc (\S+), elapsed \S+, left \S+$",
-                       proc.stdout, re.M)
-    seen = {}
-    for label, state, epoch, val in lines:
-        seen.setdefault(label, []).append((state, epoch, val))
-    assert sorted(seen) == sorted(p["label"] for p in record["points"]), proc.stdout[:3000]
-    for row, point in zip(rows, record["points"]):
-        changes = seen[point["label"]]
-        assert all(a != b for a, b in zip(changes, changes[1:])), changes
-        states = [state for state, _, _ in changes]  # e.g. pending, running (epoch 0, then 1), completed
-        assert "completed" not in states[:-1] and not ({"pending", "running"} <= set(states) and
-                                                        max(i for i, s in enumerate(states) if s == "pending") >
-                                                        states.index("running")), changes
-        with open(Path(row["run_folder"]) / "history.csv") as f:
-            val_accuracy = float(list(csv.DictReader(f))[-1]["val_accuracy"])
-        assert changes[-1][:2] == ("completed", "1") and float(changes[-1][2]) == pytest.approx(val_accuracy, abs=6e-5)
-    # 12 points of 2 ranks on a 2-core node run a few at a time: some were seen waiting before they ran
-    assert any(changes[0][0] == "pending" for changes in seen.values()), seen
+    for k, text, labels, target in ((0, proc.stdout[:rung_one], [p["label"] for p in record["points"]], 1),
+                                    (1, proc.stdout[rung_one:], promoted, 3)):
+        lines = re.findall(r"^hpccnn: \d\d:\d\d:\d\d (\S+): (\w[\w ]*), epoch (\d+)/(\d+), val_acc (\S+), "
+                           r"elapsed \S+, left \S+$", text, re.M)
+        seen = {}
+        for label, state, epoch, of, val in lines:
+            seen.setdefault(label, []).append((state, epoch, val))
+            assert of == str(target), (k, label, state, epoch, of)
+        assert sorted(seen) == sorted(labels), (k, text[:3000])
+        for label in labels:
+            changes = seen[label]
+            assert all(a != b for a, b in zip(changes, changes[1:])), changes
+            states = [state for state, _, _ in changes]  # e.g. pending, running (epoch 0, then 1), completed
+            assert "completed" not in states[:-1] and not ({"pending", "running"} <= set(states) and
+                                                            max(i for i, s in enumerate(states) if s == "pending") >
+                                                            states.index("running")), changes
+            with open(folder / label / "history.csv") as f:
+                history = list(csv.DictReader(f))
+            assert changes[-1][:2] == ("completed", str(target))
+            assert float(changes[-1][2]) == pytest.approx(float(history[target - 1]["val_accuracy"]), abs=6e-5)
+        if k == 0:  # 12 points of 2 ranks on a 2-core node run a few at a time: some were seen waiting first
+            assert any(changes[0][0] == "pending" for changes in seen.values()), seen
 
 
 @pytest.mark.mpi
