@@ -167,7 +167,7 @@ def horovod_recipe_trainer(exp, world, shape, batch) -> Trainer:
 
 
 def _mwms_layout():
-    """(this worker's index, workers, workers on this node) from the launcher: srun's SLURM_* variables,
+    """(this worker's index, workers, the most workers on a node) from the launcher: srun's SLURM_* variables,
     else Open MPI's (horovodrun, mpirun), else one worker alone."""
     import os
 
@@ -184,7 +184,7 @@ def _mwms_layout():
 def mwms_trainer(exp, world, shape, batch) -> Trainer:
     """TensorFlow's MultiWorkerMirroredStrategy, set up as its multi-worker tutorial does: TF_CONFIG naming
     every worker (ports on loopback from --mwms-ports under horovodrun's or mpirun's layout), or under srun
-    SlurmClusterResolver (on CPU nodes, one placeholder GPU per task: see below);
+    SlurmClusterResolver's cluster (on CPU nodes without its GPU accounting: see below);
     collectives over gRPC, the ring implementation (the only one for CPUs). Each worker gets the same
     threads as an hpccnn rank, and the same images through hpccnn's input pipeline, batched by the
     strategy's per-replica batch of the global batch (distribute_datasets_from_function)."""
@@ -201,12 +201,21 @@ def mwms_trainer(exp, world, shape, batch) -> Trainer:
     tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     resolver = None
     if workers > 1 and "SLURM_STEP_ID" in os.environ:
-        # it pairs each task of a node with a slice of the node's GPUs (zip of the tasks and range(0, gpus per
-        # node, gpus per task)): with 0 GPUs it lists no task at all, with gpus_per_task 0 range() raises, and
-        # left alone it runs nvidia-smi. On CPU nodes one "GPU" per task, never made visible, lists every task.
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-            port_base=int(os.environ.get("HPCCNN_MWMS_PORT", "29500")), gpus_per_node=local, gpus_per_task=1,
-            auto_set_gpu=False)
+        port = int(os.environ.get("HPCCNN_MWMS_PORT", "29500"))
+        if tf.config.list_physical_devices("GPU"):
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(port_base=port)
+        else:
+            # On CPU nodes the resolver can't be used as it is: it pairs each task of a node with a slice of the
+            # node's GPUs (zip of the tasks and range(0, gpus per node, gpus per task)), so with 0 GPUs it lists
+            # no task, with 0 per task range() raises, and left alone it runs nvidia-smi. With one placeholder GPU
+            # per task it lists every task, but then tells the strategy each worker has a GPU (its replicas
+            # on a GPU:0 that isn't there: gradients reduced one by one, "Efficient batch_reduce is not
+            # supported"). So: its cluster (hosts, ports, this task), and no accelerators.
+            slurm = tf.distribute.cluster_resolver.SlurmClusterResolver(
+                port_base=port, gpus_per_node=local, gpus_per_task=1, auto_set_gpu=False)
+            spec = slurm.cluster_spec()
+            resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+                spec, task_type=slurm.task_type, task_id=slurm.task_id, num_accelerators={}, rpc_layer="grpc")
     elif workers > 1:
         ports = os.environ["HPCCNN_MWMS_PORTS"].split(",")
         os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports[:workers]]},

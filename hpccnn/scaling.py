@@ -302,7 +302,8 @@ def markdown(rows, nodes, cores, fp16) -> str:
     }, rows)) + "".join(
         f"\n\n{title}: {PEER_SETUPS[p]}, one worker per node under srun, the same model and global batch as "
         f"hpccnn's ranks; {rows[0][f'{p}_collective']}; threads {rows[0][f'{p}_threads']} per worker (intra-op/"
-        f"inter-op; 0 is TensorFlow's default, every core it sees)." for p, title in _peers_of(rows))
+        f"inter-op; 0 is TensorFlow's default, every core it sees)"
+        + ("; float32 gradients (only hpccnn's are sent as fp16)." if fp16 else ".") for p, title in _peers_of(rows))
 
 
 # What a peer's user must set for it to run on these nodes at all. Each node has a second interface that

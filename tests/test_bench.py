@@ -178,7 +178,9 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
         mwms = float(r["mwms_images_per_second"])
         assert mwms > 0 and "gRPC" in r["mwms_collective"] and r["mwms_threads"] == "1/1", r
         assert abs(float(r["hpccnn_vs_mwms"]) - float(r["images_per_second"]) / mwms) < 0.01
-        assert (out / "jobs" / f"mnist_cnn-2-nodes-{r['link_gbit']}-gbit-mwms.out").exists()
+        log = (out / "jobs" / f"mnist_cnn-2-nodes-{r['link_gbit']}-gbit-mwms.out").read_text()
+        # its replicas on the CPU, where they are: a resolver's placeholder GPU had them reduce gradient by gradient
+        assert "Efficient batch_reduce is not supported" not in log, log[:1000]
         assert "horovod_images_per_second" not in r
     slow, fast = (float(r["allreduce_ms"]) for r in rows)
     assert fast < slow / 2, (slow, fast)  # 4x the speed: well under half the time
