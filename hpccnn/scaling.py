@@ -164,13 +164,14 @@ class Cluster:
         return parse_result(text)
 
 
-def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=print, peers=("horovod", "mwms")):
+def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=print, peers=None):
     """Per model: compute (every node training alone, all at once), then at each link speed N nodes'
     images/s and a whole-gradient allreduce, beside the README model's prediction for that link, and
-    each peer's images/s (hpccnn.runners.RUNNERS: horovod, mwms) on the same nodes and link.
+    each peer's images/s (peers: of hpccnn.bench.PEERS, all by default) on the same nodes and link.
     Writes nodes.csv, nodes.md and the jobs' output (jobs/) to out_dir, a new folder."""
     from hpccnn import bench, runners
 
+    peers = bench.PEERS if peers is None else peers
     cores = check_machine(nodes)
     work = out_dir.with_name(out_dir.name + ".partial")
     (work / "jobs").mkdir(parents=True, exist_ok=False)  # each job's output, kept beside the tables
@@ -260,9 +261,11 @@ def peer_row(peer, got, hpccnn) -> dict:
 
 
 def _peers_of(rows) -> list:
+    """(peer, title) of each peer measured in rows."""
+    from hpccnn.bench import PEERS
     from hpccnn.runners import RUNNERS
 
-    return [(p, RUNNERS[p].title) for p in ("horovod", "mwms") if rows and f"{p}_images_per_second" in rows[0]]
+    return [(p, RUNNERS[p].title) for p in PEERS if rows and f"{p}_images_per_second" in rows[0]]
 
 
 def format_row(r) -> str:
@@ -312,6 +315,7 @@ def markdown(rows, nodes, cores, fp16) -> str:
 # tells such a user to name the interface (horovodrun --network-interfaces, mpirun -mca btl_tcp_if_include).
 PEER_ENV = {"horovod": {"OMPI_MCA_btl_tcp_if_include": "eth0"}}
 PEER_SETUPS = {"horovod": "Horovod's own Keras recipe as its example writes it (its input pipeline, TensorFlow's "
-                          "threads at their defaults), with OMPI_MCA_btl_tcp_if_include=eth0 (the nodes' second "
-                          "interface leads nowhere, and left to choose Open MPI hung the recipe's first allreduce)",
+                          "threads at their defaults), with " + " ".join(f"{k}={v}" for k, v in PEER_ENV["horovod"].items())
+                          + " (the nodes' second interface leads nowhere, and left to choose Open MPI hung the "
+                            "recipe's first allreduce)",
                "mwms": "TensorFlow's MultiWorkerMirroredStrategy (SlurmClusterResolver; hpccnn's input pipeline)"}

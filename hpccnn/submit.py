@@ -568,8 +568,8 @@ def wait_for_slurm(jobs, folder: Path):
         misses = 0
         mine = [states.get(j.job_id, states.get(array_id, "UNKNOWN")) for j in jobs]
         record = read_record(folder)
-        labels = {p["label"] for p in record["points"] if p.get("job_id") in ids}
-        for p in (progress(r) for r in point_rows(record) if r["point"] in labels):
+        waited = {**record, "points": [p for p in record["points"] if p.get("job_id") in ids]}
+        for p in (progress(r) for r in point_rows(waited)):
             key = (p["status"], p["epoch"], p["val_accuracy"])
             if shown.get(p["point"]) != key:
                 shown[p["point"]] = key
