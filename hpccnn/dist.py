@@ -261,6 +261,45 @@ def mpi_parameters(names=MPI_T_VARIABLES) -> dict:
 
 
 _network = None  # how this rank's interface was chosen, for provenance
+_malloc = None  # what keep_freed_memory did, for provenance
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+GLIBC_MALLOC_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
+MALLOC_CHOICES = ("keep", "glibc")
+
+
+def keep_freed_memory(environ=os.environ, mallopt=None) -> str:
+    """Has glibc keep the memory a rank frees for its next allocations, instead of handing every large
+    block back to the kernel; returns what was done, for provenance.
+
+    Every training step allocates its gradients and activations anew: AlexNet-227's 233 MB of
+    gradients, and Horovod's output tensors as large. glibc serves a block above 32 MB with a fresh
+    mmap and unmaps it when freed, so each step's first touch of it takes new pages from the kernel:
+    a multiply into a new 222.5 MiB tensor took 100 ms where it takes 53 ms into memory the process
+    keeps (README, Scaling). HPCCNN_MALLOC=glibc leaves glibc's own behaviour; a user's own glibc
+    malloc variables (MALLOC_MMAP_MAX_ and the like, or glibc.malloc tunables) win.
+    """
+    choice = environ.get("HPCCNN_MALLOC", "keep")
+    if choice not in MALLOC_CHOICES:
+        raise UserError(f"HPCCNN_MALLOC must be one of {', '.join(MALLOC_CHOICES)} (keep: glibc keeps freed memory "
+                        f"for the next steps, the default; glibc: its own behaviour), got {choice!r}")
+    if choice == "glibc":
+        return "glibc's own (HPCCNN_MALLOC=glibc)"
+    if any(k in environ for k in GLIBC_MALLOC_VARIABLES) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return "glibc's, as the job's own malloc variables set it"
+    if mallopt is None:
+        import ctypes
+
+        try:
+            mallopt = ctypes.CDLL("libc.so.6").mallopt
+        except (OSError, AttributeError):
+            return "glibc's own (no glibc mallopt here)"
+    # no mmap: large blocks come from the heap, where freed ones are reused; no trimming: the heap's
+    # freed top stays for the next step (a rank's peak memory is what it holds anyway)
+    if mallopt(M_MMAP_MAX, 0) != 1 or mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1) != 1:
+        return "glibc's own (mallopt refused)"
+    return "kept for reuse (mallopt: no mmap, no trimming)"
 
 
 def refuse_horovodrun_beside_slurm(launched_by: str, size: int, local_size: int, environ=os.environ) -> None:
@@ -275,9 +314,10 @@ def refuse_horovodrun_beside_slurm(launched_by: str, size: int, local_size: int,
 
 def init() -> World:
     """Starts Horovod once, pins one GPU per local rank, and splits CPU cores between local ranks."""
-    global _world, _network
+    global _world, _network, _malloc
     if _world is not None:
         return _world
+    _malloc = keep_freed_memory(os.environ)
     if not any(v in os.environ for v in MPI_LAUNCHER_VARIABLES):
         os.environ.setdefault("HOROVOD_CYCLE_TIME", SINGLE_RANK_CYCLE_MS)
     settings, _network = mpi_settings(os.environ)
@@ -313,6 +353,42 @@ def hvd():
     return hvd
 
 
+def gradient_op():
+    """The reduction hpccnn's optimizer asks of Horovod: a sum of gradients each rank has already
+    divided by the rank count (distributed_optimizer). hpccnn.scaling times the same allreduce."""
+    return hvd().Sum
+
+
+def distributed_optimizer(optimizer, compression, size: int):
+    """Horovod's DistributedOptimizer around optimizer, averaging the ranks' gradients with one pass
+    over them less than Horovod's own average.
+
+    Horovod's average is a sum followed by a division of the result, a pass of its own over the
+    whole gradient after the allreduce (AlexNet-227: 233 MB a step, on the core that also feeds the
+    network). Here the backward pass starts from 1/size instead of 1 (the gradient of the loss
+    with respect to itself), so each rank's gradients come out already divided, and Horovod only
+    sums. For a power-of-two rank count the result is the same to the bit: dividing by 2**k is exact.
+    """
+    h = hvd()
+    if size == 1:
+        return h.DistributedOptimizer(optimizer, compression=compression)
+    wrapped = h.DistributedOptimizer(optimizer, compression=compression, op=gradient_op())
+    inner = wrapped._compute_gradients  # Horovod's: the base optimizer's gradients, then the allreduce
+
+    def _compute_gradients(loss, var_list, grad_loss=None, tape=None):
+        import tensorflow as tf
+
+        if grad_loss is None:
+            grad_loss = tf.constant(1.0 / size, dtype=getattr(loss, "dtype", tf.float32))
+        else:
+            grad_loss = grad_loss / size
+        return inner(loss, var_list, grad_loss, tape)
+
+    # on the instance: Horovod's method calls super(self.__class__, self), which a subclass would loop
+    wrapped._compute_gradients = _compute_gradients
+    return wrapped
+
+
 def allgather_object(obj):
     """Every rank's obj, in rank order (a list of length world size)."""
     import horovod.tensorflow as hvd_tf
@@ -331,6 +407,7 @@ def host_and_rank(world: World) -> dict:
     return {"host": socket.gethostname(), "rank": world.rank, "local_rank": world.local_rank,
             "local_size": world.local_size, "pid": os.getpid(), "intra_op_threads": world.intra_op_threads,
             "cpus": sorted(os.sched_getaffinity(0)),
+            "malloc": _malloc,
             "mpi": {**mpi_parameters(), "interface_chosen_by": _network} if world.size > 1 else {}}
 
 

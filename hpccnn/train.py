@@ -139,7 +139,7 @@ def compile_model(exp, world, spec, input_shape, classes):
     lr = exp.learning_rate * (world.size if exp.scale_lr else 1)
     compression = hvd.Compression.fp16 if exp.fp16_allreduce else hvd.Compression.none
     # allreduce-averages gradients; Keras adds loss scaling on top under mixed precision
-    optimizer = hvd.DistributedOptimizer(make_optimizer(exp.optimizer, lr), compression=compression)
+    optimizer = dist.distributed_optimizer(make_optimizer(exp.optimizer, lr), compression, world.size)
     model.compile(optimizer=optimizer, metrics=["accuracy"],
                   steps_per_execution=exp.steps_per_execution,
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))

@@ -1,9 +1,12 @@
 """One training step through hpccnn's distributed optimizer; rank 0 saves the weights.
 
 Run as one process it takes the whole batch; under horovodrun -np 2 each rank takes
-half of it (hpccnn's own sharding) and Horovod averages the gradients.
+half of it (hpccnn's own sharding) and Horovod averages the gradients. With
+ONE_STEP_OPTIMIZER=horovod_average the optimizer is Horovod's own DistributedOptimizer, averaging as
+Horovod does, instead of hpccnn's (hpccnn.dist.distributed_optimizer).
 """
 
+import os
 import sys
 
 import numpy as np
@@ -12,7 +15,7 @@ import tensorflow as tf
 from hpccnn import data, dist
 from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
 from hpccnn.models import get_model
-from hpccnn.train import compile_model, start
+from hpccnn.train import compile_model, make_optimizer, start
 
 out, batch = sys.argv[1], 64
 settings = dict(parse_assignment(item, "one_step.py") for item in sys.argv[2:])  # e.g. fp16_allreduce=true
@@ -23,6 +26,10 @@ exp = with_overrides(get_experiment("digits_cnn"), dict(model="cnn_v3", image_si
 world, _ = start(exp)
 tf.keras.utils.set_random_seed(0)
 model, _ = compile_model(exp, world, get_model(exp.model), (32, 32, 1), 10)
+if os.environ.get("ONE_STEP_OPTIMIZER") == "horovod_average":  # Horovod's own average, to compare with
+    hvd = dist.hvd()
+    model.compile(optimizer=hvd.DistributedOptimizer(make_optimizer(exp.optimizer, exp.learning_rate), op=hvd.Average),
+                  loss=model.loss, metrics=["accuracy"], steps_per_execution=exp.steps_per_execution)
 raw = data.load("digits")
 x, y = data.shard(raw.x_train[:batch], world.rank, world.size), data.shard(raw.y_train[:batch], world.rank, world.size)
 ds = data.pipeline(x, y, batch // world.size, raw.scale, image_size=32)

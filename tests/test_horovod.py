@@ -53,6 +53,25 @@ def test_two_ranks_on_half_batches_take_the_same_step_as_one_rank_on_the_whole_b
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.mpi
+def test_hpccnns_average_of_two_ranks_gradients_is_horovods_to_the_bit(tmp_path):
+    """hpccnn divides each rank's gradients in the backward pass and has Horovod sum them, a pass over
+    the gradient less than Horovod's average (a sum, then a division): for 2 ranks that is exact, so
+    the step must land on the very same weights as Horovod's own DistributedOptimizer."""
+    ours, theirs = tmp_path / "ours.npz", tmp_path / "theirs.npz"
+    p1 = run([*horovodrun_prefix(2), sys.executable, "tests/one_step.py", str(ours)])
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    env = {**mpi_env(), "ONE_STEP_OPTIMIZER": "horovod_average"}
+    p2 = subprocess.run([*horovodrun_prefix(2), sys.executable, "tests/one_step.py", str(theirs)],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    a, b = np.load(ours), np.load(theirs)
+    n = len(a.files) // 2
+    assert max(np.abs(a[f"arr_{i}"] - a[f"arr_{i + n}"]).max() for i in range(n)) > 1e-3  # the step moved them
+    for i in range(n):
+        np.testing.assert_array_equal(a[f"arr_{i}"], b[f"arr_{i}"])
+
+
 @pytest.fixture(scope="module")
 def digits_pair(tmp_path_factory):
     """digits_cnn as one process and under horovodrun -np 2, same settings."""
