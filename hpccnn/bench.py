@@ -60,7 +60,10 @@ VARIANTS = {
     "oneDNN off": (1, {}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
     # Horovod's own cycle for one rank, where hpccnn sets 20 ms (hpccnn.dist: SINGLE_RANK_CYCLE_MS)
     "Horovod cycle 1 ms 1 rank": (1, {}, {"HOROVOD_CYCLE_TIME": "1"}),
+    # hpccnn keeps freed memory for the next step (hpccnn.dist.keep_freed_memory): glibc's own behaviour
+    "glibc malloc": (1, {}, {"HPCCNN_MALLOC": "glibc"}),
     "none (A/A) 2 ranks": (2, {}, {}),
+    "glibc malloc 2 ranks": (2, {}, {"HPCCNN_MALLOC": "glibc"}),
     "fp16 allreduce": (2, {"fp16_allreduce": "true"}, {}),
     "Horovod cycle 10 ms": (2, {}, {"HOROVOD_CYCLE_TIME": "10"}),
     "Horovod fusion 256 MB": (2, {}, {"HOROVOD_FUSION_THRESHOLD": str(256 * 2 ** 20)}),

@@ -269,6 +269,15 @@ GLIBC_MALLOC_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_
 MALLOC_CHOICES = ("keep", "glibc")
 
 
+def malloc_choice(environ=os.environ) -> str:
+    """HPCCNN_MALLOC, checked: keep (the default) or glibc."""
+    choice = environ.get("HPCCNN_MALLOC", "keep")
+    if choice not in MALLOC_CHOICES:
+        raise UserError(f"HPCCNN_MALLOC={choice!r} must be keep (freed memory kept for the next steps, the default) "
+                        f"or glibc (glibc's own behaviour)")
+    return choice
+
+
 def keep_freed_memory(environ=os.environ, mallopt=None) -> str:
     """Has glibc keep the memory a rank frees for its next allocations, instead of handing every large
     block back to the kernel; returns what was done, for provenance.
@@ -280,11 +289,7 @@ def keep_freed_memory(environ=os.environ, mallopt=None) -> str:
     keeps (README, Scaling). HPCCNN_MALLOC=glibc leaves glibc's own behaviour; a user's own glibc
     malloc variables (MALLOC_MMAP_MAX_ and the like, or glibc.malloc tunables) win.
     """
-    choice = environ.get("HPCCNN_MALLOC", "keep")
-    if choice not in MALLOC_CHOICES:
-        raise UserError(f"HPCCNN_MALLOC must be one of {', '.join(MALLOC_CHOICES)} (keep: glibc keeps freed memory "
-                        f"for the next steps, the default; glibc: its own behaviour), got {choice!r}")
-    if choice == "glibc":
+    if malloc_choice(environ) == "glibc":
         return "glibc's own (HPCCNN_MALLOC=glibc)"
     if any(k in environ for k in GLIBC_MALLOC_VARIABLES) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
         return "glibc's, as the job's own malloc variables set it"

@@ -490,7 +490,7 @@ def stopped(stopper, writer, started) -> Interrupted:
 def parse(argv):
     """(options, Experiment) from hpccnn.train's command line; a UserError if anything is wrong."""
     args = build_parser().parse_args(argv)
-    stall_timeout(), progress_interval()  # checked before anything starts
+    stall_timeout(), progress_interval(), dist.malloc_choice()  # checked before anything starts
     changes = overrides(args)
     if args.resume is not None:
         return args, resumed_experiment(args, changes)

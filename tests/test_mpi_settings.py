@@ -154,6 +154,8 @@ def test_the_readmes_launch_lines_typed_in_a_plain_shell_get_hpccnns_mpi_setting
         assert rank["mpi"]["mpi_yield_when_idle"] == 1, rank  # waiting ranks give their core to TensorFlow
         # one node: Open MPI's own allreduce choice, the faster one in memory (README, Scaling)
         assert rank["mpi"]["coll_tuned_use_dynamic_rules"] == 0, rank
+        # glibc keeps what a step frees for the next one (hpccnn.dist.keep_freed_memory)
+        assert rank["malloc"].startswith("kept for reuse"), rank
 
 
 @pytest.mark.mpi
@@ -166,6 +168,53 @@ def test_mpi_t_reads_what_took_effect_so_a_users_own_value_shows(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("MPI ")]
     assert len(found) == 2 and all(f["mpi_yield_when_idle"] == 0 for f in found), proc.stdout
+
+
+MALLINFO = """
+import ctypes, json, os
+from hpccnn import dist
+how = dist.keep_freed_memory(os.environ)
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+before = libc.mallinfo2().hblks  # blocks glibc took from the kernel with mmap, unmapped again when freed
+block = libc.malloc(64 << 20)
+mapped = libc.mallinfo2().hblks - before
+libc.free(block)
+print(json.dumps({"how": how, "mapped": mapped, "heap_after_free_mb": libc.mallinfo2().arena / 2 ** 20}))
+"""
+
+
+def malloc_after(**env):
+    """What a process does with a freed 64 MB block once hpccnn.dist.keep_freed_memory has run in it."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "HPCCNN_MALLOC", "GLIBC_TUNABLES"))}
+    proc = subprocess.run([sys.executable, "-c", MALLINFO], capture_output=True, text=True, cwd=ROOT,
+                          env={**environ, **env}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_ranks_keep_the_memory_a_step_frees_unless_told_otherwise():
+    """A large block comes from the heap and stays there when freed, so the next step's gradients
+    reuse pages the process has; HPCCNN_MALLOC=glibc, or a user's own glibc variable, leaves glibc's way
+    (the block mmapped, and unmapped when freed)."""
+    kept = malloc_after()
+    assert kept["how"].startswith("kept for reuse") and kept["mapped"] == 0 and kept["heap_after_free_mb"] >= 64, kept
+    for env in ({"HPCCNN_MALLOC": "glibc"}, {"MALLOC_TRIM_THRESHOLD_": "131072"},
+                {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"}):
+        own = malloc_after(**env)
+        assert own["mapped"] == 1 and own["heap_after_free_mb"] < 64 and not own["how"].startswith("kept"), (env, own)
+
+
+@pytest.mark.parametrize("value", ["yes", "", "jemalloc"])
+def test_a_bad_malloc_choice_is_refused_in_one_line(tmp_path, value, monkeypatch):
+    from conftest import train_refusal
+
+    monkeypatch.setenv("HPCCNN_MALLOC", value)
+    assert f"HPCCNN_MALLOC={value!r} must be keep" in train_refusal("--epochs", "1", "--results-dir", tmp_path / "results")
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.slow
