@@ -142,11 +142,7 @@ def route_interface(address: str) -> str | None:
 
 
 ALLREDUCE_RULES = Path(__file__).with_name("openmpi_allreduce.rules")
-# Every message of an allreduce goes eagerly: Horovod's fused buffer (64 MB), and between 2 nodes the
-# ring's halves of a tensor up to 256 MB, which Horovod sends alone (AlexNet-227's 151 MB dense layer:
-# 75.5 MB). A half sent by rendezvous waited, in a third of the allreduces, for the other direction's
-# half to finish: +3 s at 0.2 Gbit/s, 1.45x the ring's time instead of 1.13x (README, Scaling).
-TCP_EAGER_LIMIT = 128 * 2 ** 20
+TCP_EAGER_LIMIT = 64 * 2 ** 20  # Horovod's default fusion buffer: the largest message it sends
 
 PEERS_LOOKED_UP = 4  # a few of the other nodes tell the interface; thousands of ranks needn't each ask DNS of all
 
@@ -216,7 +212,7 @@ def mpi_settings(environ=os.environ) -> tuple:
                       OMPI_MCA_coll_tuned_dynamic_rules_filename=str(ALLREDUCE_RULES))
     # Above its eager limit (64 KB) Open MPI's TCP transport sends a message only once the receiver has
     # answered; in training that held a gradient's allreduce to half the link's speed in most steps
-    # (README, Scaling). Up to TCP_EAGER_LIMIT every message of an allreduce goes at once.
+    # (README, Scaling). Up to Horovod's fusion buffer (64 MB), every fused gradient goes at once.
     if across and not any(k.startswith(("OMPI_MCA_btl_tcp_eager", "OMPI_MCA_btl_tcp_rndv")) for k in environ):
         wanted.update(OMPI_MCA_btl_tcp_eager_limit=str(TCP_EAGER_LIMIT), OMPI_MCA_btl_tcp_rndv_eager_limit=str(TCP_EAGER_LIMIT))
     interface, how = network_interface(environ)

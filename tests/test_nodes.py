@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from conftest import GRID_ARGS, NODE_CORES, ROOT, read_json, run_folders, run_module, sbatch, wait_for
-from hpccnn.dist import ALLREDUCE_RULES, TCP_EAGER_LIMIT
+from hpccnn.dist import ALLREDUCE_RULES
 from hpccnn.launch import mpi_env
 from test_resilience import SLOW, metrics, requeued_twice_ends_where_an_uninterrupted_run_does, wait_until
 
@@ -55,7 +55,7 @@ def assert_interface_chosen(rank):
     # across nodes, Open MPI's allreduce follows hpccnn's rules (the ring's speed: README, Scaling)
     assert rank["mpi"]["coll_tuned_use_dynamic_rules"] == 1, rank
     assert rank["mpi"]["coll_tuned_dynamic_rules_filename"] == str(ALLREDUCE_RULES), rank
-    assert rank["mpi"]["btl_tcp_eager_limit"] == rank["mpi"]["btl_tcp_rndv_eager_limit"] == TCP_EAGER_LIMIT, rank
+    assert rank["mpi"]["btl_tcp_eager_limit"] == rank["mpi"]["btl_tcp_rndv_eager_limit"] == 64 * 2 ** 20, rank
 
 
 def test_the_cpu_template_trains_across_two_nodes(nodes_env, tmp_path):
