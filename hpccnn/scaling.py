@@ -120,6 +120,7 @@ class Cluster:
         self.env = {**os.environ, "HPCCNN_SLURM_DIR": str(self.dir), "HPCCNN_SLURMCTLD_PORT": PORT,
                     "SLURM_CONF": str(self.dir / "slurm.conf")}
         self.start = ["start", "--nodes", str(nodes), "--cpus-per-node", str(cores_per_node), "--link-gbit", str(gbit)]
+        self.jobs = []  # the sbatch --wait of every job submitted: none outlives the cluster
 
     def script(self, *args, timeout=120):
         proc = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=self.env, timeout=timeout)
@@ -135,6 +136,10 @@ class Cluster:
         return self
 
     def __exit__(self, *exc):
+        for proc in self.jobs:  # a job still waited for when the benchmark failed or was killed
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         subprocess.run([str(SCRIPT), "stop"], capture_output=True, env=self.env, timeout=180)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -147,6 +152,7 @@ class Cluster:
                                  f"--time={timeout // 60}", f"--output={out}", "--wrap", wrap],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**self.env, **(env or {})})
         proc.out, proc.timeout = out, timeout + 120
+        self.jobs.append(proc)
         return proc
 
     @staticmethod

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -201,13 +202,22 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     proc = subprocess.Popen([sys.executable, "-m", "hpccnn.bench", "--nodes", "2", "--models", "mnist_cnn",
                              "--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=mpi_env({**os.environ, "PYTHONUNBUFFERED": "1"}), cwd=ROOT)
+    def its_jobs():  # the sbatch --wait of each job it submitted and still waits for
+        ps = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
+        return [p for p in ps if "sbatch" in p and str(killed) in p and not p.lstrip().startswith("Z")]
+
     for line in proc.stdout:
         if "namespace nodes up" in line:
+            deadline = time.monotonic() + 60
+            while not its_jobs() and time.monotonic() < deadline:  # killed while it waits on its jobs
+                time.sleep(0.2)
+            assert its_jobs()
             proc.send_signal(signal.SIGTERM)
             break
     assert proc.wait(timeout=300) != 0
     assert_namespace_nodes_gone("hpccnn-bench-nodes-")
     assert not killed.exists() and not list(tmp_path.glob("killed.partial"))
+    assert not its_jobs()  # nor a job's sbatch --wait, left waiting for a controller that is gone
 
 
 BAD_NODES_OPTIONS = [
