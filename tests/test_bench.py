@@ -193,7 +193,7 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     assert len(list((out / "jobs").glob("mnist_cnn-alone-n*.out"))) == 2  # compute: each node alone, at once
     # its cluster is gone: namespaces, bridge, links, host names, daemons
     assert_namespace_nodes_gone("hpccnn-bench-nodes-")
-    processes = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
+    processes = subprocess.run(["ps", "-ww", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
     assert not [p for p in processes if "hpccnn-bench-nodes-" in p and not p.lstrip().startswith("Z")]
     again = run_module("hpccnn.bench", "--nodes", "2", "--models", "mnist_cnn", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr
@@ -202,18 +202,21 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     proc = subprocess.Popen([sys.executable, "-m", "hpccnn.bench", "--nodes", "2", "--models", "mnist_cnn",
                              "--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=mpi_env({**os.environ, "PYTHONUNBUFFERED": "1"}), cwd=ROOT)
+
     def its_jobs():  # the sbatch --wait of each job it submitted and still waits for
-        ps = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
+        ps = subprocess.run(["ps", "-ww", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
         return [p for p in ps if "sbatch" in p and str(killed) in p and not p.lstrip().startswith("Z")]
 
-    for line in proc.stdout:
-        if "namespace nodes up" in line:
-            deadline = time.monotonic() + 60
-            while not its_jobs() and time.monotonic() < deadline:  # killed while it waits on its jobs
-                time.sleep(0.2)
-            assert its_jobs()
-            proc.send_signal(signal.SIGTERM)
-            break
+    try:
+        for line in proc.stdout:
+            if "namespace nodes up" in line:
+                deadline = time.monotonic() + 60
+                while not its_jobs() and time.monotonic() < deadline:  # killed while it waits on its jobs
+                    time.sleep(0.2)
+                assert its_jobs()
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)  # also when the test failed: the benchmark must not go on
     assert proc.wait(timeout=300) != 0
     assert_namespace_nodes_gone("hpccnn-bench-nodes-")
     assert not killed.exists() and not list(tmp_path.glob("killed.partial"))
