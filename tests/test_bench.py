@@ -193,8 +193,7 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     assert len(list((out / "jobs").glob("mnist_cnn-alone-n*.out"))) == 2  # compute: each node alone, at once
     # its cluster is gone: namespaces, bridge, links, host names, daemons
     assert_namespace_nodes_gone("hpccnn-bench-nodes-")
-    processes = subprocess.run(["ps", "-ww", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
-    assert not [p for p in processes if "hpccnn-bench-nodes-" in p and not p.lstrip().startswith("Z")]
+    assert not live_processes("hpccnn-bench-nodes-")
     again = run_module("hpccnn.bench", "--nodes", "2", "--models", "mnist_cnn", "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr
     # killed (SIGTERM: kill, a job's time limit) once its nodes are up: they go down with it, no output
@@ -204,8 +203,7 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
                             env=mpi_env({**os.environ, "PYTHONUNBUFFERED": "1"}), cwd=ROOT)
 
     def its_jobs():  # the sbatch --wait of each job it submitted and still waits for
-        ps = subprocess.run(["ps", "-ww", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
-        return [p for p in ps if "sbatch" in p and str(killed) in p and not p.lstrip().startswith("Z")]
+        return live_processes("sbatch", str(killed))
 
     try:
         for line in proc.stdout:
@@ -221,6 +219,13 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     assert_namespace_nodes_gone("hpccnn-bench-nodes-")
     assert not killed.exists() and not list(tmp_path.glob("killed.partial"))
     assert not its_jobs()  # nor a job's sbatch --wait, left waiting for a controller that is gone
+
+
+def live_processes(*words) -> list:
+    """This machine's processes, not zombies, whose command line holds every one of words (whole: ps -ww,
+    as pytest's COLUMNS=80 would cut it)."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
+    return [p for p in ps if all(w in p for w in words) and not p.lstrip().startswith("Z")]
 
 
 BAD_NODES_OPTIONS = [
