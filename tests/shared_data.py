@@ -1,7 +1,8 @@
 """Under horovodrun: the data set as hpccnn.shared gives it to each rank, against what loading alone gives.
 
 python tests/shared_data.py OUT SIZE writes OUT.<rank>.json: where the rank's arrays live (inside the node's
-window or not), its memory (smaps_rollup) before and after, digests of the splits (and of the same splits
+window or not), its memory (smaps_rollup) before and after, the
+window's own pages (smaps), digests of the splits (and of the same splits
 loaded alone), each image's digest of its training shard, and its first training batches' digest."""
 
 import hashlib
@@ -28,11 +29,27 @@ def address(array):
     return array.__array_interface__["data"][0]
 
 
-window = None
+def pages_of(start, end, smaps="/proc/self/smaps"):
+    """memory.usage()'s fields summed over the mappings that overlap [start, end): the window's own pages, apart
+    from whatever else the process allocates or frees meanwhile (which moves smaps_rollup's totals)."""
+    found, inside = {}, False
+    for line in open(smaps):
+        head = line.split()
+        if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line: "start-end perms ..."
+            low, high = (int(x, 16) for x in head[0].split("-"))
+            inside = low < end and start < high
+        elif inside and head[0].rstrip(":") in memory.SMAPS_FIELDS:
+            key = memory.SMAPS_FIELDS[head[0].rstrip(":")]
+            found[key] = found.get(key, 0) + int(head[1]) * 1024
+    return found
+
+
+window = window_pages = None
 if held.window is not None:
     buffer, _ = held.window.Shared_query(0)
     base = address(np.frombuffer(buffer, np.uint8))
     window = [base, base + held.window_bytes]
+    window_pages = pages_of(*window)
 
 
 def digest(array):
@@ -48,6 +65,7 @@ def first_batches(x, y):
 shard = data.shard(splits.x_train, world.rank, world.size)
 facts = {
     "rank": world.rank, "held": held.facts(), "window": window, "before": before, "after": after,
+    "window_pages": window_pages,
     "arrays": {name: [address(getattr(splits, name)), getattr(splits, name).nbytes] for name in shared.ARRAYS},
     "digests": {name: digest(getattr(splits, name)) for name in shared.ARRAYS},
     "shard_images": sorted(hashlib.sha1(image.tobytes()).hexdigest() for image in shard),
