@@ -143,6 +143,15 @@ def route_interface(address: str) -> str | None:
 
 ALLREDUCE_RULES = Path(__file__).with_name("openmpi_allreduce.rules")
 TCP_EAGER_LIMIT = 64 * 2 ** 20  # Horovod's default fusion buffer: the largest message it sends
+TCP_FRAGMENT = 2 ** 20  # a larger message's first fragment, and each one after it
+# Open MPI's TCP transport between nodes, for messages up to and above the eager limit: the variables
+# hpccnn sets together, and the prefixes of those that, set by the user, leave all of them to the user
+TCP_PROTOCOL = {"OMPI_MCA_btl_tcp_eager_limit": str(TCP_EAGER_LIMIT),
+                "OMPI_MCA_btl_tcp_rndv_eager_limit": str(TCP_FRAGMENT),
+                "OMPI_MCA_btl_tcp_max_send_size": str(TCP_FRAGMENT),
+                "OMPI_MCA_btl_tcp_flags": "send,inplace,need-ack,need-csum"}  # Open MPI's own, without put
+TCP_PROTOCOL_OWN = ("OMPI_MCA_btl_tcp_eager", "OMPI_MCA_btl_tcp_rndv", "OMPI_MCA_btl_tcp_max_send",
+                    "OMPI_MCA_btl_tcp_flags")
 
 PEERS_LOOKED_UP = 4  # a few of the other nodes tell the interface; thousands of ranks needn't each ask DNS of all
 
@@ -213,8 +222,13 @@ def mpi_settings(environ=os.environ) -> tuple:
     # Above its eager limit (64 KB) Open MPI's TCP transport sends a message only once the receiver has
     # answered; in training that held a gradient's allreduce to half the link's speed in most steps
     # (README, Scaling). Up to Horovod's fusion buffer (64 MB), every fused gradient goes at once.
-    if across and not any(k.startswith(("OMPI_MCA_btl_tcp_eager", "OMPI_MCA_btl_tcp_rndv")) for k in environ):
-        wanted.update(OMPI_MCA_btl_tcp_eager_limit=str(TCP_EAGER_LIMIT), OMPI_MCA_btl_tcp_rndv_eager_limit=str(TCP_EAGER_LIMIT))
+    # A larger message (a half of AlexNet-227's 151 MB layer in the ring) goes in 1 MB fragments sent
+    # as messages, not as Open MPI's default "put" of the whole message, which the receiver asks for
+    # with a small message: when one rank's put of its half had started first, its request for the
+    # other's half queued behind it on the ranks' one connection, so the halves crossed one after the
+    # other instead of at once (one such allreduce in three took 1.5x the time; README, Scaling).
+    if across and not any(k.startswith(TCP_PROTOCOL_OWN) for k in environ):
+        wanted.update(TCP_PROTOCOL)
     interface, how = network_interface(environ)
     chosen_by_user = any(k in environ for k in ("OMPI_MCA_btl_tcp_if_include", "OMPI_MCA_btl_tcp_if_exclude"))
     if interface and not chosen_by_user:
@@ -228,7 +242,8 @@ def mpi_settings(environ=os.environ) -> tuple:
 
 MPI_T_VARIABLES = {"mpi_yield_when_idle": int, "btl_tcp_if_include": str, "btl_tcp_if_exclude": str,
                    "coll_tuned_use_dynamic_rules": int, "coll_tuned_dynamic_rules_filename": str,
-                   "btl_tcp_eager_limit": int, "btl_tcp_rndv_eager_limit": int}
+                   "btl_tcp_eager_limit": int, "btl_tcp_rndv_eager_limit": int, "btl_tcp_max_send_size": int,
+                   "btl_tcp_flags": int}
 
 
 def mpi_parameters(names=MPI_T_VARIABLES) -> dict:

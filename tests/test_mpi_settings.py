@@ -73,7 +73,10 @@ def test_the_allreduce_settings_are_set_for_jobs_across_nodes_unless_the_user_ch
         wanted, _ = mpi_settings(across)
         assert wanted["OMPI_MCA_coll_tuned_use_dynamic_rules"] == "1"
         assert wanted["OMPI_MCA_coll_tuned_dynamic_rules_filename"] == str(ALLREDUCE_RULES)
-        assert wanted["OMPI_MCA_btl_tcp_eager_limit"] == wanted["OMPI_MCA_btl_tcp_rndv_eager_limit"] == str(64 * 2 ** 20)
+        assert wanted["OMPI_MCA_btl_tcp_eager_limit"] == str(64 * 2 ** 20)
+        # a larger message in 1 MB fragments sent as messages: no 64 MB first fragment, no put
+        assert wanted["OMPI_MCA_btl_tcp_rndv_eager_limit"] == wanted["OMPI_MCA_btl_tcp_max_send_size"] == str(2 ** 20)
+        assert "put" not in wanted["OMPI_MCA_btl_tcp_flags"].split(",") and "send" in wanted["OMPI_MCA_btl_tcp_flags"]
     assert ALLREDUCE_RULES.is_file()
     # one node (horovodrun on a workstation, srun on one node, a process alone): Open MPI's own choice
     for one in ({}, {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, {"SLURM_STEP_NUM_NODES": "1"}):
@@ -83,8 +86,13 @@ def test_the_allreduce_settings_are_set_for_jobs_across_nodes_unless_the_user_ch
         wanted, _ = mpi_settings({**mpirun_on_2_nodes, **own})
         assert not any(k.startswith("OMPI_MCA_coll_tuned_") for k in wanted), wanted
         assert "OMPI_MCA_btl_tcp_eager_limit" in wanted  # the other setting stays
-    wanted, _ = mpi_settings({**mpirun_on_2_nodes, "OMPI_MCA_btl_tcp_eager_limit": "65536"})
-    assert not any(k.startswith(("OMPI_MCA_btl_tcp_eager", "OMPI_MCA_btl_tcp_rndv")) for k in wanted), wanted
+    # any one of the TCP transport's protocol settings of the user's leaves all four to the user
+    for own in ("OMPI_MCA_btl_tcp_eager_limit", "OMPI_MCA_btl_tcp_rndv_eager_limit", "OMPI_MCA_btl_tcp_max_send_size",
+                "OMPI_MCA_btl_tcp_flags"):
+        wanted, _ = mpi_settings({**mpirun_on_2_nodes, own: "65536"})
+        assert not any(k.startswith(("OMPI_MCA_btl_tcp_eager", "OMPI_MCA_btl_tcp_rndv", "OMPI_MCA_btl_tcp_max",
+                                     "OMPI_MCA_btl_tcp_flags")) for k in wanted), (own, wanted)
+        assert "OMPI_MCA_coll_tuned_use_dynamic_rules" in wanted  # the other setting stays
 
 
 def read_rules(path):

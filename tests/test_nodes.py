@@ -55,7 +55,10 @@ def assert_interface_chosen(rank):
     # across nodes, Open MPI's allreduce follows hpccnn's rules (the ring's speed: README, Scaling)
     assert rank["mpi"]["coll_tuned_use_dynamic_rules"] == 1, rank
     assert rank["mpi"]["coll_tuned_dynamic_rules_filename"] == str(ALLREDUCE_RULES), rank
-    assert rank["mpi"]["btl_tcp_eager_limit"] == rank["mpi"]["btl_tcp_rndv_eager_limit"] == 64 * 2 ** 20, rank
+    assert rank["mpi"]["btl_tcp_eager_limit"] == 64 * 2 ** 20, rank
+    # larger messages in 1 MB fragments sent as messages: Open MPI's put (flag 0x2) off, its send (0x1) on
+    assert rank["mpi"]["btl_tcp_rndv_eager_limit"] == rank["mpi"]["btl_tcp_max_send_size"] == 2 ** 20, rank
+    assert rank["mpi"]["btl_tcp_flags"] & 0x1 and not rank["mpi"]["btl_tcp_flags"] & 0x2, rank
 
 
 def test_the_cpu_template_trains_across_two_nodes(nodes_env, tmp_path):
