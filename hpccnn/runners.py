@@ -9,6 +9,7 @@ A new runner is a function that returns a Trainer, and its entry in RUNNERS.
 import json
 import math
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -398,7 +399,8 @@ def worker(args):
     timed = Timed(trainer, args.warmup)
     got = timed.time(trainer.share(timed_steps(args, timed.rate, trainer.every)), 1)
     if args.allreduce:  # every rank: one whole-gradient allreduce between them, on its own
-        got["allreduce_seconds"] = scaling.time_allreduce(trainer.model, fp16=exp.fp16_allreduce)
+        got["allreduce_all_seconds"] = scaling.time_allreduces(trainer.model, fp16=exp.fp16_allreduce)
+        got["allreduce_seconds"] = statistics.median(got["allreduce_all_seconds"])
     ranks = trainer.gather({"rss_mb": _rss_mb()})
     if trainer.is_main:
         setup = {"threads": _threads(), "batch_per_worker": trainer.batch, "workers": trainer.size, **trainer.setup}

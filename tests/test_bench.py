@@ -173,6 +173,9 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
         assert abs(float(r["predicted_images_per_second"]) - 2 * batch / (step + ring)) < 0.2
         # the link is really shaped: no allreduce beats the ring over it
         assert float(r["allreduce_vs_ring"]) > 0.9, r
+        # the slowest of the timed allreduces beside their median, against the same ring bound
+        assert float(r["allreduce_slowest_ms"]) >= float(r["allreduce_ms"]), r
+        assert abs(float(r["allreduce_slowest_vs_ring"]) - float(r["allreduce_slowest_ms"]) / ring / 1000) < 0.01, r
         assert 0.3 < float(r["measured_vs_predicted"]) < 3 and int(r["timed_steps"]) >= 3
         # MultiWorkerMirroredStrategy on the same two nodes, one worker each (a worker alone, as the resolver
         # gave with no GPUs, is refused), with hpccnn's threads, its ring over gRPC; no column of the recipe
@@ -187,6 +190,7 @@ def test_bench_on_namespace_nodes_checks_the_scaling_model_at_each_link_and_leav
     assert fast < slow / 2, (slow, fast)  # 4x the speed: well under half the time
     table = (out / "nodes.md").read_text()
     assert "| mnist_cnn | 128 | 4.8 | 0.5 |" in table and "| mnist_cnn | 128 | 4.8 | 2 |" in table
+    assert "| allreduce / ring | slowest of 7 / ring |" in table
     assert "tf mwms, 2 nodes (img/s) | hpccnn / tf mwms |" in table and "horovod recipe" not in table
     assert " cores of " in table and "2 network-namespace nodes" in table
     assert sorted(p.name for p in out.iterdir()) == ["jobs", "nodes.csv", "nodes.md"]
