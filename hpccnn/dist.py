@@ -144,14 +144,16 @@ def route_interface(address: str) -> str | None:
 ALLREDUCE_RULES = Path(__file__).with_name("openmpi_allreduce.rules")
 TCP_EAGER_LIMIT = 64 * 2 ** 20  # Horovod's default fusion buffer: the largest message it sends
 TCP_FRAGMENT = 2 ** 20  # a larger message's first fragment, and each one after it
-# Open MPI's TCP transport between nodes, for messages up to and above the eager limit: the variables
-# hpccnn sets together, and the prefixes of those that, set by the user, leave all of them to the user
-TCP_PROTOCOL = {"OMPI_MCA_btl_tcp_eager_limit": str(TCP_EAGER_LIMIT),
-                "OMPI_MCA_btl_tcp_rndv_eager_limit": str(TCP_FRAGMENT),
-                "OMPI_MCA_btl_tcp_max_send_size": str(TCP_FRAGMENT),
-                "OMPI_MCA_btl_tcp_flags": "send,inplace,need-ack,need-csum"}  # Open MPI's own, without put
-TCP_PROTOCOL_OWN = ("OMPI_MCA_btl_tcp_eager", "OMPI_MCA_btl_tcp_rndv", "OMPI_MCA_btl_tcp_max_send",
-                    "OMPI_MCA_btl_tcp_flags")
+# Open MPI's TCP transport between nodes, in two groups: the user's own variable of a group (by its
+# prefixes) leaves that whole group to the user (a first fragment above the eager limit is refused)
+TCP_PROTOCOL = (
+    # how much goes at once: up to the eager limit the whole message, above it a first fragment
+    (("OMPI_MCA_btl_tcp_eager", "OMPI_MCA_btl_tcp_rndv"),
+     {"OMPI_MCA_btl_tcp_eager_limit": str(TCP_EAGER_LIMIT), "OMPI_MCA_btl_tcp_rndv_eager_limit": str(TCP_FRAGMENT)}),
+    # the rest of a larger message: fragments sent as messages, not a put (Open MPI's own flags without put)
+    (("OMPI_MCA_btl_tcp_flags", "OMPI_MCA_btl_tcp_max_send"),
+     {"OMPI_MCA_btl_tcp_flags": "send,inplace,need-ack,need-csum", "OMPI_MCA_btl_tcp_max_send_size": str(TCP_FRAGMENT)}),
+)
 
 PEERS_LOOKED_UP = 4  # a few of the other nodes tell the interface; thousands of ranks needn't each ask DNS of all
 
@@ -227,8 +229,9 @@ def mpi_settings(environ=os.environ) -> tuple:
     # with a small message: when one rank's put of its half had started first, its request for the
     # other's half queued behind it on the ranks' one connection, so the halves crossed one after the
     # other instead of at once (one such allreduce in three took 1.5x the time; README, Scaling).
-    if across and not any(k.startswith(TCP_PROTOCOL_OWN) for k in environ):
-        wanted.update(TCP_PROTOCOL)
+    for own, settings in TCP_PROTOCOL:
+        if across and not any(k.startswith(own) for k in environ):
+            wanted.update(settings)
     interface, how = network_interface(environ)
     chosen_by_user = any(k in environ for k in ("OMPI_MCA_btl_tcp_if_include", "OMPI_MCA_btl_tcp_if_exclude"))
     if interface and not chosen_by_user:
