@@ -17,9 +17,16 @@ SIZE = 20_000  # synthetic 32x32x3 images: a 61.6 MB window, large beside what e
 def shared_data(tmp_path, **env):
     """tests/shared_data.py under horovodrun -np 2: (each rank's facts, the run's stderr)."""
     out = tmp_path / "facts"
-    proc = subprocess.run([*horovodrun_prefix(2), sys.executable, str(ROOT / "tests" / "shared_data.py"), str(out),
-                           str(SIZE)], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**mpi_env(), "PYTHONPATH": str(ROOT), **env})
+    proc = subprocess.Popen([*horovodrun_prefix(2), sys.executable, str(ROOT / "tests" / "shared_data.py"), str(out),
+                             str(SIZE)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**mpi_env(), "PYTHONPATH": str(ROOT), **env}, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)  # about 20 s here
+    except subprocess.TimeoutExpired:  # a hung rank, killed with its launcher: none left spinning on a core
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail("the 2-rank script did not end within 300 s: " + stdout[-1500:] + stderr[-3000:])
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert proc.returncode == 0, output_of(proc)
     return [json.loads((tmp_path / f"facts.{rank}.json").read_text()) for rank in (0, 1)], proc.stderr
 
