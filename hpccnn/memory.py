@@ -211,6 +211,12 @@ def usage(rollup="/proc/self/smaps_rollup") -> dict:
         lines = Path(rollup).read_text().splitlines()
     except OSError:
         return found
+    return {**found, **smaps_fields(lines)}
+
+
+def smaps_fields(lines) -> dict:
+    """SMAPS_FIELDS' bytes summed over lines of /proc's smaps or smaps_rollup ("Rss:  1234 kB")."""
+    found = {}
     for line in lines:
         name, _, value = line.partition(":")
         if name in SMAPS_FIELDS and value.split() and value.split()[0].isdigit():

@@ -32,16 +32,15 @@ def address(array):
 def pages_of(start, end, smaps="/proc/self/smaps"):
     """memory.usage()'s fields summed over the mappings that overlap [start, end): the window's own pages, apart
     from whatever else the process allocates or frees meanwhile (which moves smaps_rollup's totals)."""
-    found, inside = {}, False
+    inside, lines = False, []
     for line in open(smaps):
-        head = line.split()
-        if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line: "start-end perms ..."
-            low, high = (int(x, 16) for x in head[0].split("-"))
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):  # a mapping's first line: "start-end perms ..."
+            low, high = (int(x, 16) for x in head.split("-"))
             inside = low < end and start < high
-        elif inside and head[0].rstrip(":") in memory.SMAPS_FIELDS:
-            key = memory.SMAPS_FIELDS[head[0].rstrip(":")]
-            found[key] = found.get(key, 0) + int(head[1]) * 1024
-    return found
+        elif inside:
+            lines.append(line)
+    return memory.smaps_fields(lines)
 
 
 window = window_pages = None
