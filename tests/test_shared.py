@@ -14,19 +14,25 @@ from hpccnn.launch import horovodrun_command, horovodrun_prefix, mpi_env
 SIZE = 20_000  # synthetic 32x32x3 images: a 61.6 MB window, large beside what else a rank's pages share
 
 
+def run_ranks(cmd, env, timeout=300) -> subprocess.CompletedProcess:
+    """cmd (a 2-rank launch) to its end; one that hangs fails the test once timeout has passed, killed with its
+    whole process group (subprocess.run's timeout kills the launcher alone and leaves a hung rank on a core)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the 2-rank run did not end within {timeout} s: " + stdout[-1500:] + stderr[-3000:])
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def shared_data(tmp_path, **env):
     """tests/shared_data.py under horovodrun -np 2: (each rank's facts, the run's stderr)."""
     out = tmp_path / "facts"
-    proc = subprocess.Popen([*horovodrun_prefix(2), sys.executable, str(ROOT / "tests" / "shared_data.py"), str(out),
-                             str(SIZE)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**mpi_env(), "PYTHONPATH": str(ROOT), **env}, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)  # about 20 s here
-    except subprocess.TimeoutExpired:  # a hung rank, killed with its launcher: none left spinning on a core
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail("the 2-rank script did not end within 300 s: " + stdout[-1500:] + stderr[-3000:])
-    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    proc = run_ranks([*horovodrun_prefix(2), sys.executable, str(ROOT / "tests" / "shared_data.py"), str(out),
+                      str(SIZE)], {**mpi_env(), "PYTHONPATH": str(ROOT), **env})  # about 20 s here
     assert proc.returncode == 0, output_of(proc)
     return [json.loads((tmp_path / f"facts.{rank}.json").read_text()) for rank in (0, 1)], proc.stderr
 
@@ -91,15 +97,8 @@ def test_a_run_of_cifar10s_full_size_sharing_the_window_by_default_ends_when_its
     cmd = horovodrun_command(2, ["--experiment", "cifar_cnn_v3", "--dataset", "synthetic", "--synthetic-size", "50000",
                                  "--epochs", "1", "--steps-per-epoch", "5", "--no-save-model",
                                  "--results-dir", str(tmp_path)])
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env=mpi_env(), start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=300)  # about 30 s here
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail("the 2-rank run did not end within 300 s: " + out[-1500:] + err[-1500:])
-    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    proc = run_ranks(cmd, mpi_env())  # about 30 s here
+    assert proc.returncode == 0, output_of(proc)
     (folder,) = run_folders(tmp_path)
     assert read_json(folder / "metrics.json")["status"] == "completed"
     held = [rank["memory"]["data"] for rank in read_json(folder / "provenance.json")["ranks"]]
