@@ -245,14 +245,16 @@ def train_until_epoch_two(env, tmp_path, results, **variables):
 
 
 def training_processes(results: Path):
-    """hpccnn.train processes of this test, on any node (the namespaces share the process table)."""
+    """The ranks (python -m hpccnn.train) of this test, on any node (the namespaces share the process table).
+    Not the job's srun, whose arguments name hpccnn.train and the results folder too: with a node's link
+    down, srun waits to hear from that node's slurmstepd until SLURM marks the node DOWN (SlurmdTimeout)."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"hpccnn.train" in cmd and str(results).encode() in cmd:
+        if cmd[1:3] == [b"-m", b"hpccnn.train"] and str(results).encode() in cmd:
             found.append(int(proc.name))
     return found
 
