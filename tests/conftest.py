@@ -179,12 +179,30 @@ def data_dir(tmp_path):
     return d
 
 
+def run_to_end(cmd, *, timeout, env=None, cwd=ROOT, shell=False) -> subprocess.CompletedProcess:
+    """cmd to its end, its output captured as text. One still running once timeout has passed fails the test,
+    killed with its whole process group first: subprocess.run's timeout kills the launcher alone, and a rank
+    left waiting in a collective spun on a core for the rest of a CI run."""
+    import signal
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+                            shell=shell, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"still running after {timeout} s (killed with its process group): {cmd}\n"
+                    + output_of(subprocess.CompletedProcess(cmd, None, stdout, stderr)))
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def run_module(module, *args, env=None, cwd=None, timeout=900):
     """python -m module args, as a user runs it; returns the CompletedProcess."""
     from hpccnn.launch import mpi_env
 
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          env=mpi_env(env), cwd=cwd or ROOT, timeout=timeout)
+    return run_to_end([sys.executable, "-m", module, *map(str, args)], env=mpi_env(env), cwd=cwd or ROOT,
+                      timeout=timeout)
 
 
 def output_of(proc, tail=3000) -> str:

@@ -3,7 +3,7 @@ can't fit in memory, a damaged archive to stage, TensorFlow's start-up noise, an
 
 import pytest
 
-from conftest import run_module
+from conftest import run_module, run_to_end
 
 
 @pytest.mark.parametrize("value", ["inf", "nan", "1e999", "-inf"])
@@ -239,7 +239,7 @@ def test_a_loss_that_becomes_nan_stops_every_rank_together(tmp_path):
     cmd = horovodrun_command(2, ["--experiment", "digits_cnn", "--learning-rate", "1e6", "--epochs", "3",
                                  "--results-dir", str(tmp_path / "results")])
     env = mpi_env({**os.environ, "HPCCNN_STALL_TIMEOUT": "120"})  # a rank left waiting ends in 2 minutes
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = run_to_end(cmd, env=env, timeout=600)
     # what the ranks wrote to stderr, as horovodrun tags it ("[1,0]<stderr>:", not always at a line's start)
     parts = re.split(r"\[1,\d+\]<(stderr|stdout)>:", proc.stdout + proc.stderr)
     proc.stderr = "\n".join(text.strip() for kind, text in zip(parts[1::2], parts[2::2]) if kind == "stderr")

@@ -1,19 +1,18 @@
 """Real Horovod over Open MPI with 2 ranks: the build, the maths, and the results."""
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, read_json, run_folders, run_module
+from conftest import ROOT, read_json, run_folders, run_module, run_to_end
 from hpccnn.launch import horovodrun_command, horovodrun_prefix, mpi_env, mpirun_command
 
 
 def run(cmd, timeout=900):
-    return subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), cwd=ROOT, timeout=timeout)
+    return run_to_end(cmd, env=mpi_env(), cwd=ROOT, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -62,8 +61,8 @@ def test_hpccnns_average_of_two_ranks_gradients_is_horovods_to_the_bit(tmp_path)
     p1 = run([*horovodrun_prefix(2), sys.executable, "tests/one_step.py", str(ours)])
     assert p1.returncode == 0, p1.stderr[-3000:]
     env = {**mpi_env(), "ONE_STEP_OPTIMIZER": "horovod_average"}
-    p2 = subprocess.run([*horovodrun_prefix(2), sys.executable, "tests/one_step.py", str(theirs)],
-                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    p2 = run_to_end([*horovodrun_prefix(2), sys.executable, "tests/one_step.py", str(theirs)],
+                    env=env, cwd=ROOT, timeout=900)
     assert p2.returncode == 0, p2.stderr[-3000:]
     a, b = np.load(ours), np.load(theirs)
     n = len(a.files) // 2
@@ -128,8 +127,8 @@ def test_a_process_alone_wakes_horovod_every_20_ms_and_jobs_of_several_ranks_kee
     import json
 
     def wakeups(cmd, **env):
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600,
-                              env={**mpi_env(), "PYTHONPATH": str(ROOT), **env})
+        proc = run_to_end(cmd, cwd=ROOT, timeout=600,
+                          env={**mpi_env(), "PYTHONPATH": str(ROOT), **env})
         line = next((x for x in proc.stdout.splitlines() if "WAKEUPS " in x), None)
         assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
         # horovodrun may run another rank's output on into the line: the first JSON value is ours
@@ -169,7 +168,7 @@ def test_srun_with_pmix_launches_the_same_command(tmp_path, slurm_env):
     cmd = ["srun", "--ntasks=2", "--cpus-per-task=1", "--mpi=pmix", "--time=10",
            sys.executable, "-m", "hpccnn.train", "--experiment", "digits_cnn", "--epochs", "1",
            "--no-save-model", "--results-dir", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(slurm_env), cwd=ROOT, timeout=900)
+    proc = run_to_end(cmd, env=mpi_env(slurm_env), cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = run_folders(tmp_path)
     prov = read_json(folder / "provenance.json")
@@ -183,9 +182,8 @@ def test_allreduce_time_script_times_each_models_whole_gradient_between_two_rank
     """scripts/allreduce_time.py, which the README's 2-rank analysis quotes."""
     import re
 
-    proc = subprocess.run([*horovodrun_prefix(2), sys.executable, "scripts/allreduce_time.py", "cnn_v3", "mnist_cnn"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={**mpi_env(), "PYTHONPATH": str(ROOT)})
+    proc = run_to_end([*horovodrun_prefix(2), sys.executable, "scripts/allreduce_time.py", "cnn_v3", "mnist_cnn"],
+                      cwd=ROOT, timeout=600, env={**mpi_env(), "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     found = dict(re.findall(r"(\w+): ([\d.]+) MB of float32 gradient, allreduce over 2 ranks [\d.]+ ms", proc.stdout))
     # cnn_v3 and mnist_cnn have 122,570 and 1,199,882 parameters (float32: 4 bytes each)

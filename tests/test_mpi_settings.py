@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_json, run_folders
+from conftest import ROOT, read_json, run_folders, run_to_end
 from hpccnn.dist import ALLREDUCE_RULES, expand_hostlist, mpi_settings, network_interface
 
 VENV_BIN = str(Path(sys.executable).parent)
@@ -157,8 +157,8 @@ def test_the_readmes_launch_lines_typed_in_a_plain_shell_get_hpccnns_mpi_setting
     """The README's Run lines, as typed (results land in ./results of the working folder): each rank
     reads Open MPI's parameters back through MPI_T, so provenance shows what took effect."""
     assert line in (ROOT / "README.md").read_text()
-    proc = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in plain_shell().items()), "sh", "-c", line],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    proc = run_to_end(["env", "-i", *(f"{k}={v}" for k, v in plain_shell().items()), "sh", "-c", line],
+                      cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (folder,) = run_folders(tmp_path / "results")
     prov = read_json(folder / "provenance.json")
@@ -175,9 +175,9 @@ def test_the_readmes_launch_lines_typed_in_a_plain_shell_get_hpccnns_mpi_setting
 def test_mpi_t_reads_what_took_effect_so_a_users_own_value_shows(tmp_path):
     """The read-back is Open MPI's own: a value the user exported (0) is what provenance would show."""
     script = "from hpccnn import dist; w = dist.init(); import json; print('MPI ' + json.dumps(dist.host_and_rank(w)['mpi']))"
-    proc = subprocess.run(["env", "-i", *(f"{k}={v}" for k, v in plain_shell(OMPI_MCA_mpi_yield_when_idle="0").items()),
-                           "mpirun", "-np", "2", "--bind-to", "none", "python", "-c", script],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    proc = run_to_end(["env", "-i", *(f"{k}={v}" for k, v in plain_shell(OMPI_MCA_mpi_yield_when_idle="0").items()),
+                      "mpirun", "-np", "2", "--bind-to", "none", "python", "-c", script],
+                      cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("MPI ")]
     assert len(found) == 2 and all(f["mpi_yield_when_idle"] == 0 for f in found), proc.stdout

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import GRID_ARGS, NODE_CORES, ROOT, read_json, run_folders, run_module, sbatch, wait_for
+from conftest import GRID_ARGS, NODE_CORES, ROOT, read_json, run_folders, run_module, run_to_end, sbatch, wait_for
 from hpccnn.dist import ALLREDUCE_RULES
 from hpccnn.launch import mpi_env
 from test_resilience import SLOW, metrics, requeued_twice_ends_where_an_uninterrupted_run_does, wait_until
@@ -115,8 +115,7 @@ def test_two_nodes_by_two_ranks_get_their_local_ranks_and_cores(nodes_env, tmp_p
 
 def test_two_ranks_on_two_nodes_take_the_same_step_as_one_rank_on_the_whole_batch(nodes_env, tmp_path):
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
-    p1 = subprocess.run([sys.executable, "tests/one_step.py", str(one)], capture_output=True, text=True,
-                        env=mpi_env(), cwd=ROOT, timeout=600)
+    p1 = run_to_end([sys.executable, "tests/one_step.py", str(one)], env=mpi_env(), cwd=ROOT, timeout=600)
     assert p1.returncode == 0, p1.stderr[-3000:]
     state, log = run_on_nodes(nodes_env, tmp_path, "step",
                               f"srun --mpi=pmix {shlex.quote(sys.executable)} tests/one_step.py {shlex.quote(str(two))}"
@@ -142,9 +141,8 @@ def test_the_second_interface_hangs_mpi_unless_the_interface_is_chosen(nodes_env
     """eth1 has an address in the same subnet on both nodes but is connected to nothing, as a
     second network of real nodes can be. Left to choose, Open MPI tries it and hangs in the first
     collective; with the interface hpccnn chooses (what every hpccnn rank sets) it finishes at once."""
-    proc = subprocess.run(["srun", "-N2", "-n2", "--mpi=pmix", "--time=2", "timeout", "15", sys.executable, "-c",
-                           ALLREDUCE, settings], capture_output=True, text=True, env=mpi_env(nodes_env), cwd=ROOT,
-                          timeout=120)
+    proc = run_to_end(["srun", "-N2", "-n2", "--mpi=pmix", "--time=2", "timeout", "15", sys.executable, "-c",
+                       ALLREDUCE, settings], env=mpi_env(nodes_env), cwd=ROOT, timeout=120)
     if settings == "hpccnn":
         assert proc.returncode == 0 and proc.stdout.split().count("2.0") == 2, proc.stdout + proc.stderr[-2000:]
     else:
@@ -164,8 +162,8 @@ def test_link_gbit_shapes_what_crosses_between_the_nodes(nodes_env):
     link (each node sends 2 x (N-1)/N of it), which at 100 Mbit/s takes at least 0.32 s; unshaped it
     takes a few tens of ms here. A shaper can only slow it, so the bound can't fail from noise."""
     def allreduce_seconds():
-        proc = subprocess.run(["srun", "-N2", "-n2", "--mpi=pmix", "--time=2", sys.executable, "-c", TIMED_ALLREDUCE],
-                              capture_output=True, text=True, env=mpi_env(nodes_env), cwd=ROOT, timeout=120)
+        proc = run_to_end(["srun", "-N2", "-n2", "--mpi=pmix", "--time=2", sys.executable, "-c", TIMED_ALLREDUCE],
+                          env=mpi_env(nodes_env), cwd=ROOT, timeout=120)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return max(float(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("SECONDS"))
 
@@ -260,10 +258,9 @@ def training_processes(results: Path):
 
 
 def resume_on_n1(env, folder, epochs="4"):
-    proc = subprocess.run(["srun", "-w", "n1", "-N1", "-n1", "--mpi=pmix", "--cpus-per-task=1", "--mem=3G",
-                           "--time=10", sys.executable, "-m", "hpccnn.train", "--resume", str(folder),
-                           "--epochs", epochs], capture_output=True, text=True, env=mpi_env(env), cwd=ROOT,
-                          timeout=600)
+    proc = run_to_end(["srun", "-w", "n1", "-N1", "-n1", "--mpi=pmix", "--cpus-per-task=1", "--mem=3G",
+                       "--time=10", sys.executable, "-m", "hpccnn.train", "--resume", str(folder),
+                       "--epochs", epochs], env=mpi_env(env), cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     done = metrics(folder)
     assert done["status"] == "completed" and done["world_size"] == 1

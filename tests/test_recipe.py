@@ -1,11 +1,10 @@
 """The rest of Horovod's recipe, shown on real runs: LR scaling with warm-up, rank-0 checkpoints."""
 
-import subprocess
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, read_json, run_folders, write_galaxy10
+from conftest import ROOT, read_json, run_folders, run_to_end, write_galaxy10
 from hpccnn import data
 from hpccnn.errors import UserError
 from hpccnn.launch import horovodrun_command, mpi_env
@@ -13,10 +12,10 @@ from hpccnn.launch import horovodrun_command, mpi_env
 
 @pytest.mark.mpi
 def test_scaled_learning_rate_warms_up_to_size_times_the_base(tmp_path):
-    proc = subprocess.run(horovodrun_command(2, [
+    proc = run_to_end(horovodrun_command(2, [
         "--experiment", "digits_cnn", "--epochs", "3", "--batch-size", "16", "--batch-per-rank", "true",
         "--scale-lr", "true", "--warmup-epochs", "2", "--no-save-model", "--results-dir", str(tmp_path)]),
-        capture_output=True, text=True, env=mpi_env(), cwd=ROOT, timeout=900)
+        env=mpi_env(), cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = run_folders(tmp_path)
     lr = pd.read_csv(folder / "history.csv")["lr"].tolist()
@@ -28,9 +27,8 @@ def test_scaled_learning_rate_warms_up_to_size_times_the_base(tmp_path):
 
 @pytest.mark.mpi
 def test_checkpoint_of_the_last_epoch_is_kept_by_rank_zero(tmp_path):
-    proc = subprocess.run(horovodrun_command(2, ["--experiment", "digits_cnn", "--epochs", "2", "--no-save-model",
-                                                 "--results-dir", str(tmp_path)]),
-                          capture_output=True, text=True, env=mpi_env(), cwd=ROOT, timeout=900)
+    proc = run_to_end(horovodrun_command(2, ["--experiment", "digits_cnn", "--epochs", "2", "--no-save-model",
+                                             "--results-dir", str(tmp_path)]), env=mpi_env(), cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (folder,) = run_folders(tmp_path)
     latest = read_json(folder / "checkpoint" / "latest.json")

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, job_field, read_json, run_folders, run_module, sbatch, train_refusal, wait_for
+from conftest import (ROOT, job_field, read_json, run_folders, run_module, run_to_end, sbatch, train_refusal,
+                      wait_for)
 from hpccnn.launch import horovodrun_command, mpi_env
 
 # digits resized to 32x32 for mnist_cnn (dropout included): a few seconds per epoch on 2 ranks,
@@ -147,8 +148,7 @@ def test_a_killed_rank_fails_the_job_quickly_and_the_run_resumes(tmp_path):
     assert not list(folder.rglob(".*.tmp*"))  # no half-written file left behind
 
     # and the run resumes from that checkpoint to the end, by hand
-    proc = subprocess.run(horovodrun_command(2, ["--resume", str(folder)]), capture_output=True, text=True,
-                          env=mpi_env(), cwd=ROOT, timeout=900)
+    proc = run_to_end(horovodrun_command(2, ["--resume", str(folder)]), env=mpi_env(), cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     done = metrics(folder)
     assert done["status"] == "completed" and done["resumed_after_epoch"] == state["last_epoch"]

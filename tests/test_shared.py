@@ -1,38 +1,21 @@
 """The ranks of a node share one copy of the data set (hpccnn.shared), under real horovodrun with 2 ranks."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, output_of, read_json, run_folders
+from conftest import ROOT, output_of, read_json, run_folders, run_to_end
 from hpccnn.launch import horovodrun_command, horovodrun_prefix, mpi_env
 
 SIZE = 20_000  # synthetic 32x32x3 images: a 61.6 MB window, large beside what else a rank's pages share
 
 
-def run_ranks(cmd, env, timeout=300) -> subprocess.CompletedProcess:
-    """cmd (a 2-rank launch) to its end; one that hangs fails the test once timeout has passed, killed with its
-    whole process group (subprocess.run's timeout kills the launcher alone and leaves a hung rank on a core)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"the 2-rank run did not end within {timeout} s: " + stdout[-1500:] + stderr[-3000:])
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
 def shared_data(tmp_path, **env):
     """tests/shared_data.py under horovodrun -np 2: (each rank's facts, the run's stderr)."""
     out = tmp_path / "facts"
-    proc = run_ranks([*horovodrun_prefix(2), sys.executable, str(ROOT / "tests" / "shared_data.py"), str(out),
-                      str(SIZE)], {**mpi_env(), "PYTHONPATH": str(ROOT), **env})  # about 20 s here
+    proc = run_to_end([*horovodrun_prefix(2), sys.executable, str(ROOT / "tests" / "shared_data.py"), str(out),
+                       str(SIZE)], env={**mpi_env(), "PYTHONPATH": str(ROOT), **env}, timeout=300)  # about 20 s here
     assert proc.returncode == 0, output_of(proc)
     return [json.loads((tmp_path / f"facts.{rank}.json").read_text()) for rank in (0, 1)], proc.stderr
 
@@ -97,7 +80,7 @@ def test_a_run_of_cifar10s_full_size_sharing_the_window_by_default_ends_when_its
     cmd = horovodrun_command(2, ["--experiment", "cifar_cnn_v3", "--dataset", "synthetic", "--synthetic-size", "50000",
                                  "--epochs", "1", "--steps-per-epoch", "5", "--no-save-model",
                                  "--results-dir", str(tmp_path)])
-    proc = run_ranks(cmd, mpi_env())  # about 30 s here
+    proc = run_to_end(cmd, env=mpi_env(), timeout=300)  # about 30 s here
     assert proc.returncode == 0, output_of(proc)
     (folder,) = run_folders(tmp_path)
     assert read_json(folder / "metrics.json")["status"] == "completed"

@@ -3,14 +3,13 @@ applied for real where this machine can run it. Whether they pay is the benchmar
 python -m hpccnn.bench --variants measures them (README, Performance)."""
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, read_json, run_folders, run_module
+from conftest import ROOT, read_json, run_folders, run_module, run_to_end
 from hpccnn.launch import horovodrun_command, horovodrun_prefix, mpi_env
 from hpccnn.train import XLA_CPU_FLAGS, cpu_xla, speed_settings, use_xla
 from hpccnn.experiments import EXPERIMENTS, get_experiment, with_overrides
@@ -76,8 +75,7 @@ def test_xla_mixed_precision_steps_per_execution_and_fp16_allreduce_train_under_
         args = ["--experiment", "digits_cnn", "--epochs", "3", "--results-dir", str(tmp_path / name), *extra,
                 "--steps-per-execution", "4", "--fp16-allreduce", "true", "--no-save-model"]
         env = mpi_env({**os.environ, "XLA_FLAGS": f"--xla_dump_to={tmp_path / ('xla-' + name)}"})
-        procs[name] = subprocess.run(horovodrun_command(2, args), capture_output=True, text=True, env=env,
-                                     cwd=ROOT, timeout=900)
+        procs[name] = run_to_end(horovodrun_command(2, args), env=env, cwd=ROOT, timeout=900)
     for name, proc in procs.items():
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         (folder,) = run_folders(tmp_path / name)
@@ -119,8 +117,8 @@ def test_fp16_allreduce_sends_float16_gradients(tmp_path):
     rounding (about 1e-4 of its size); without it, by float32 rounding only."""
     def step(path, *settings, ranks=2):
         prefix = horovodrun_prefix(ranks) if ranks > 1 else []
-        proc = subprocess.run([*prefix, sys.executable, "tests/one_step.py", str(path), *settings],
-                              capture_output=True, text=True, env=mpi_env(), cwd=ROOT, timeout=900)
+        proc = run_to_end([*prefix, sys.executable, "tests/one_step.py", str(path), *settings],
+                          env=mpi_env(), cwd=ROOT, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         saved = np.load(path)
         n = len(saved.files) // 2
