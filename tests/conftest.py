@@ -181,20 +181,40 @@ def data_dir(tmp_path):
 
 def run_to_end(cmd, *, timeout, env=None, cwd=ROOT, shell=False) -> subprocess.CompletedProcess:
     """cmd to its end, its output captured as text. One still running once timeout has passed fails the test,
-    killed with its whole process group first: subprocess.run's timeout kills the launcher alone, and a rank
-    left waiting in a collective spun on a core for the rest of a CI run."""
-    import signal
-
+    ended with its whole process group first (SIGTERM, then SIGKILL 10 s later): subprocess.run's timeout kills
+    the launcher alone, and a rank left waiting in a collective spun on a core for the rest of a CI run. The
+    same when the test ends otherwise meanwhile (pytest-timeout's limit, Ctrl-C). Under srun the group holds
+    the srun client, which ends its step on SIGTERM; the step's own --time bounds it otherwise."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             shell=shell, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"still running after {timeout} s (killed with its process group): {cmd}\n"
+        stdout, stderr = end_group(proc)
+        pytest.fail(f"still running after {timeout} s (ended with its process group): {cmd}\n"
                     + output_of(subprocess.CompletedProcess(cmd, None, stdout, stderr)))
+    except BaseException:
+        end_group(proc)
+        raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def end_group(proc, grace=10):
+    """Ends proc's process group (SIGTERM, then SIGKILL after grace seconds); what proc wrote."""
+    import signal
+
+    def signal_group(number):
+        try:
+            os.killpg(proc.pid, number)
+        except ProcessLookupError:  # all of the group gone already
+            pass
+
+    signal_group(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=grace)
+    except subprocess.TimeoutExpired:
+        signal_group(signal.SIGKILL)
+        return proc.communicate()
 
 
 def run_module(module, *args, env=None, cwd=None, timeout=900):

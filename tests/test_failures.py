@@ -232,7 +232,6 @@ def test_a_loss_that_becomes_nan_stops_every_rank_together(tmp_path):
     would hang the job until the watchdog's ten minutes), and rank 0 records it before either exits."""
     import os
     import re
-    import subprocess
 
     from hpccnn.launch import horovodrun_command, mpi_env
 
