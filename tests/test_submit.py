@@ -556,19 +556,26 @@ def test_halving_through_slurm_without_wait_runs_every_rung_by_its_own_jobs(slur
     assert list(history["epoch"]) == [1, 2, 3]
 
 
+def halving_with_the_next_rung_held(slurm_env, tmp_path, seeds, epochs, halving):
+    """A halving grid of digits_cnn over the seeds submitted, the job that starts rung 1 held (scontrol hold):
+    (that job's id, the grid's folder)."""
+    results = tmp_path / "results"
+    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", f"seed={seeds}", "--epochs", epochs,
+                      "--halving", halving, "--results-dir", results, "--no-save-model", *SMALL, env=slurm_env,
+                      timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    advance = re.search(r"job (\d+) starts rung 1", proc.stdout).group(1)
+    subprocess.run(["scontrol", "hold", advance], env=slurm_env, check=True, timeout=30)
+    return advance, grid_folder(results)
+
+
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_resubmitting_a_halving_grid_reruns_its_rungs_failed_point_to_the_rungs_epochs_and_goes_on(slurm_env,
                                                                                                    tmp_path):
     import pandas as pd
 
-    results = tmp_path / "results"
-    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", "seed=0,1,2", "--epochs", "3",
-                      "--halving", "3", "--results-dir", results, "--no-save-model", *SMALL, env=slurm_env, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    advance = re.search(r"job (\d+) starts rung 1", proc.stdout).group(1)
-    subprocess.run(["scontrol", "hold", advance], env=slurm_env, check=True, timeout=30)
-    folder = grid_folder(results)
+    advance, folder = halving_with_the_next_rung_held(slurm_env, tmp_path, seeds="0,1,2", epochs=3, halving=3)
     jobs = [p["job_id"] for p in read_json(folder / "grid.json")["points"]]
     subprocess.run(["scancel", jobs[2]], env=slurm_env, check=True, timeout=30)  # rung 0's third point fails
     wait_for(slurm_env, jobs[0].split("_")[0], timeout=600)  # the array (SLURM forgets a task cancelled pending)
@@ -601,13 +608,7 @@ def test_a_rung_that_sbatch_refuses_is_recorded_and_resubmit_starts_it_with_the_
     as an administrator renaming a partition would); sbatch's refusal is real."""
     import pandas as pd
 
-    results = tmp_path / "results"
-    proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", "seed=0,1", "--epochs", "2",
-                      "--halving", "2", "--results-dir", results, "--no-save-model", *SMALL, env=slurm_env, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    advance = re.search(r"job (\d+) starts rung 1", proc.stdout).group(1)
-    subprocess.run(["scontrol", "hold", advance], env=slurm_env, check=True, timeout=30)
-    folder = grid_folder(results)
+    advance, folder = halving_with_the_next_rung_held(slurm_env, tmp_path, seeds="0,1", epochs=2, halving=2)
     record = read_json(folder / "grid.json")
     record["resources"]["partition"] = "gone"
     (folder / "grid.json").write_text(json.dumps(record))
