@@ -179,14 +179,14 @@ def data_dir(tmp_path):
     return d
 
 
-def run_to_end(cmd, *, timeout, env=None, cwd=ROOT, shell=False) -> subprocess.CompletedProcess:
+def run_to_end(cmd, *, timeout, env=None, cwd=ROOT) -> subprocess.CompletedProcess:
     """cmd to its end, its output captured as text. One still running once timeout has passed fails the test,
     ended with its whole process group first (SIGTERM, then SIGKILL 10 s later): subprocess.run's timeout kills
     the launcher alone, and a rank left waiting in a collective spun on a core for the rest of a CI run. The
     same when the test ends otherwise meanwhile (pytest-timeout's limit, Ctrl-C). Under srun the group holds
     the srun client, which ends its step on SIGTERM; the step's own --time bounds it otherwise."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
-                            shell=shell, start_new_session=True)
+                            start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
