@@ -1,6 +1,23 @@
-"""hpccnn: the seeds' Keras CNN experiments, trained data-parallel with Horovod on HPC clusters."""
+"""hpccnn: Keras CNNs (the seeds' and your own), trained data-parallel with Horovod on HPC clusters.
+
+From a script or a notebook (the same under python, horovodrun, mpirun, srun and sbatch)::
+
+    import hpccnn
+
+    def build(input_shape, classes):  # returns a keras.Model, compiled or not
+        ...
+
+    result = hpccnn.fit(build, dataset="digits", epochs=5, learning_rate=1e-3)
+    print(result.folder, result.test_accuracy)  # on rank 0; None on the others
+"""
 
 from hpccnn import quiet
 
 __version__ = "0.1.0"
 quiet.install()  # before anything imports TensorFlow: its start-up noise stays out of every command's output
+
+from hpccnn.api import Result, experiment, fit, run  # noqa: E402  (after quiet.install)
+from hpccnn.errors import UserError  # noqa: E402
+from hpccnn.experiments import Experiment  # noqa: E402
+
+__all__ = ["fit", "experiment", "run", "Result", "Experiment", "UserError"]

@@ -25,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from hpccnn import scaling, tables
+from hpccnn import scaling, tables, usermodel
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.models import get_model
 from hpccnn.runners import KERAS, ONE_RANK, RUNNERS, SECONDS, Plan, matmul_peak, measure
@@ -42,9 +42,13 @@ PLANS = {
 }
 
 
+USER_PLAN = Plan(32, 8)  # a model of the user's own (--models path/file.py:function): 32x32x3 images
+
+
 def plan(model, batch=0, steps=0, warmup=0, seconds=SECONDS) -> Plan:
     """model's Plan: the options given, else the model's defaults."""
-    return Plan(batch or PLANS[model].batch, warmup or PLANS[model].warmup, steps, seconds)
+    default = PLANS.get(model, USER_PLAN)
+    return Plan(batch or default.batch, warmup or default.warmup, steps, seconds)
 
 
 # What --variants tries, each against hpccnn's defaults on the same rank count, measured back to back:
@@ -306,7 +310,9 @@ def machine() -> str:
 
 def parser() -> Parser:
     p = Parser(prog="python -m hpccnn.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(PLANS), help=f"comma-separated, from: {', '.join(PLANS)}")
+    p.add_argument("--models", default=",".join(PLANS),
+                   help=f"comma-separated, from: {', '.join(PLANS)}; or your own, path/to/file.py:function or "
+                        f"package.module:function (32x32x3 images, batch 32 unless --batch)")
     p.add_argument("--ranks", default="1,2", help="rank counts for hpccnn (horovodrun on this machine)")
     p.add_argument("--peers", default=",".join(PEERS), metavar="NAMES",
                    help="what to measure beside plain Keras and hpccnn, on the same rank counts (with --nodes, on "
@@ -343,9 +349,14 @@ def parser() -> Parser:
 def checked(args) -> tuple:
     """(models, rank counts) of the command line, or a UserError for what is wrong in it."""
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in PLANS]
+    unknown = [m for m in models if m not in PLANS and not usermodel.is_reference(m)]
     if unknown:
-        raise UserError(f"unknown model {unknown[0]!r} for the benchmark; choose from: {', '.join(PLANS)}")
+        raise UserError(f"unknown model {unknown[0]!r} for the benchmark; choose from: {', '.join(PLANS)}, or give "
+                        f"your own as path/to/file.py:function or package.module:function")
+    models = [usermodel.absolute(m) if usermodel.is_reference(m) else m for m in models]
+    for m in models:  # the user's code found and importable here, before any measurement starts
+        if usermodel.is_reference(m):
+            get_model(m)
     try:
         ranks = sorted({int(r) for r in args.ranks.split(",")})
     except ValueError:

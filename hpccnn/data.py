@@ -272,6 +272,15 @@ def resolve_data_dir(data_dir=None) -> Path:
 SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "galaxy10": (69, 69, 3)}
 
 
+CLASS_COUNT = 10  # every built-in data set has ten classes
+
+
+def image_shape(exp) -> tuple:
+    """(height, width, channels) of exp's images as its model gets them, known without loading the data."""
+    shape = {**SHAPES, "digits": (8, 8, 1), "synthetic": parse_shape(exp.synthetic_shape)}[exp.dataset]
+    return (exp.image_size, exp.image_size, shape[2]) if exp.image_size else shape
+
+
 def load(name: str, data_dir=None, **options) -> Raw:
     """The data set from the staged cache, checked: a missing, truncated or malformed file is a UserError."""
     import pickle

@@ -28,6 +28,9 @@ def cli(main):
     def wrapper(argv=None):
         try:
             return main(argv)
+        except UserCodeError as err:  # the user's traceback, then what to do
+            print(err, file=sys.stderr)
+            sys.exit(2)
         except UserError as err:
             print(f"hpccnn: error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -36,3 +39,8 @@ def cli(main):
             sys.exit(141)  # as a shell reports a process ended by SIGPIPE
 
     return wrapper
+
+
+class UserCodeError(UserError):
+    """An exception raised inside the user's own code (their model function): the message is their traceback
+    (their frames only) and a last line saying so; printed whole, exit status 2."""

@@ -12,8 +12,9 @@ from hpccnn.errors import UserError
 @dataclass(frozen=True)
 class Experiment:
     name: str
-    model: str
+    model: str  # a built-in name, or the user's own: path/to/file.py:function or package.module:function
     dataset: str
+    model_args: str = ""  # the user's model function's own keyword arguments: key=value,... (Python literals)
     image_size: int = 0  # square side the images are resized to; 0 keeps the dataset's own size
     activation: str = "relu"
     optimizer: str = "adam"
@@ -95,7 +96,10 @@ CHOICES = {
 }
 # One line of meaning per setting, for --help (its choices and default are added from the data).
 MEANING = {
-    "model": "the network, as in its seed",
+    "model": "the network: your own function that returns a keras.Model (path/to/file.py:function or "
+             "package.module:function), or a built-in",
+    "model_args": "your model function's own keyword arguments, KEY=VALUE,... with Python literals as values "
+                  "(weights=None,alpha=0.35)",
     "dataset": "the data set (all but digits and synthetic are staged first: python -m hpccnn.stage)",
     "image_size": "side in pixels the images are resized to; 0 keeps the data set's own",
     "activation": "activation of the hidden layers",
@@ -127,9 +131,16 @@ MEANING = {
 
 
 def get_experiment(name: str) -> Experiment:
-    if name not in EXPERIMENTS:
-        raise UserError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)} (see --list)")
-    return EXPERIMENTS[name]
+    """A built-in experiment, or one of the user's (hpccnn.userconfig)."""
+    from hpccnn import userconfig
+
+    if name in EXPERIMENTS:
+        return EXPERIMENTS[name]
+    yours = userconfig.entries()
+    if name not in yours.experiments:
+        mine = f"; yours ({yours.path}): {', '.join(yours.experiments) or 'none'}" if yours.path else ""
+        raise UserError(f"unknown experiment {name!r}; built in: {', '.join(EXPERIMENTS)}{mine} (see --list)")
+    return yours.experiments[name]
 
 
 def flag(setting: str) -> str:
@@ -154,6 +165,24 @@ def parse_value(key: str, text: str):
     if kind is float and not math.isfinite(value):  # float() takes "inf", "nan" and 1e999
         raise UserError(f"{flag(key)} must be a finite number, got {text!r}")
     return value
+
+
+def check_type(key: str, value):
+    """A setting's value given as data (a TOML file, hpccnn.fit's keywords) checked against its type, as
+    parse_value checks a command line's text: an int where an int is wanted, a float or an int where a
+    float is, a string, a boolean. Returns the value (a float as float); a UserError otherwise."""
+    if key not in SETTABLE:
+        raise UserError(f"unknown setting {key!r}; valid settings: {', '.join(SETTABLE)}")
+    kind = _TYPES[key]
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+    if not ok:
+        raise UserError(f"{key} must be {kind.__name__} (as {flag(key)}), got {value!r}")
+    return float(value) if kind is float else value
 
 
 def parse_assignment(spec: str, option: str, form: str = "SETTING=VALUE") -> tuple:
@@ -189,6 +218,8 @@ def _metavar(key: str) -> str:
         return "{" + ",".join(listed) + "}"
     if key == "synthetic_shape":
         return "HxWxC"
+    if key == "model_args":
+        return "KEY=VALUE,..."
     return "NAME" if listed else "METRIC" if key == "reduce_lr_monitor" else _TYPES[key].__name__.upper()
 
 
@@ -233,9 +264,9 @@ def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
 
 def validate(exp: Experiment) -> None:
     from hpccnn.data import check_dataset
-    from hpccnn.models import get_model
+    from hpccnn.models import check_name
 
-    get_model(exp.model)
+    check_name(exp.model, exp.model_args)
     check_dataset(exp.dataset)
     for key, allowed in CHOICES.items():
         if getattr(exp, key) not in allowed:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from hpccnn.errors import UserError
 from hpccnn.experiments import flag, get_experiment, parse_assignment, parse_value, with_overrides
+from hpccnn.usermodel import absolute, is_reference
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,16 @@ GRIDS = {g.name: g for g in [
 
 
 def get_grid(name: str) -> Grid:
-    if name not in GRIDS:
-        raise UserError(f"unknown grid {name!r}; choose one of: {', '.join(GRIDS)}")
-    return GRIDS[name]
+    """A built-in grid, or one of the user's (hpccnn.userconfig)."""
+    from hpccnn import userconfig
+
+    if name in GRIDS:
+        return GRIDS[name]
+    yours = userconfig.entries()
+    if name not in yours.grids:
+        mine = f"; yours ({yours.path}): {', '.join(yours.grids) or 'none'}" if yours.path else ""
+        raise UserError(f"unknown grid {name!r}; built in: {', '.join(GRIDS)}{mine}")
+    return yours.grids[name]
 
 
 def parse_sweep(specs) -> dict:
@@ -162,6 +170,8 @@ def resolve(grid: Grid, overrides: dict, drawn=()) -> list:
     resolved = []
     points = [{**point, **d} for point in grid.points(overrides) for d in (drawn or [{}])]
     for index, settings in enumerate(points):
+        if is_reference(settings.get("model", "")):  # a path the jobs find from any folder on any node
+            settings = {**settings, "model": absolute(settings["model"])}
         exp = with_overrides(base, settings)
         name = label(settings, keys) if keys else exp.name
         resolved.append((f"{index:02d}_{name}", settings, exp))
@@ -197,7 +207,7 @@ def _array_point(argv=None) -> int:
     import os
     from pathlib import Path
 
-    from hpccnn import slurm
+    from hpccnn import slurm, userconfig
     from hpccnn.errors import Parser
     from hpccnn.experiments import add_setting_options, overrides
     from hpccnn.files import write_json
@@ -207,7 +217,9 @@ def _array_point(argv=None) -> int:
     p.add_argument("--task", type=int, required=True, help="the array task id: which point")
     p.add_argument("--results-dir", default="results")
     add_setting_options(p)
+    userconfig.add_option(p)
     args = p.parse_args(argv)
+    userconfig.use(args.config)
     grid = get_grid(args.grid)
     points = resolve(grid, overrides(args))
     if not 0 <= args.task < len(points):
@@ -220,7 +232,9 @@ def _array_point(argv=None) -> int:
     record = grid_record(grid, points, folder, "slurm", job_ids=[f"{array_id}_{i}" for i in range(len(points))])
     write_json(folder / "grid.json", record, replace=False)  # never replaces the one another task wrote
     label, settings, exp = points[args.task]
-    print("\n".join(train_args(exp.name, settings) + ["--run-dir", str(folder / label)]))
+    yours = userconfig.entries()
+    config = ["--config", str(yours.path)] if exp.name in yours.experiments else []
+    print("\n".join(train_args(exp.name, settings) + config + ["--run-dir", str(folder / label)]))
     return 0
 
 

@@ -35,9 +35,19 @@ class Layers:
     largest_per_image: int  # the largest layer output
 
 
+_BUILT = {}  # (model, side, channels, classes) -> Layers of a user's model, which only building tells
+
+
 def layers(spec, side: int, channels: int, classes: int) -> Layers:
-    """Layers of a ModelSpec's network (hpccnn.models' two builders) on side x side images."""
+    """Layers of a ModelSpec's network (hpccnn.models' two builders) on side x side images; of a user's
+    model, as it is built (hpccnn.usermodel)."""
     from hpccnn.models import Conv
+
+    if hasattr(spec, "layers"):
+        key = (spec.ref, str(spec.args), side, channels, classes)
+        if key not in _BUILT:
+            _BUILT[key] = spec.layers(side, channels, classes)
+        return _BUILT[key]
 
     params, kept, largest = 0, 0, side * side * channels
 
@@ -90,12 +100,13 @@ class Estimate:
 
 
 def estimate(exp, side: int, channels: int, classes: int, batch: int, data_bytes: int,
-             compute_bytes: int = 4, on_gpu: bool = False) -> Estimate:
+             compute_bytes: int = 4, on_gpu: bool = False, spec=None) -> Estimate:
     """What a rank of exp needs: batch images per step of side x side x channels, holding data_bytes of
-    the data set. On a GPU the weights and activations live in the GPU's memory, not the node's."""
+    the data set. On a GPU the weights and activations live in the GPU's memory, not the node's.
+    spec: exp's model where it is not exp.model's (a resumed run's copy of the user's file)."""
     from hpccnn.models import get_model
 
-    model = layers(get_model(exp.model), side, channels, classes)
+    model = layers(spec or get_model(exp.model, exp.model_args), side, channels, classes)
     # weights, gradients, the optimizer's slots, Horovod's copy of the gradients, and a checkpoint's
     # copies of the weights and the slots
     parameters = 4 * model.parameters * (4 + 2 * SLOTS[exp.optimizer])
@@ -167,7 +178,7 @@ def culprit(exp, need: Estimate, fits, seed_side: int, batch: int) -> tuple:
 
 
 def check(exp, splits, side: int, batch: int, world, data_bytes: int, compute_bytes: int = 4,
-          on_gpu=False) -> Estimate:
+          on_gpu=False, spec=None) -> Estimate:
     """A UserError on every rank, before anything is built or written, if a rank of exp can't fit in
     the memory it has, holding data_bytes of the data set (hpccnn.shared.Held.per_rank_bytes); the
     ranks agree on the smallest memory any of them has, so that all of them stop or none does.
@@ -175,7 +186,7 @@ def check(exp, splits, side: int, batch: int, world, data_bytes: int, compute_by
     channels, classes = splits.shape[2], len(splits.classes)
 
     def need_at(at_side, at_batch):
-        return estimate(exp, at_side or side, channels, classes, at_batch, data_bytes, compute_bytes, on_gpu)
+        return estimate(exp, at_side or side, channels, classes, at_batch, data_bytes, compute_bytes, on_gpu, spec)
 
     need = need_at(None, batch)
     local_ranks = world.local_size
@@ -189,7 +200,7 @@ def check(exp, splits, side: int, batch: int, world, data_bytes: int, compute_by
     from hpccnn.models import get_model
 
     setting, advice = culprit(exp, need, lambda s, b: need_at(s, b).total <= have,
-                              get_model(exp.model).input_side, batch)
+                              (spec or get_model(exp.model, exp.model_args)).input_side, batch)
     raise UserError(f"{setting} needs about {need.total / GB:.1f} GB of memory per rank (weights and optimizer "
                     f"{need.parameters / GB:.1f} GB, activations of {batch} images {need.activations / GB:.1f} GB, "
                     f"data {need.data / GB:.1f} GB) but a rank here has {have / GB:.1f} GB ({source}"

@@ -135,7 +135,34 @@ MODELS = {
 }
 
 
-def get_model(name: str) -> ModelSpec:
+_USER_MODELS = {}  # (reference, model_args) -> UserModel: the user's module loaded once per process
+
+
+def get_model(name: str, model_args: str = ""):
+    """A built-in ModelSpec, or a UserModel for a reference to the user's code (path/file.py:function or
+    package.module:function), which imports it: both build a keras.Model from (input_shape, classes)."""
+    from hpccnn import usermodel
+
+    if usermodel.is_reference(name):
+        key = (name, model_args)
+        if key not in _USER_MODELS:
+            _USER_MODELS[key] = usermodel.UserModel(name, model_args)
+        return _USER_MODELS[key]
     if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+        raise UserError(f"unknown model {name!r}; give {usermodel.FORMS} (built-in: {', '.join(MODELS)})")
+    if model_args:
+        raise UserError(f"--model-args is for a model of your own (path/file.py:function); the built-in {name} "
+                        f"takes none")
     return MODELS[name]
+
+
+def check_name(name: str, model_args: str = "") -> None:
+    """A UserError unless name is a built-in model or a well-formed reference to the user's code with
+    well-formed --model-args; nothing is imported (a resumed run builds from its own copy)."""
+    from hpccnn import usermodel
+
+    if usermodel.is_reference(name):
+        usermodel.split_reference(name)
+        usermodel.parse_args(model_args)
+    else:
+        get_model(name, model_args)

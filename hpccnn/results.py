@@ -112,12 +112,40 @@ class RunWriter:
         write_bytes(self.path(name), plots.png(fig, dpi=110))
 
     def model(self, name: str, model):
-        # HDF5 without the optimizer: Horovod's optimizer wrapper is not needed to reload for inference.
+        """The model as HDF5 without the optimizer (Horovod's wrapper is not needed to reload it for
+        inference). A model Keras can't save whole (a subclassed model, a layer of the user's own without
+        get_config) is saved as its weights, model.weights.h5, and metrics.json says why."""
         import warnings
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
-            write_atomic(self.path(name), lambda tmp: model.save(tmp, save_format="h5", include_optimizer=False))
+            try:
+                write_atomic(self.path(name), lambda tmp: model.save(tmp, save_format="h5", include_optimizer=False))
+                return
+            except (NotImplementedError, ValueError, TypeError) as err:
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        weights = self.path(name).with_suffix(".weights.h5")
+        write_atomic(weights, lambda tmp: model.save_weights(tmp, save_format="h5"))
+        self.metrics["model_saved"] = f"weights only, {weights.name}: Keras can't save this model whole ({reason})"
+        print(f"hpccnn: {self.metrics['model_saved']}", flush=True)
+
+    def model_source(self, spec) -> None:
+        """A copy of the user's model file (none for a built-in or an installed library's) in model_source/,
+        and its SHA-256 in provenance.json: a resumed or requeued run builds its model from that copy."""
+        source = getattr(spec, "source", None)
+        if source is None:
+            return
+        import shutil
+
+        from hpccnn.usermodel import sha256
+
+        folder = self.path("model_source")
+        folder.mkdir(exist_ok=True)
+        write_atomic(folder / source.name, lambda tmp: shutil.copyfile(source, tmp))
+        provenance = json.loads(self.path("provenance.json").read_text())
+        provenance["model_source"] = {"reference": spec.ref, "file": str(source),
+                                      "copy": f"model_source/{source.name}", "sha256": sha256(source)}
+        self.json("provenance.json", provenance)
 
     def start(self, exp, world, hosts: list, argv: list, data_dir, speed: dict):
         self.json("config.json", dataclasses.asdict(exp))

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from hpccnn import grids, halving, slurm, tables
+from hpccnn import grids, halving, slurm, tables, userconfig, usermodel
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.experiments import add_setting_options, flag
 from hpccnn.experiments import overrides as experiment_overrides
@@ -44,7 +44,7 @@ RESOURCES = {  # flag: (default, help). Defaults fit the seeds' CPU nodes: 8 cor
 def build_parser():
     p = Parser(prog="python -m hpccnn.submit", description=__doc__.split("\n\n")[0])
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--grid", help=f"a named grid: {', '.join(grids.GRIDS)}")
+    what.add_argument("--grid", help=f"a named grid: {', '.join(grids.GRIDS)}, or one of yours (--list)")
     what.add_argument("--experiment", help="one experiment (see python -m hpccnn.train --list)")
     what.add_argument("--collect", metavar="GRID_FOLDER", help="write GRID_FOLDER/grid.csv from its runs and exit")
     what.add_argument("--status", metavar="GRID_FOLDER",
@@ -52,7 +52,8 @@ def build_parser():
     what.add_argument("--resubmit", metavar="GRID_FOLDER",
                       help="submit again the points that failed or never ran, each resuming from its checkpoint, "
                            "into the same grid folder (with the resources and cluster it was submitted with)")
-    what.add_argument("--list", action="store_true", help="print the grids and exit")
+    what.add_argument("--list", action="store_true", help="print the grids (built in, and yours) and exit")
+    userconfig.add_option(p)
     p.add_argument("--sweep", action="append", metavar="SETTING=V1,V2",
                    help="sweep a setting too (repeatable): --sweep learning-rate=1e-3,1e-4")
     p.add_argument("--sample", action="append", metavar="SETTING=KIND:ARGS",
@@ -83,10 +84,14 @@ def build_parser():
 
 
 def list_grids() -> str:
+    """The built-in grids, then the user's (marked as theirs, with their file)."""
+    yours = userconfig.entries()
     lines = []
-    for g in grids.GRIDS.values():
+    for g in [*grids.GRIDS.values(), *yours.grids.values()]:
         axes = " x ".join(f"{k} {'/'.join(map(str, v))}" for k, v in g.axes.items())
-        lines.append(f"{g.name:16} {len(g.points()):>3} points  {g.experiment}: {axes}  ({g.description})")
+        whose = f"yours ({yours.path})" if g.name in yours.grids else ""
+        about = "; ".join(t for t in (whose, g.description) if t)
+        lines.append(f"{g.name:16} {len(g.points()):>3} points  {g.experiment}: {axes}  ({about})")
     return "\n".join(lines)
 
 
@@ -99,16 +104,38 @@ def default_layout(args, exp) -> None:
     gradients through memory, on the cores that compute: a model whose gradient is large beside its step
     (the AlexNets) trains faster as one rank with all the node's cores, and only a model too small to keep
     the cores busy in one process gains from a second rank (measured on two CPUs: README, Ranks per CPU node)."""
-    from hpccnn import memory
+    from hpccnn import data, memory
     from hpccnn.models import get_model
 
-    spec = get_model(exp.model)
-    parameters = memory.layers(spec, exp.image_size or spec.input_side, spec.input_channels, 10).parameters
+    spec = get_model(exp.model, exp.model_args)
+    if usermodel.is_reference(exp.model):  # built for the data set's images
+        height, _, channels = data.image_shape(exp)
+        parameters = memory.layers(spec, height, channels, data.CLASS_COUNT).parameters
+    else:
+        parameters = memory.layers(spec, exp.image_size or spec.input_side, spec.input_channels, 10).parameters
     ranks = args.gpus_per_node or (1 if 4 * parameters > LARGE_GRADIENT_MB * 1e6 else 2)
     if args.ntasks_per_node is None:
         args.ntasks_per_node = ranks
     if args.cpus_per_task is None:
         args.cpus_per_task = max(1, CPU_NODE_CORES // max(1, args.ntasks_per_node))
+
+
+def check_user_models(points) -> None:
+    """Each model of the user's in the grid built once here, on the login node, for its data set's images,
+    and said in one line (parameters, output): a model that can't be built, or whose output doesn't match
+    the classes, stops the submission with one line instead of failing alike in every array task."""
+    from hpccnn import data
+    from hpccnn.models import get_model
+
+    seen = set()
+    for _, _, exp in points:
+        shape = data.image_shape(exp)
+        if not usermodel.is_reference(exp.model) or (exp.model, exp.model_args, shape) in seen:
+            continue
+        seen.add((exp.model, exp.model_args, shape))
+        model = get_model(exp.model, exp.model_args)(shape, data.CLASS_COUNT, activation=exp.activation)
+        print(f"hpccnn: {exp.model}{f' ({exp.model_args})' if exp.model_args else ''} built for {exp.dataset}'s "
+              f"{'x'.join(map(str, shape))} images: {usermodel.describe(model, data.CLASS_COUNT)}", flush=True)
 
 
 def check_resources(args):
@@ -160,8 +187,10 @@ class TrainPoint:
     under the debug executor it trains in the submitting process as one rank.
     """
 
-    def __init__(self, train_args: list, launcher: str, ranks: int):
+    def __init__(self, train_args: list, launcher: str, ranks: int, workdir=None):
         self.train_args, self.launcher, self.ranks = list(train_args), launcher, ranks
+        # the folder the grid was submitted from: a package.module:function model is imported from it
+        self.workdir = workdir or os.getcwd()
 
     def command(self) -> list:
         from hpccnn.launch import horovodrun_command, train_command
@@ -176,12 +205,16 @@ class TrainPoint:
 
             from hpccnn.launch import mpi_env
 
-            status = subprocess.run(self.command(), env=mpi_env()).returncode
+            env = mpi_env()
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (self.workdir, env.get("PYTHONPATH")) if p)
+            status = subprocess.run(self.command(), env=env, cwd=self.workdir).returncode
             if status != 0:
                 raise RuntimeError(f"hpccnn.train under horovodrun exited with status {status}")
             return None
         from hpccnn import train
 
+        if getattr(self, "workdir", None) and self.workdir not in sys.path:
+            sys.path.insert(0, self.workdir)
         folder, _ = train.train(self.train_args)
         return str(folder) if folder else None
 
@@ -228,6 +261,9 @@ def new_grid_folder(results_dir, name: str) -> Path:
 
 def point_args(args, exp_name, settings, run_dir) -> list:
     extra = ["--run-dir", str(run_dir)]
+    yours = userconfig.entries()
+    if exp_name in yours.experiments:  # the job reads the same file, wherever it starts
+        extra += ["--config", str(yours.path)]
     if args.data_dir:
         extra += ["--data-dir", str(Path(args.data_dir).resolve())]
     if args.no_save_model:
@@ -252,6 +288,7 @@ def describe(args, grid, points, folder: Path) -> str:
 
 def submit(args) -> int:
     grid, points = plan(args)
+    check_user_models(points)
     default_layout(args, points[0][2])
     check_resources(args)
     ranks = args.nodes * args.ntasks_per_node
@@ -444,6 +481,7 @@ def _resume_extras(given: list) -> list:
 def new_record(args, grid, points, folder: Path) -> dict:
     record = grids.grid_record(grid, points, folder, args.cluster)
     record["command"] = shlex.join([sys.executable, "-m", "hpccnn.submit", *sys.argv[1:]])
+    record["workdir"] = os.getcwd()  # where the points import a package.module:function model from
     record["resources"] = {k: getattr(args, k) for k in RESOURCES}
     if args.sample:
         record["sampled"] = {"sample": args.sample, "samples": args.samples, "seed": args.sample_seed}
@@ -463,7 +501,8 @@ def _run_points(args, record: dict, points: list, folder: Path, ranks: int, name
         executor = submitit.SlurmExecutor(folder=folder / "submitit")
         executor.update_parameters(**slurm_parameters(args, name))
         with executor.batch():
-            jobs = [executor.submit(TrainPoint(p.get("run_args", p["train_args"]), "python", ranks)) for p in points]
+            jobs = [executor.submit(TrainPoint(p.get("run_args", p["train_args"]), "python", ranks, record.get("workdir")))
+                    for p in points]
         for p, job in zip(points, jobs):
             p.update(job_id=job.job_id, log=str(job.paths.stdout).replace("%t", "0"))
         write_json(folder / "grid.json", record)
@@ -478,7 +517,7 @@ def _run_points(args, record: dict, points: list, folder: Path, ranks: int, name
     write_json(folder / "grid.json", record)
     jobs = []
     for p in points:
-        job = executor.submit(TrainPoint(p.get("run_args", p["train_args"]), launcher, ranks))
+        job = executor.submit(TrainPoint(p.get("run_args", p["train_args"]), launcher, ranks, record.get("workdir")))
         print(f"hpccnn: point {p['label']}: job {job.job_id}", flush=True)
         p.update(state="RUNNING", job_id=str(job.job_id))
         write_json(folder / "grid.json", record)
@@ -859,6 +898,7 @@ def resubmit(args, given=()) -> int:
 @cli
 def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    userconfig.use(args.config)
     if args.list:
         print(list_grids())
         return 0

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn import checkpoint, data, dist, memory, shared
+from hpccnn import checkpoint, data, dist, memory, models, shared, userconfig, usermodel
 from hpccnn.errors import Parser, UserError, cli
-from hpccnn.experiments import (EXPERIMENTS, OPTIMIZERS, add_setting_options, flag, get_experiment, overrides,
-                                with_overrides)
+from hpccnn.experiments import (EXPERIMENTS, OPTIMIZERS, Experiment, add_setting_options, flag, get_experiment,
+                                overrides, with_overrides)
 from hpccnn.models import get_model
 from hpccnn.runs import COMPLETED, FAILED, INTERRUPTED
 
@@ -29,8 +29,11 @@ from hpccnn.runs import COMPLETED, FAILED, INTERRUPTED
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m hpccnn.train", description=__doc__.split("\n\n")[0],
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--experiment", default="digits_cnn", help="a named experiment (see --list)")
-    p.add_argument("--list", action="store_true", help="print the experiments and exit")
+    p.add_argument("--experiment", default=None,
+                   help="a named experiment (see --list); without it, --model of your own with --dataset, "
+                        "or else digits_cnn")
+    p.add_argument("--list", action="store_true", help="print the experiments (built in, and yours) and exit")
+    userconfig.add_option(p)
     p.add_argument("--data-dir", default=None, help="staged data cache (default $HPCCNN_DATA or ~/.cache/hpccnn/data)")
     p.add_argument("--results-dir", default="results", help="run folders go to RESULTS_DIR/<date>/<run>")
     p.add_argument("--run-dir", default=None,
@@ -43,9 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_experiments() -> str:
+    """The built-in experiments, then the user's (marked as theirs, with their file)."""
     lines = [f"{'experiment':30} {'model':24} {'dataset':13} {'epochs':>6}  reported in the seed"]
     for e in EXPERIMENTS.values():
         lines.append(f"{e.name:30} {e.model:24} {e.dataset:13} {e.epochs:>6}  {e.reported or '-'}")
+    yours = userconfig.entries()
+    for e in yours.experiments.values():
+        lines.append(f"{e.name:30} {e.model.rpartition('/')[2]:24} {e.dataset:13} {e.epochs:>6}  "
+                     f"yours ({yours.path}){': ' + e.description if e.description else ''}")
     return "\n".join(lines)
 
 
@@ -130,19 +138,33 @@ def start(exp):
 
 
 def compile_model(exp, world, spec, input_shape, classes):
-    """The seed's model (spec, from hpccnn.models) and optimizer, wrapped by Horovod; the learning rate
-    scaled if asked. Returns (model, learning rate)."""
+    """The model (spec: a seed's from hpccnn.models, or the user's) and optimizer, wrapped by Horovod; the
+    learning rate scaled if asked. Returns (model, learning rate).
+
+    A model the user's function compiled keeps its loss and metrics (accuracy added when missing: the
+    reports and halving read it) and its optimizer, wrapped by Horovod's as in Horovod's Keras examples;
+    any other is compiled as the seeds' are, the loss from logits or probabilities as its outputs are."""
     import tensorflow as tf
 
     hvd = dist.hvd()
     model = spec(input_shape, classes, activation=exp.activation)
-    lr = exp.learning_rate * (world.size if exp.scale_lr else 1)
     compression = hvd.Compression.fp16 if exp.fp16_allreduce else hvd.Compression.none
+    if getattr(model, "optimizer", None) is not None:  # compiled by the user's function
+        own = usermodel.legacy_optimizer(model.optimizer)
+        lr = float(tf.keras.backend.get_value(own.learning_rate)) * (world.size if exp.scale_lr else 1)
+        tf.keras.backend.set_value(own.learning_rate, lr)
+        loss, metrics = model.loss, usermodel.metrics_with_accuracy(model)
+        if world.is_main:
+            print(f"hpccnn: {exp.model} came compiled: its loss and metrics kept, its {type(own).__name__} "
+                  f"(learning rate {lr:g}) wrapped by Horovod's DistributedOptimizer", flush=True)
+    else:
+        lr = exp.learning_rate * (world.size if exp.scale_lr else 1)
+        own = make_optimizer(exp.optimizer, lr)
+        loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits)
+        metrics = ["accuracy"]
     # allreduce-averages gradients; Keras adds loss scaling on top under mixed precision
-    optimizer = dist.distributed_optimizer(make_optimizer(exp.optimizer, lr), compression, world.size)
-    model.compile(optimizer=optimizer, metrics=["accuracy"],
-                  steps_per_execution=exp.steps_per_execution,
-                  loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=spec.logits))
+    optimizer = dist.distributed_optimizer(own, compression, world.size)
+    model.compile(optimizer=optimizer, metrics=metrics, steps_per_execution=exp.steps_per_execution, loss=loss)
     return model, lr
 
 
@@ -374,13 +396,15 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
         tf.keras.backend.experimental.enable_tf_random_generator()  # dropout reseedable per epoch
         resuming = dist.broadcast_object(
             checkpoint.to_resume(resume, results_dir, exp.name, run_dir) if world.is_main else None)
-        spec = get_model(exp.model)
+        spec = model_spec(exp, resuming, world)
         exp, inputs = prepare_data(exp, spec, world, data_dir, resuming.epoch if resuming is not None else 0)
         memory.check(exp, inputs.splits, exp.image_size or inputs.splits.shape[0], inputs.batch, world,
                      inputs.held.per_rank_bytes, 4 if fast["mixed_precision"] == "off" else 2,
-                     fast["device"] == "GPU")  # before anything is built or written
+                     fast["device"] == "GPU", spec)  # before anything is built or written
         model, lr = build_model(exp, spec, world, inputs.splits, resuming)
         writer = open_writer(exp, world, inputs, resuming, results_dir, run_dir, argv, data_dir, fast)
+        if writer is not None and resuming is None:
+            writer.model_source(spec)
         try:
             done = fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, writer, resuming,
                                   save_model)
@@ -393,6 +417,32 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
         return done
     finally:
         stopper.uninstall()
+
+
+def model_spec(exp, resume, world):
+    """exp's model: a built-in, or the user's function; a resumed run's from the copy of the user's file
+    its run folder keeps (results.RunWriter.model_source), so an edit since can't change it (said in a line)."""
+    spec = get_model(exp.model, exp.model_args) if getattr(
+        models._USER_MODELS.get((exp.model, exp.model_args)), "from_script", False) else None
+    kept = None
+    if resume is not None and usermodel.is_reference(exp.model):
+        from hpccnn.files import read_json
+
+        kept = (read_json(Path(resume.folder) / "provenance.json") or {}).get("model_source")
+    if kept is None:
+        return spec or get_model(exp.model, exp.model_args)
+    copy = Path(resume.folder) / kept["copy"]
+    original = Path(kept["file"])
+    if world.is_main and (not original.is_file() or usermodel.sha256(original) != kept["sha256"]):
+        then = ("the script's own function builds it (the copy is kept in the run folder)" if spec is not None
+                else f"the run goes on with the model from its own copy, {copy}")
+        print(f"hpccnn: {original} has {'changed' if original.is_file() else 'gone'} since this run started; {then}",
+              flush=True)
+    if spec is not None:  # hpccnn.fit's function: loading the script again would run it again
+        return spec
+    if str(original.parent) not in sys.path:
+        sys.path.insert(0, str(original.parent))  # the modules the user's file imports beside it
+    return get_model(f"{copy}:{usermodel.split_reference(exp.model)[1]}", exp.model_args)
 
 
 def fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, writer, resume, save_model):
@@ -490,15 +540,34 @@ def stopped(stopper, writer, started) -> Interrupted:
 def parse(argv):
     """(options, Experiment) from hpccnn.train's command line; a UserError if anything is wrong."""
     args = build_parser().parse_args(argv)
+    userconfig.use(args.config)
     stall_timeout(), progress_interval(), dist.malloc_choice()  # checked before anything starts
     changes = overrides(args)
     if args.resume is not None:
         return args, resumed_experiment(args, changes)
-    exp = with_overrides(get_experiment(args.experiment), changes)
+    exp = with_overrides(base_experiment(args.experiment, changes), changes)
+    if usermodel.is_reference(exp.model):
+        exp = dataclasses.replace(exp, model=usermodel.absolute(exp.model))
+        use_xla(exp)  # the user's module may import TensorFlow, which reads XLA's flags once
+        get_model(exp.model, exp.model_args)  # imports the user's code: its errors before anything starts
     if args.run_dir is not None:
         check_run_dir(args.run_dir)
     check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.results_dir), "--results-dir")
     return args, exp
+
+
+def base_experiment(name, changes: dict) -> Experiment:
+    """The experiment a command line starts from: the one named, or, for a --model of the user's own without
+    one, an experiment of hpccnn's defaults named after the model function (it needs --dataset); else digits_cnn."""
+    if name is not None:
+        return get_experiment(name)
+    model = changes.get("model", "")
+    if not usermodel.is_reference(model):
+        return get_experiment("digits_cnn")
+    if "dataset" not in changes:
+        raise UserError(f"--model {model} needs --dataset (one of: {', '.join(data.DATASETS)}), or an --experiment "
+                        f"that names one")
+    return Experiment(usermodel.split_reference(model)[1], model, changes["dataset"])
 
 
 def check_writable(folder: Path, option: str) -> None:
@@ -552,16 +621,20 @@ def check_run_dir(run_dir) -> None:
 
 def train(argv):
     """Everything python -m hpccnn.train does, in this process: (run folder or None off rank 0, accuracy)."""
+    from hpccnn import api
+
     args, exp = parse(argv)
-    world, fast = start(exp)
-    return run(exp, world, fast, args.data_dir, args.results_dir, ["-m", "hpccnn.train", *argv],
-               not args.no_save_model, args.run_dir, args.resume)
+    result = api.run(exp, results_dir=args.results_dir, data_dir=args.data_dir, run_dir=args.run_dir,
+                     resume=args.resume, save_model=not args.no_save_model, argv=["-m", "hpccnn.train", *argv])
+    return result.folder, result.test_accuracy
 
 
 @cli
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if build_parser().parse_args(argv).list:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        userconfig.use(args.config)
         print(list_experiments())
         return 0
     try:

@@ -91,7 +91,8 @@ def test_a_bad_data_cache_stops_the_command_in_one_line_and_exit_2_writing_nothi
 
 
 BAD_SETTINGS = [
-    (["--model", "resnet"], "unknown model 'resnet'; choose one of: alexnet_galaxy10"),
+    (["--model", "resnet"], "unknown model 'resnet'; give a built-in name, package.module:function (importable "
+                            "from this folder or PYTHONPATH) or path/to/file.py:function (built-in: alexnet_galaxy10"),
     (["--optimizer", "lamb"], "--optimizer must be one of sgd, adam, adadelta, rmsprop"),
     (["--epochs", "0"], "--epochs must be a positive integer"),
     (["--epochs", "1.5"], "--epochs must be int, got '1.5'"),

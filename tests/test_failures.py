@@ -40,7 +40,8 @@ def test_help_shows_each_settings_choices_default_and_meaning():
         "one of cifar10, mnist, fashion_mnist, galaxy10, digits, synthetic",
         "--activation {relu,sigmoid,tanh,elu} activation of the hidden layers; default: relu",
         "--mixed-precision {auto,on,off,bfloat16}",
-        "--model NAME the network, as in its seed; one of alexnet_galaxy10, cnn_v1, cnn_v2, cnn_v3, mnist_cnn, "
+        "--model NAME the network: your own function that returns a keras.Model (path/to/file.py:function or "
+        "package.module:function), or a built-in; one of alexnet_galaxy10, cnn_v1, cnn_v2, cnn_v3, mnist_cnn, "
         "alexnet64, alexnet227, alexnet227_extra_dense; default: the experiment's (digits_cnn: mnist_cnn)",
         "--learning-rate FLOAT the optimizer's learning rate: a positive, finite number; "
         "default: the experiment's (digits_cnn: 0.001)",

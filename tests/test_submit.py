@@ -697,7 +697,7 @@ BAD_SUBMITS = [
     (["--grid", "cifar_hparams", "--sample", "optimizer=choice:sgd", "--samples", "2"],
      "--optimizer is sampled by --sample; it can't also be swept or set"),
 
-    (["--grid", "nope"], "unknown grid 'nope'; choose one of: cifar_hparams, alexnet227_lr"),
+    (["--grid", "nope"], "unknown grid 'nope'; built in: cifar_hparams, alexnet227_lr"),
     (["--grid", "cifar_hparams", "--optimizer", "adam"], "--optimizer is swept by grid 'cifar_hparams'"),
     (["--experiment", "digits_cnn", "--sweep", "batch-size"], "--sweep wants SETTING=VALUE1,VALUE2"),
     (["--experiment", "digits_cnn", "--sweep", "batch-size=32,x"], "--batch-size must be int, got 'x'"),
