@@ -134,8 +134,9 @@ def check_user_models(points) -> None:
             continue
         seen.add((exp.model, exp.model_args, shape))
         model = get_model(exp.model, exp.model_args)(shape, data.CLASS_COUNT, activation=exp.activation)
-        print(f"hpccnn: {exp.model}{f' ({exp.model_args})' if exp.model_args else ''} built for {exp.dataset}'s "
-              f"{'x'.join(map(str, shape))} images: {usermodel.describe(model, data.CLASS_COUNT)}", flush=True)
+        print(f"hpccnn: {exp.model}{f' ({exp.model_args})' if exp.model_args else ''} built for the "
+              f"{'x'.join(map(str, shape))} images of {exp.dataset}: {usermodel.describe(model, data.CLASS_COUNT)}",
+              flush=True)
 
 
 def check_resources(args):

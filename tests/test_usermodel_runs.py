@@ -162,3 +162,72 @@ def test_bad_model_output_and_the_users_own_bug_end_the_command_with_status_2_an
     assert f'File "{tmp_path}/mynets.py", line' in bug.stderr and "hpccnn/" not in "\n".join(lines[:-1])
     assert lines[-1].startswith("hpccnn: error: ") and "your code" in lines[-1]
     assert not results.exists()
+
+
+GRID_TOML = '''
+[experiments.resnet_digits]
+model = "mynets:small_resnet"  # a module, found in the folder the grid is submitted from
+dataset = "digits"
+epochs = 1
+model_args = { width = 4 }
+
+[grids.widths]
+experiment = "resnet_digits"
+sweep = { model_args = ["width=4", "width=6"], learning_rate = [1e-3, 3e-3] }
+description = "two widths, two learning rates"
+
+[grids.seeds]
+experiment = "resnet_digits"
+sweep = { seed = [0, 1, 2] }
+'''
+ONE_CORE = ["--ntasks-per-node", "1", "--cpus-per-task", "1", "--mem-gb", "3", "--time-min", "15"]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_grid_of_the_users_toml_runs_through_slurm_from_their_own_folder_and_halves(slurm_env, tmp_path):
+    project = tmp_path / "project"
+    mynets = write_mynets(project)
+    (project / "hpccnn.toml").write_text(GRID_TOML)
+    results = tmp_path / "results"
+    dry = run_module("hpccnn.submit", "--grid", "widths", *ONE_CORE, "--results-dir", results, "--dry-run",
+                     env=slurm_env, cwd=project, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    for width, parameters in ((4, 4 * 9 + 4 + 4 * 4 * 9 + 4 + 4 + 4 * 10 + 10), (6, None)):
+        line = re.search(rf"hpccnn: mynets:small_resnet \(width={width}\) built for the 8x8x1 images of digits: "
+                         rf"([\d,]+) parameters, output \(None, 10\)", dry.stdout)
+        assert line, dry.stdout
+        assert parameters is None or int(line.group(1).replace(",", "")) == parameters
+    assert dry.stdout.count(f"--config {project / 'hpccnn.toml'}") == 4 and not results.exists()
+
+    proc = run_module("hpccnn.submit", "--grid", "widths", *ONE_CORE, "--results-dir", results, "--wait",
+                      env=slurm_env, cwd=project, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (folder,) = [p for p in results.glob("*/*") if (p / "grid.json").exists()]
+    grid = pd.read_csv(folder / "grid.csv")
+    assert len(grid) == 4 and (grid["status"] == "completed").all(), grid.to_string()
+    for _, row in grid.iterrows():
+        run = Path(row["run_folder"])
+        assert read_json(run / "provenance.json")["slurm"]["SLURM_JOB_ID"]
+        assert (run / "model_source" / "mynets.py").read_text() == MYNETS
+        assert read_json(run / "config.json")["model"] == "mynets:small_resnet"
+    status = run_module("hpccnn.submit", "--status", folder, env=slurm_env, timeout=120)
+    assert status.returncode == 0 and "4 point(s): 4 completed" in status.stdout, status.stdout
+    assert len(re.findall(r"^\d\d_width-\d_lr[\d.e-]+\s+completed\s+1/1", status.stdout, re.M)) == 4, status.stdout
+    report = run_module("hpccnn.report", folder, "--no-reevaluate", timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    md = (folder / "report.md").read_text()
+    assert all(label in md for label in grid["point"]), md[:3000]
+
+    halved = run_module("hpccnn.submit", "--grid", "seeds", "--epochs", "3", "--halving", "3", "--min-epochs", "1",
+                        *ONE_CORE, "--results-dir", tmp_path / "halved", "--wait", env=slurm_env, cwd=project,
+                        timeout=900)
+    assert halved.returncode == 0, halved.stdout[-3000:] + halved.stderr[-3000:]
+    (folder,) = [p for p in (tmp_path / "halved").glob("*/*") if (p / "grid.json").exists()]
+    (first, second) = read_json(folder / "grid.json")["halving"]["rungs"]
+    assert len(first["points"]) == 3 and len(second["points"]) == 1
+    (survivor,) = second["points"]
+    assert pd.read_csv(folder / survivor / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    assert [r["after_epoch"] for r in read_json(folder / survivor / "provenance.json")["resumes"]] == [1]
+    for label in set(first["points"]) - {survivor}:
+        assert pd.read_csv(folder / label / "history.csv")["epoch"].tolist() == [1]
