@@ -1,11 +1,12 @@
 # Sourced by every template in slurm/: what they share lives here, once.
-# Runs python -m hpccnn.train with one rank per SLURM task (srun --mpi=pmix), from the
-# repository the job was submitted from. Settings come from --export'ed variables
+# Runs python -m hpccnn.train with one rank per SLURM task (srun --mpi=pmix), in the folder the job was
+# submitted from: its hpccnn.toml (or $HPCCNN_CONFIG) names your experiments and grids, and a model given
+# as package.module:function is imported from there. Settings come from --export'ed variables
 # (EXPERIMENT, or GRID for an array job; DATASET, EPOCHS, BATCH_SIZE, DATA_DIR, RESULTS_DIR)
 # and any script arguments, which are passed to hpccnn.train as they are (--learning-rate 1e-4 ...).
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
-venv=${HPCCNN_VENV:-.venv}
+venv=${HPCCNN_VENV:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv}  # the repository's own
 if [ -f "$venv/bin/activate" ]; then source "$venv/bin/activate"; fi
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
