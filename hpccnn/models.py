@@ -156,6 +156,23 @@ def get_model(name: str, model_args: str = ""):
     return MODELS[name]
 
 
+def for_run_folder(exp, folder):
+    """The model a run folder's run trains: a built-in, or the user's function from the copy of its file
+    that the folder keeps (or as named, where none was kept: an installed library's)."""
+    import sys
+    from pathlib import Path
+
+    from hpccnn import usermodel
+
+    kept, _ = usermodel.kept_source(folder) if usermodel.is_reference(exp.model) else (None, None)
+    if kept is None:
+        return get_model(exp.model, exp.model_args)
+    if str(Path(kept["file"]).parent) not in sys.path:
+        sys.path.insert(0, str(Path(kept["file"]).parent))  # the modules the user's file imports beside it
+    copy = Path(folder).resolve() / kept["copy"]
+    return get_model(f"{copy}:{usermodel.split_reference(exp.model)[1]}", exp.model_args)
+
+
 def check_name(name: str, model_args: str = "") -> None:
     """A UserError unless name is a built-in model or a well-formed reference to the user's code with
     well-formed --model-args; nothing is imported (a resumed run builds from its own copy)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn import plots
+from hpccnn import models, plots, usermodel
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.files import read_json, write_bytes, write_text
 from hpccnn.results import commonest_confusions
@@ -188,18 +188,30 @@ def mistake_groups(npz):
     return npz["images"][np.asarray(order, np.int64)], groups
 
 
+def saved_model(folder: Path) -> Path | None:
+    """A run's saved model: model.h5, or model_weights.h5 where Keras could not save it whole; None."""
+    return next((p for p in (folder / "model.h5", folder / "model_weights.h5") if p.exists()), None)
+
+
 def reevaluate(folder: Path, data_dir) -> float:
     """The run's model.h5, reloaded from disk, evaluated again on the run's own test split."""
     import tensorflow as tf
 
     from hpccnn import data
 
-    config = read_json(folder / "config.json")
-    prov = read_json(folder / "provenance.json") or {}
-    model = tf.keras.models.load_model(folder / "model.h5", compile=False)
     from hpccnn.experiments import Experiment
 
-    splits = data.load_split(Experiment(**config), data_dir or prov.get("data_dir"))
+    config = read_json(folder / "config.json")
+    prov = read_json(folder / "provenance.json") or {}
+    exp = Experiment(**config)
+    splits = data.load_split(exp, data_dir or prov.get("data_dir"))
+    if usermodel.is_reference(exp.model):  # rebuilt from the run's copy of the user's code, its weights loaded
+        side = exp.image_size or splits.shape[0]
+        model = models.for_run_folder(exp, folder)((side, side, splits.shape[2]), len(splits.classes),
+                                                   activation=exp.activation)
+        model.load_weights(saved_model(folder))
+    else:
+        model = tf.keras.models.load_model(folder / "model.h5", compile=False)
     outputs = model.predict(data.pipeline(splits.x_test, splits.y_test, 256, splits.scale, config["image_size"]),
                             verbose=0)
     return float((outputs.argmax(axis=1) == splits.y_test).mean())
@@ -248,8 +260,8 @@ def grid_section(report: Report, folder: Path, data_dir, check_best: bool):
                             "point's whole curve)" if halved else "")))
     if best_ok and check_best:
         best = frame.iloc[0]
-        model = Path(best["run_folder"]) / "model.h5"
-        if model.exists():
+        model = saved_model(Path(best["run_folder"]))
+        if model is not None:
             again = reevaluate(Path(best["run_folder"]), data_dir)
             recorded = float(best["test_accuracy"])
             same = abs(again - recorded) < 1e-9

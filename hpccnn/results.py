@@ -114,7 +114,7 @@ class RunWriter:
     def model(self, name: str, model):
         """The model as HDF5 without the optimizer (Horovod's wrapper is not needed to reload it for
         inference). A model Keras can't save whole (a subclassed model, a layer of the user's own without
-        get_config) is saved as its weights, model.weights.h5, and metrics.json says why."""
+        get_config) is saved as its weights, model_weights.h5, and metrics.json says why."""
         import warnings
 
         with warnings.catch_warnings():
@@ -124,7 +124,7 @@ class RunWriter:
                 return
             except (NotImplementedError, ValueError, TypeError) as err:
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-        weights = self.path(name).with_suffix(".weights.h5")
+        weights = self.path(name).with_name(f"{Path(name).stem}_weights.h5")  # (.weights.h5 is Keras 3's format)
         write_atomic(weights, lambda tmp: model.save_weights(tmp, save_format="h5"))
         self.metrics["model_saved"] = f"weights only, {weights.name}: Keras can't save this model whole ({reason})"
         print(f"hpccnn: {self.metrics['model_saved']}", flush=True)

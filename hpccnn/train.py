@@ -424,25 +424,14 @@ def model_spec(exp, resume, world):
     its run folder keeps (results.RunWriter.model_source), so an edit since can't change it (said in a line)."""
     spec = get_model(exp.model, exp.model_args) if getattr(
         models._USER_MODELS.get((exp.model, exp.model_args)), "from_script", False) else None
-    kept = None
-    if resume is not None and usermodel.is_reference(exp.model):
-        from hpccnn.files import read_json
-
-        kept = (read_json(Path(resume.folder) / "provenance.json") or {}).get("model_source")
-    if kept is None:
+    if resume is None:
         return spec or get_model(exp.model, exp.model_args)
-    copy = Path(resume.folder) / kept["copy"]
-    original = Path(kept["file"])
-    if world.is_main and (not original.is_file() or usermodel.sha256(original) != kept["sha256"]):
+    kept, changed = usermodel.kept_source(resume.folder)
+    if kept is not None and changed and world.is_main:
         then = ("the script's own function builds it (the copy is kept in the run folder)" if spec is not None
-                else f"the run goes on with the model from its own copy, {copy}")
-        print(f"hpccnn: {original} has {'changed' if original.is_file() else 'gone'} since this run started; {then}",
-              flush=True)
-    if spec is not None:  # hpccnn.fit's function: loading the script again would run it again
-        return spec
-    if str(original.parent) not in sys.path:
-        sys.path.insert(0, str(original.parent))  # the modules the user's file imports beside it
-    return get_model(f"{copy}:{usermodel.split_reference(exp.model)[1]}", exp.model_args)
+                else f"the run goes on with the model from its own copy, {Path(resume.folder) / kept['copy']}")
+        print(f"hpccnn: {kept['file']} has {changed} since this run started; {then}", flush=True)
+    return spec or models.for_run_folder(exp, resume.folder)  # hpccnn.fit's function: not its script run again
 
 
 def fit_and_record(exp, world, model, spec, inputs, lr, stopper, stall_limit, writer, resume, save_model):

@@ -177,6 +177,23 @@ def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def kept_source(folder) -> tuple:
+    """(provenance.json's model_source record of a run folder or None, and "changed" or "gone" where the
+    user's original file is no longer what was copied, else None)."""
+    import json
+
+    try:
+        kept = json.loads((Path(folder) / "provenance.json").read_text()).get("model_source")
+    except (OSError, ValueError):
+        kept = None
+    if kept is None:
+        return None, None
+    original = Path(kept["file"])
+    if not original.is_file():
+        return kept, "gone"
+    return kept, "changed" if sha256(original) != kept["sha256"] else None
+
+
 class UserModel:
     """A model function of the user's, with the interface of hpccnn.models.ModelSpec."""
 

@@ -214,10 +214,12 @@ def test_a_grid_of_the_users_toml_runs_through_slurm_from_their_own_folder_and_h
     status = run_module("hpccnn.submit", "--status", folder, env=slurm_env, timeout=120)
     assert status.returncode == 0 and "4 point(s): 4 completed" in status.stdout, status.stdout
     assert len(re.findall(r"^\d\d_width-\d_lr[\d.e-]+\s+completed\s+1/1", status.stdout, re.M)) == 4, status.stdout
-    report = run_module("hpccnn.report", folder, "--no-reevaluate", timeout=300)
+    report = run_module("hpccnn.report", folder, timeout=300)  # the best model rebuilt from its copy, reloaded
     assert report.returncode == 0, report.stderr[-2000:]
     md = (folder / "report.md").read_text()
     assert all(label in md for label in grid["point"]), md[:3000]
+    assert re.search(r"Best model \(\S+\) reloaded from \S+/model.h5 and evaluated again: test accuracy "
+                     r"[\d.]+, recorded at training time [\d.]+: the same.", md), md[:3000]
 
     halved = run_module("hpccnn.submit", "--grid", "seeds", "--epochs", "3", "--halving", "3", "--min-epochs", "1",
                         *ONE_CORE, "--results-dir", tmp_path / "halved", "--wait", env=slurm_env, cwd=project,
@@ -231,3 +233,25 @@ def test_a_grid_of_the_users_toml_runs_through_slurm_from_their_own_folder_and_h
     assert [r["after_epoch"] for r in read_json(folder / survivor / "provenance.json")["resumes"]] == [1]
     for label in set(first["points"]) - {survivor}:
         assert pd.read_csv(folder / label / "history.csv")["epoch"].tolist() == [1]
+
+
+@pytest.mark.slow
+def test_a_subclassed_model_trains_resumes_and_is_saved_as_its_weights(tmp_path, monkeypatch):
+    from hpccnn import report
+
+    write_mynets(tmp_path)
+    results = tmp_path / "results"
+    first = run_module("hpccnn.train", "--model", "mynets.py:subclassed", "--dataset", "digits", "--epochs", "2",
+                       "--results-dir", results, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (folder,) = run_folders(results)
+    again = run_module("hpccnn.train", "--resume", folder, "--epochs", "3", cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = metrics(folder)
+    assert done["status"] == "completed" and done["resumes"] == 1
+    assert pd.read_csv(folder / "history.csv")["epoch"].tolist() == [1, 2, 3]
+    # Keras can't save a subclassed model whole as HDF5: its weights are kept, and the reason said
+    assert not (folder / "model.h5").exists() and (folder / "model_weights.h5").exists()
+    assert done["model_saved"].startswith("weights only, model_weights.h5: Keras can't save this model whole (")
+    monkeypatch.chdir(tmp_path)
+    assert report.reevaluate(folder, None) == pytest.approx(done["test_accuracy"], abs=1e-9)
