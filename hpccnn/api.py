@@ -37,7 +37,11 @@ def experiment(model, dataset=None, *, name=None, base=None, model_args=None, **
     ref = model if isinstance(model, str) else _register(model, model_args or {})
     args = usermodel.format_args(model_args) if isinstance(model_args, dict) else (model_args or "")
     typed = {key: check_type(key, value) for key, value in settings.items()}
-    typed.update(model=ref, model_args=args, **({"dataset": dataset} if dataset is not None else {}))
+    if dataset is not None:
+        from hpccnn import userdata
+
+        typed["dataset"] = userdata.absolute(dataset) if userdata.is_path(dataset) else dataset
+    typed.update(model=ref, model_args=args)
     if base is not None:
         start = get_experiment(base)
     else:

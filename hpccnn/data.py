@@ -43,6 +43,8 @@ class Raw:
     y_test: np.ndarray | None
     classes: list
     scale: float = 1 / 255
+    x_val: np.ndarray | None = None  # a validation set of its own (an image folder's val/ beside test/)
+    y_val: np.ndarray | None = None
 
 
 @dataclass
@@ -245,6 +247,8 @@ def split(raw: Raw, validation="split", val_fraction=0.2, test_fraction=0.2, see
         x, x_test, y, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed)
     if validation == "test":
         x_val, y_val = x_test, y_test
+    elif raw.x_val is not None:
+        x_val, y_val = raw.x_val, raw.y_val
     else:
         x, x_val, y, y_val = train_test_split(x, y, test_size=val_fraction, random_state=seed)
     return Splits(x, y, x_val, y_val, x_test, y_test, list(raw.classes), raw.scale)
@@ -252,6 +256,10 @@ def split(raw: Raw, validation="split", val_fraction=0.2, test_fraction=0.2, see
 
 def load_split(exp, data_dir=None) -> Splits:
     """exp's data set (an Experiment), loaded and split as exp says: the same on every rank."""
+    from hpccnn import userdata
+
+    if userdata.is_path(exp.dataset):
+        return split(userdata.load(exp), exp.validation, exp.val_fraction, exp.test_fraction, exp.seed)
     options = {}
     if exp.dataset == "synthetic":
         options = {"size": exp.synthetic_size, "shape": parse_shape(exp.synthetic_shape)}
@@ -260,6 +268,10 @@ def load_split(exp, data_dir=None) -> Splits:
 
 
 def check_dataset(name: str) -> None:
+    from hpccnn import userdata
+
+    if userdata.is_path(name):
+        return userdata.check(name)
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
@@ -275,8 +287,18 @@ SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28
 CLASS_COUNT = 10  # every built-in data set has ten classes
 
 
+def class_count(exp) -> int:
+    from hpccnn import userdata
+
+    return userdata.peek(exp)[1] if userdata.is_path(exp.dataset) else CLASS_COUNT
+
+
 def image_shape(exp) -> tuple:
     """(height, width, channels) of exp's images as its model gets them, known without loading the data."""
+    from hpccnn import userdata
+
+    if userdata.is_path(exp.dataset):
+        return userdata.peek(exp)[0]
     shape = {**SHAPES, "digits": (8, 8, 1), "synthetic": parse_shape(exp.synthetic_shape)}[exp.dataset]
     return (exp.image_size, exp.image_size, shape[2]) if exp.image_size else shape
 

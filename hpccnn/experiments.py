@@ -48,6 +48,13 @@ class Experiment:
     share_data: bool = True
     synthetic_size: int = 2048  # --dataset synthetic: this many random images and labels
     synthetic_shape: str = "32x32x3"  # of this height x width x channels
+    # --dataset PATH, the user's own data (hpccnn.userdata)
+    channels: int = 0  # an image folder's images converted to 1 or 3 channels; 0: the majority's
+    skip_bad_images: bool = False  # train without an image folder's unreadable files instead of refusing
+    hdf5_images: str = ""  # an HDF5 file's datasets; empty: images and ans (Galaxy10's), or labels, or x and y
+    hdf5_labels: str = ""
+    nonfinite: str = ""  # a number replacing NaN and infinite pixels; empty: such images are refused
+    pixel_max: float = 0.0  # the value of a white pixel; 0: from the dtype or the values (0..1 or 0..255)
     reported: str = ""  # the figure the seed reports for this experiment
     description: str = ""
 
@@ -100,7 +107,8 @@ MEANING = {
              "package.module:function), or a built-in",
     "model_args": "your model function's own keyword arguments, KEY=VALUE,... with Python literals as values "
                   "(weights=None,alpha=0.35)",
-    "dataset": "the data set (all but digits and synthetic are staged first: python -m hpccnn.stage)",
+    "dataset": "a built-in data set (all but digits and synthetic are staged first: python -m hpccnn.stage), or "
+               "your own: a folder of images in class subfolders, an .npz or an HDF5 file",
     "image_size": "side in pixels the images are resized to; 0 keeps the data set's own",
     "activation": "activation of the hidden layers",
     "optimizer": "the optimizer (Keras' own, its gradients averaged by Horovod)",
@@ -127,6 +135,12 @@ MEANING = {
     "share_data": "the ranks of a node share one copy of the data set in MPI shared memory; false: each loads its own",
     "synthetic_size": "with --dataset synthetic: how many random images (and labels) it has, all splits together",
     "synthetic_shape": "with --dataset synthetic: the images' HEIGHTxWIDTHxCHANNELS, such as 69x69x3",
+    "channels": "with --dataset FOLDER: convert the images to 1 or 3 channels; 0: to the majority's",
+    "skip_bad_images": "with --dataset FOLDER: train without its unreadable files (listed) instead of refusing",
+    "hdf5_images": "with --dataset FILE.h5: its images dataset; empty: 'images' (or 'x')",
+    "hdf5_labels": "with --dataset FILE.h5: its labels dataset; empty: 'ans' or 'labels' (or 'y')",
+    "nonfinite": "with --dataset FILE: replace NaN and infinite pixels by this number; empty: refuse such images",
+    "pixel_max": "with --dataset FILE: the value of a white pixel; 0: 255 for uint8, else 1 or 255 by the values",
 }
 
 
@@ -220,6 +234,10 @@ def _metavar(key: str) -> str:
         return "HxWxC"
     if key == "model_args":
         return "KEY=VALUE,..."
+    if key in ("hdf5_images", "hdf5_labels"):
+        return "NAME"
+    if key == "nonfinite":
+        return "NUMBER"
     return "NAME" if listed else "METRIC" if key == "reduce_lr_monitor" else _TYPES[key].__name__.upper()
 
 
@@ -284,6 +302,15 @@ def validate(exp: Experiment) -> None:
             raise UserError(f"{flag(key)} must be a finite number, got {getattr(exp, key)}")
     if not exp.learning_rate > 0:
         raise UserError(f"--learning-rate must be positive, got {exp.learning_rate}")
+    if exp.channels not in (0, 1, 3) or exp.pixel_max < 0:
+        raise UserError(f"--channels must be 0, 1 or 3 and --pixel-max not negative, got {exp.channels} and "
+                        f"{exp.pixel_max}")
+    if exp.nonfinite:
+        try:
+            if not math.isfinite(float(exp.nonfinite)):
+                raise ValueError
+        except ValueError:
+            raise UserError(f"--nonfinite must be a finite number, got {exp.nonfinite!r}") from None
     if exp.image_size < 0 or exp.warmup_epochs < 0:
         raise UserError("--image-size and --warmup-epochs must not be negative")
     for key in ("val_fraction", "test_fraction"):

@@ -7,10 +7,12 @@ can always be rerun by hand with the command ``python -m hpccnn.submit --dry-run
 
 import itertools
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from hpccnn.errors import UserError
 from hpccnn.experiments import flag, get_experiment, parse_assignment, parse_value, with_overrides
+from hpccnn import userdata
 from hpccnn.usermodel import absolute, is_reference
 
 
@@ -172,6 +174,8 @@ def resolve(grid: Grid, overrides: dict, drawn=()) -> list:
     for index, settings in enumerate(points):
         if is_reference(settings.get("model", "")):  # a path the jobs find from any folder on any node
             settings = {**settings, "model": absolute(settings["model"])}
+        if "dataset" in settings and userdata.is_path(settings["dataset"]) and Path(settings["dataset"]).exists():
+            settings = {**settings, "dataset": userdata.absolute(settings["dataset"])}
         exp = with_overrides(base, settings)
         name = label(settings, keys) if keys else exp.name
         resolved.append((f"{index:02d}_{name}", settings, exp))
@@ -205,7 +209,6 @@ def _array_point(argv=None) -> int:
     """
     import datetime
     import os
-    from pathlib import Path
 
     from hpccnn import slurm, userconfig
     from hpccnn.errors import Parser

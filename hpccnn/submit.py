@@ -110,7 +110,7 @@ def default_layout(args, exp) -> None:
     spec = get_model(exp.model, exp.model_args)
     if usermodel.is_reference(exp.model):  # built for the data set's images
         height, _, channels = data.image_shape(exp)
-        parameters = memory.layers(spec, height, channels, data.CLASS_COUNT).parameters
+        parameters = memory.layers(spec, height, channels, data.class_count(exp)).parameters
     else:
         parameters = memory.layers(spec, exp.image_size or spec.input_side, spec.input_channels, 10).parameters
     ranks = args.gpus_per_node or (1 if 4 * parameters > LARGE_GRADIENT_MB * 1e6 else 2)
@@ -129,13 +129,16 @@ def check_user_models(points) -> None:
 
     seen = set()
     for _, _, exp in points:
+        if not usermodel.is_reference(exp.model):
+            continue
         shape = data.image_shape(exp)
-        if not usermodel.is_reference(exp.model) or (exp.model, exp.model_args, shape) in seen:
+        if (exp.model, exp.model_args, shape) in seen:
             continue
         seen.add((exp.model, exp.model_args, shape))
-        model = get_model(exp.model, exp.model_args)(shape, data.CLASS_COUNT, activation=exp.activation)
+        classes = data.class_count(exp)
+        model = get_model(exp.model, exp.model_args)(shape, classes, activation=exp.activation)
         print(f"hpccnn: {exp.model}{f' ({exp.model_args})' if exp.model_args else ''} built for the "
-              f"{'x'.join(map(str, shape))} images of {exp.dataset}: {usermodel.describe(model, data.CLASS_COUNT)}",
+              f"{'x'.join(map(str, shape))} images of {exp.dataset}: {usermodel.describe(model, classes)}",
               flush=True)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn import checkpoint, data, dist, memory, models, shared, userconfig, usermodel
+from hpccnn import checkpoint, data, dist, memory, models, shared, userconfig, userdata, usermodel
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.experiments import (EXPERIMENTS, OPTIMIZERS, Experiment, add_setting_options, flag, get_experiment,
                                 overrides, with_overrides)
@@ -535,6 +535,8 @@ def parse(argv):
     if args.resume is not None:
         return args, resumed_experiment(args, changes)
     exp = with_overrides(base_experiment(args.experiment, changes), changes)
+    if userdata.is_path(exp.dataset):  # a path the ranks find wherever they start
+        exp = dataclasses.replace(exp, dataset=userdata.absolute(exp.dataset))
     if usermodel.is_reference(exp.model):
         exp = dataclasses.replace(exp, model=usermodel.absolute(exp.model))
         use_xla(exp)  # the user's module may import TensorFlow, which reads XLA's flags once

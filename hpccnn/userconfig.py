@@ -129,6 +129,7 @@ def typed(file, where: str, key: str, value):
 
 
 def _experiment(file: Path, name: str, entry: dict):
+    from hpccnn.data import DATASETS
     from hpccnn.experiments import EXPERIMENTS, Experiment, with_overrides
     from hpccnn.usermodel import absolute, is_reference
 
@@ -139,14 +140,16 @@ def _experiment(file: Path, name: str, entry: dict):
             raise UserError(f"{file}: [experiments.{name}] needs {key} = \"...\"")
     description = entry.get("description", "")
     settings = {k: typed(file, f"experiments.{name}", k, v) for k, v in entry.items() if k not in EXPERIMENT_KEYS}
-    model = entry["model"]
+    model, dataset = entry["model"], entry["dataset"]
+    if dataset not in DATASETS:  # the user's own data, relative to this file
+        dataset = str((file.parent / Path(dataset).expanduser()).resolve())
     if is_reference(model):
         try:
             model = absolute(model, base=file.parent)
         except UserError as err:
             raise UserError(f"{file}: [experiments.{name}] {err}") from None
     try:
-        return with_overrides(Experiment(name, model, entry["dataset"], description=str(description)), settings)
+        return with_overrides(Experiment(name, model, dataset, description=str(description)), settings)
     except UserError as err:
         raise UserError(f"{file}: [experiments.{name}] {err}") from None
 

@@ -36,7 +36,8 @@ def test_help_shows_each_settings_choices_default_and_meaning():
     text = " ".join(proc.stdout.split())  # argparse wraps lines
     for expected in [
         "--optimizer {sgd,adam,adadelta,rmsprop} the optimizer",
-        "--dataset NAME the data set (all but digits and synthetic are staged first: python -m hpccnn.stage); "
+        "--dataset NAME a built-in data set (all but digits and synthetic are staged first: python -m hpccnn.stage), "
+        "or your own: a folder of images in class subfolders, an .npz or an HDF5 file; "
         "one of cifar10, mnist, fashion_mnist, galaxy10, digits, synthetic",
         "--activation {relu,sigmoid,tanh,elu} activation of the hidden layers; default: relu",
         "--mixed-precision {auto,on,off,bfloat16}",
