@@ -40,7 +40,7 @@ def experiment(model, dataset=None, *, name=None, base=None, model_args=None, **
     if dataset is not None:
         from hpccnn import userdata
 
-        typed["dataset"] = userdata.absolute(dataset) if userdata.is_path(dataset) else dataset
+        typed["dataset"] = userdata.resolve(dataset)
     typed.update(model=ref, model_args=args)
     if base is not None:
         start = get_experiment(base)

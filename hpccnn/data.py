@@ -260,6 +260,19 @@ def load_split(exp, data_dir=None) -> Splits:
 
     if userdata.is_path(exp.dataset):
         return split(userdata.load(exp), exp.validation, exp.val_fraction, exp.test_fraction, exp.seed)
+    if exp.dataset not in DATASETS:  # a pack of the user's data, staged by python -m hpccnn.stage PATH --name NAME
+        from hpccnn import pack
+
+        folder = pack.find(exp.dataset, resolve_data_dir(data_dir))
+        if folder is None and Path(exp.dataset).is_dir():  # a folder here, not staged
+            return split(userdata.load(exp), exp.validation, exp.val_fraction, exp.test_fraction, exp.seed)
+        if folder is None:
+            raise UserError(f"unknown dataset {exp.dataset!r}: neither built in ({', '.join(DATASETS)}), nor a file or "
+                            f"folder, nor a pack staged in {resolve_data_dir(data_dir)} (python -m hpccnn.stage PATH "
+                            f"--name {exp.dataset})")
+        raw = pack.load(folder, exp)
+        userdata.pixels(raw, exp.dataset, exp)
+        return split(raw, exp.validation, exp.val_fraction, exp.test_fraction, exp.seed)
     options = {}
     if exp.dataset == "synthetic":
         options = {"size": exp.synthetic_size, "shape": parse_shape(exp.synthetic_shape)}
@@ -272,7 +285,7 @@ def check_dataset(name: str) -> None:
 
     if userdata.is_path(name):
         return userdata.check(name)
-    if name not in DATASETS:
+    if name not in DATASETS and not all(c.isalnum() or c in "_-." for c in name):
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
 
@@ -290,7 +303,26 @@ CLASS_COUNT = 10  # every built-in data set has ten classes
 def class_count(exp) -> int:
     from hpccnn import userdata
 
-    return userdata.peek(exp)[1] if userdata.is_path(exp.dataset) else CLASS_COUNT
+    if userdata.is_path(exp.dataset):
+        return userdata.peek(exp)[1]
+    if exp.dataset not in DATASETS:
+        return pack_facts(exp)[1] if not Path(exp.dataset).is_dir() else userdata.peek(exp)[1]
+    return CLASS_COUNT
+
+
+def pack_facts(exp, data_dir=None) -> tuple:
+    """((height, width, channels) as the model gets them, class count) of a staged pack, from its index."""
+    from hpccnn import pack
+
+    folder = pack.find(exp.dataset, resolve_data_dir(data_dir))
+    if folder is None:
+        raise UserError(f"unknown dataset {exp.dataset!r}: no pack of that name is staged in {resolve_data_dir(data_dir)} "
+                        f"(python -m hpccnn.stage PATH --name {exp.dataset})")
+    index = pack.read_index(folder)
+    counts = index["channels"]
+    channels = exp.channels or (1 if counts.get("1", 0) > counts.get("3", 0) else 3)
+    height, width = (exp.image_size, exp.image_size) if exp.image_size else map(int, next(iter(index["sizes"])).split("x"))
+    return (height, width, channels), len(index["classes"])
 
 
 def image_shape(exp) -> tuple:
@@ -299,6 +331,8 @@ def image_shape(exp) -> tuple:
 
     if userdata.is_path(exp.dataset):
         return userdata.peek(exp)[0]
+    if exp.dataset not in DATASETS:
+        return pack_facts(exp)[0] if not Path(exp.dataset).is_dir() else userdata.peek(exp)[0]
     shape = {**SHAPES, "digits": (8, 8, 1), "synthetic": parse_shape(exp.synthetic_shape)}[exp.dataset]
     return (exp.image_size, exp.image_size, shape[2]) if exp.image_size else shape
 

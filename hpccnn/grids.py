@@ -174,8 +174,8 @@ def resolve(grid: Grid, overrides: dict, drawn=()) -> list:
     for index, settings in enumerate(points):
         if is_reference(settings.get("model", "")):  # a path the jobs find from any folder on any node
             settings = {**settings, "model": absolute(settings["model"])}
-        if "dataset" in settings and userdata.is_path(settings["dataset"]) and Path(settings["dataset"]).exists():
-            settings = {**settings, "dataset": userdata.absolute(settings["dataset"])}
+        if "dataset" in settings and Path(settings["dataset"]).exists():  # (a missing one is named as given)
+            settings = {**settings, "dataset": userdata.resolve(settings["dataset"])}
         exp = with_overrides(base, settings)
         name = label(settings, keys) if keys else exp.name
         resolved.append((f"{index:02d}_{name}", settings, exp))

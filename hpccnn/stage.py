@@ -139,15 +139,88 @@ def idx_to_npz(folder: Path, npz: Path, name: str) -> None:
         np.savez_compressed(f, **arrays)
 
 
+IMAGENETTE_CLASSES = {  # Imagenette's ten ImageNet classes, by the WordNet ids its folders are named with
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player", "n03000684": "chain saw",
+    "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck", "n03425413": "gas pump",
+    "n03445777": "golf ball", "n03888605": "parachute"}
+
+
+def stage_imagenette(source: Path | None, data_dir: Path, exp, shards=None, force=False) -> Path:
+    """Imagenette (seed 004's optional data set) from its archive (imagenette2-320.tgz, or the folder it unpacks
+    to): its ten classes by name and its own train/val split, packed as the pack 'imagenette'."""
+    from hpccnn import pack
+
+    if source is None or not source.exists():
+        raise UserError("imagenette is staged from its archive: download imagenette2-320.tgz (fast.ai's, about 330 MB) "
+                        "where there is internet and pass it with --source")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".staging-") as tmp:
+        root = source
+        if source.is_file():
+            try:
+                with tarfile.open(source) as tar:
+                    tar.extractall(tmp, filter="data")
+            except (tarfile.TarError, EOFError, OSError) as err:
+                raise UserError(f"{source} can't be read as imagenette ({type(err).__name__}: {err}); expected "
+                                f"imagenette2-320.tgz; nothing was staged") from None
+            root = Path(tmp)
+        found = [p.parent for p in sorted(root.rglob("train")) if p.is_dir() and (p.parent / "val").is_dir()]
+        if not found:
+            raise UserError(f"{source} holds no train/ and val/ folders as Imagenette has; nothing was staged")
+        unknown = sorted({p.name for p in (found[0] / "train").iterdir() if p.is_dir()} - set(IMAGENETTE_CLASSES))
+        if unknown:
+            raise UserError(f"{source}: class folder {unknown[0]} is not one of Imagenette's ten; nothing was staged")
+        return pack.pack(found[0], "imagenette", data_dir, exp, shards, force, class_names=IMAGENETTE_CLASSES)
+
+
+def stage_path(path: Path, args) -> Path:
+    """A user's data set (a folder of images, an .npz or HDF5 file) checked and packed; or Imagenette."""
+    from hpccnn import pack
+    from hpccnn.experiments import Experiment
+
+    exp = Experiment("stage", "cnn_v1", "digits", skip_bad_images=args.skip_bad_images,
+                     hdf5_images=args.hdf5_images or "", hdf5_labels=args.hdf5_labels or "")
+    if args.shards is not None and args.shards <= 0:
+        raise UserError(f"--shards must be a positive integer, got {args.shards}")
+    if str(path) == "imagenette":
+        folder = stage_imagenette(args.source, args.data_dir, exp, args.shards, args.force)
+    else:
+        name = args.name or path.stem
+        if not name or not all(c.isalnum() or c in "_-." for c in name) or name in data.DATASETS:
+            raise UserError(f"--name {name!r}: a pack's name is letters, digits, _ - . and not a built-in data set's")
+        folder = pack.pack(path, name, args.data_dir, exp, args.shards, args.force)
+    index = pack.read_index(folder)
+    counts = ", ".join(f"{s['count']:,} {split}" for split, s in index["splits"].items())
+    print(f"hpccnn: staged pack {index['name']}: {counts} images of {len(index['classes'])} classes in "
+          f"{sum(len(s['shards']) for s in index['splits'].values())} shards, {folder}"
+          + (f"; {len(index['skipped'])} unreadable files skipped (index.json lists them)" if index["skipped"] else "")
+          + f"; train with --dataset {index['name']}")
+    return folder
+
+
 @cli
 def main(argv=None):
+    from hpccnn import userdata
+
     p = Parser(prog="python -m hpccnn.stage", description=__doc__.split("\n\n")[0])
-    p.add_argument("dataset", help=", ".join(TARGETS))
+    p.add_argument("dataset", help=f"{', '.join(TARGETS)}, imagenette, or your own: a folder of images in class "
+                                   f"subfolders, an .npz or HDF5 file, checked and packed")
     p.add_argument("--data-dir", type=Path, default=data.default_data_dir())
     p.add_argument("--source", type=Path, default=None,
                    help="a local copy instead of downloading (fashion_mnist: default Debian's " + str(DEBIAN_FASHION_MNIST) + ")")
     p.add_argument("--force", action="store_true", help="replace an already staged copy")
+    p.add_argument("--name", default=None, help="your data set's name as a pack (default: the folder's or file's)")
+    p.add_argument("--shards", type=int, default=None, help="shards per split (default: about 128 MB each, the "
+                                                            "training split at least 8)")
+    p.add_argument("--skip-bad-images", action="store_true", help="pack the readable images and list the others "
+                                                                   "in index.json, instead of stopping")
+    p.add_argument("--hdf5-images", default=None, help="an HDF5 file's images dataset (default: images, or x)")
+    p.add_argument("--hdf5-labels", default=None, help="an HDF5 file's labels dataset (default: ans or labels, or y)")
     args = p.parse_args(argv)
+    if args.dataset == "imagenette" or (args.dataset not in TARGETS and args.dataset not in ("digits", "synthetic")
+                                        and (userdata.is_path(args.dataset) or Path(args.dataset).exists())):
+        stage_path(Path(args.dataset), args)
+        return 0
     stage(args.dataset, args.data_dir, args.source, args.force)
     return 0
 

@@ -535,8 +535,8 @@ def parse(argv):
     if args.resume is not None:
         return args, resumed_experiment(args, changes)
     exp = with_overrides(base_experiment(args.experiment, changes), changes)
-    if userdata.is_path(exp.dataset):  # a path the ranks find wherever they start
-        exp = dataclasses.replace(exp, dataset=userdata.absolute(exp.dataset))
+    # a path the ranks find wherever they start (a staged pack's name stays as it is)
+    exp = dataclasses.replace(exp, dataset=userdata.resolve(exp.dataset, args.data_dir))
     if usermodel.is_reference(exp.model):
         exp = dataclasses.replace(exp, model=usermodel.absolute(exp.model))
         use_xla(exp)  # the user's module may import TensorFlow, which reads XLA's flags once

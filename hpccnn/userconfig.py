@@ -141,8 +141,10 @@ def _experiment(file: Path, name: str, entry: dict):
     description = entry.get("description", "")
     settings = {k: typed(file, f"experiments.{name}", k, v) for k, v in entry.items() if k not in EXPERIMENT_KEYS}
     model, dataset = entry["model"], entry["dataset"]
-    if dataset not in DATASETS:  # the user's own data, relative to this file
-        dataset = str((file.parent / Path(dataset).expanduser()).resolve())
+    if dataset not in DATASETS:  # the user's own data: a pack's name, or a path relative to this file
+        from hpccnn.userdata import resolve
+
+        dataset = resolve(dataset, base=file.parent)
     if is_reference(model):
         try:
             model = absolute(model, base=file.parent)

@@ -24,16 +24,34 @@ SHOWN = 3  # bad files named in the one line
 
 
 def is_path(name: str) -> bool:
-    """Whether a --dataset value names the user's own data (a path) rather than a built-in data set."""
+    """Whether a --dataset value is written as a path (a/b, file.npz, ./photos, ~/data) rather than a name: a
+    built-in data set, a staged pack, or (where neither) a folder of the current one (resolve)."""
     from hpccnn.data import DATASETS
 
     name = str(name)
-    return name not in DATASETS and (os.sep in name or name.lower().endswith(FILE_SUFFIXES) or Path(name).is_dir())
+    return name not in DATASETS and (os.sep in name or name.lower().endswith(FILE_SUFFIXES)
+                                     or name.startswith((".", "~")))
 
 
 def absolute(name: str, base=None) -> str:
     """A path made absolute (relative to base or the current folder), so that jobs find it from anywhere."""
     return str((Path(base or ".") / Path(name).expanduser()).resolve())
+
+
+def resolve(name: str, data_dir=None, base=None) -> str:
+    """A --dataset value as a run keeps it: a built-in's or a staged pack's name as it is; a path, or a bare name
+    that is a folder (relative to base or the current folder) and no pack, made absolute."""
+    from hpccnn import pack
+    from hpccnn.data import DATASETS, resolve_data_dir
+
+    name = str(name)
+    if name in DATASETS:
+        return name
+    if is_path(name):
+        return absolute(name, base)
+    if pack.find(name, resolve_data_dir(data_dir)) is None and (Path(base or ".") / name).is_dir():
+        return absolute(name, base)
+    return name
 
 
 def check(name: str) -> None:
@@ -68,7 +86,8 @@ def layout(root: Path) -> Folder:
     if "train" not in split_dirs:
         split_dirs = {"train": root}
     splits = {}
-    for split, folder in split_dirs.items():
+    for split in sorted(split_dirs, key=["train", "val", "test"].index):
+        folder = split_dirs[split]
         classes = [p for p in _visible(folder) if p.is_dir()]
         splits[split] = {c.name: [f for f in sorted(c.rglob("*")) if f.is_file()
                                   and not any(part.startswith(".") for part in f.relative_to(c).parts)]

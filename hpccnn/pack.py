@@ -1,0 +1,311 @@
+"""A user's data set checked and packed once: ``python -m hpccnn.stage PATH [--name NAME]``.
+
+A pack is a folder ``DATA_DIR/packs/NAME/`` of a few large TFRecord shards per split (``train``, ``val``,
+``test``), each read start to end by one reader, and ``index.json``: the classes, the counts per split and
+class, the images' channels and sizes, the source, what was skipped, and each shard's SHA-256. A record holds
+one image's decoded pixels (uint8, or float32 for float arrays) with its height, width, channels, label and
+index in its split. Decoded pixels, not the JPEG or PNG file, because every image is decoded once, here, where
+it is checked: a training step never pays for decoding, at the price of more bytes on disk for photographs.
+
+Packing writes its shards into ``.NAME.partial/`` one at a time, each complete file renamed into place, so an
+interrupted pack goes on from its finished shards when run again; the pack is renamed to ``NAME`` only once its
+index is written, so a half-written pack never counts as staged.
+"""
+
+import datetime
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from hpccnn import userdata
+from hpccnn.errors import UserError
+
+FORMAT = 1
+SHARD_BYTES = 128 << 20  # about this much per shard
+MIN_SHARDS = 8  # of the training split, so that up to 8 readers each read their own
+
+
+def folder_of(data_dir: Path, name: str) -> Path:
+    return Path(data_dir) / "packs" / name
+
+
+def find(name: str, data_dir) -> Path | None:
+    """The pack staged as name in data_dir, or None."""
+    folder = folder_of(Path(data_dir), name)
+    return folder if (folder / "index.json").is_file() else None
+
+
+class Source:
+    """What a pack is made from: per split, a count and a way to get image i (pixels and label, or None and
+    the reason it can't be read), and the class names."""
+
+    def __init__(self, path: Path, exp):
+        self.path = path
+        if path.is_dir():
+            folder = userdata.layout(path)
+            self.classes = folder.classes
+            index = {c: i for i, c in enumerate(folder.classes)}
+            self.items = {split: [(f, index[c]) for c, files in classes.items() for f in files]
+                          for split, classes in folder.splits.items()}
+            self.arrays = None
+        else:
+            raw = userdata.load_npz(path) if path.name.lower().endswith(".npz") else userdata.load_hdf5(path, exp)
+            self.arrays = {"train": (raw.x_train, raw.y_train)}
+            if raw.x_test is not None:
+                self.arrays["test"] = (raw.x_test, raw.y_test)
+            labels = np.concatenate([y for _, y in self.arrays.values()])
+            self.classes = [str(i) for i in range(int(labels.max()) + 1)]
+            self.items = {split: list(range(len(y))) for split, (_, y) in self.arrays.items()}
+
+    def count(self, split) -> int:
+        return len(self.items[split])
+
+    def get(self, split, i):
+        if self.arrays is not None:
+            x, y = self.arrays[split]
+            image = x[i]
+            return (image if image.dtype == np.uint8 else image.astype(np.float32)), int(y[i]), None
+        path, label = self.items[split][i]
+        image, reason = userdata._decode(path)
+        if image is None:
+            return None, label, f"{path} ({reason})"
+        kind = userdata._channels_of(image)
+        pixels = np.asarray(image.convert("L" if kind == 1 else "RGB"), np.uint8)
+        return (pixels[..., None] if pixels.ndim == 2 else pixels), label, None
+
+    def description(self) -> str:
+        files = [str(f) for split in sorted(self.items) for f, _ in self.items[split]] if self.arrays is None else []
+        digest = hashlib.sha256("\n".join(files).encode()).hexdigest() if files else userdata_sha(self.path)
+        return f"{self.path} {digest}"
+
+
+def userdata_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    return userdata_sha(path)
+
+
+def shard_counts(source: Source, shards: int | None) -> dict:
+    """How many shards each split gets: about SHARD_BYTES each, the training split at least MIN_SHARDS."""
+    counts = {}
+    for split in source.items:
+        n = source.count(split)
+        if n == 0:
+            continue
+        samples = [source.get(split, i)[0] for i in range(min(n, 20))]
+        per_image = next((s.nbytes for s in samples if s is not None), 1)
+        wanted = shards or max(MIN_SHARDS if split == "train" else 1, math.ceil(n * per_image / SHARD_BYTES))
+        counts[split] = max(1, min(wanted, n))
+    return counts
+
+
+def _example(image, label: int, index: int) -> bytes:
+    import tensorflow as tf
+
+    def ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
+
+    h, w, c = image.shape
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+        "height": ints(h), "width": ints(w), "channels": ints(c), "label": ints(label), "index": ints(index),
+        "float": ints(image.dtype == np.float32)})).SerializeToString()
+
+
+def write_shard(source: Source, split: str, k: int, n: int, target: Path) -> dict:
+    """Shard k of n of split (images k, k+n, ...) written whole to target; its facts."""
+    import tensorflow as tf
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    facts = {"file": target.name, "count": 0, "bad": [], "channels": {}, "sizes": {}, "per_class": {}, "dtype": set()}
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for i in range(k, source.count(split), n):
+            image, label, bad = source.get(split, i)
+            if image is None:
+                facts["bad"].append(bad)
+                continue
+            writer.write(_example(image, label, i))
+            facts["count"] += 1
+            facts["channels"][str(image.shape[2])] = facts["channels"].get(str(image.shape[2]), 0) + 1
+            size = f"{image.shape[0]}x{image.shape[1]}"
+            facts["sizes"][size] = facts["sizes"].get(size, 0) + 1
+            facts["per_class"][str(label)] = facts["per_class"].get(str(label), 0) + 1
+            facts["dtype"].add(str(image.dtype))
+    facts["dtype"] = sorted(facts["dtype"])
+    facts["sha256"] = sha256(tmp)
+    tmp.rename(target)
+    return facts
+
+
+def pack(path: Path, name: str, data_dir: Path, exp, shards=None, force=False, log=print, class_names=None) -> Path:
+    """path (a folder, .npz or HDF5 file) checked and packed as DATA_DIR/packs/name; returns the pack's folder."""
+    userdata.check(str(path))
+    final = folder_of(data_dir, name)
+    if final.exists() and not force:
+        raise UserError(f"a pack named {name} is staged already in {final}; pass --force to replace it, or --name "
+                        f"another name")
+    source = Source(Path(path).resolve(), exp)
+    if class_names:  # a data set's own names for its folders (Imagenette's WordNet ids)
+        source.classes = [class_names.get(c, c) for c in source.classes]
+    partial = final.with_name(f".{name}.partial")
+    plan = {"source": source.description(), "shards": shard_counts(source, shards)}
+    if (partial / "plan.json").is_file() and json.loads((partial / "plan.json").read_text()) != plan:
+        shutil.rmtree(partial)  # made from something else, or sharded otherwise: start again
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / "plan.json").write_text(json.dumps(plan))
+    done = sum(1 for f in partial.glob("*.json") if f.name != "plan.json")
+    total = sum(plan["shards"].values())
+    if done:
+        log(f"hpccnn: packing {name}: {done} of {total} shards were packed already; going on from there")
+    for split, n in plan["shards"].items():
+        for k in range(n):
+            target = partial / f"{split}-{k:05d}-of-{n:05d}.tfrecord"
+            facts_file = partial / f"{target.name}.json"
+            if facts_file.is_file() and target.is_file():
+                continue
+            facts = write_shard(source, split, k, n, target)
+            facts_file.write_text(json.dumps(facts))
+            done += 1
+            log(f"hpccnn: packing {name}: shard {done}/{total} ({split}, {facts['count']:,} images)")
+    return finish(source, name, partial, final, plan, exp, force)
+
+
+def finish(source, name, partial: Path, final: Path, plan, exp, force) -> Path:
+    """The pack's index from its shards' facts, then the pack in place; or the bad files refused."""
+    splits, bad, channels, sizes, dtypes = {}, [], {}, {}, set()
+    for split, n in plan["shards"].items():
+        facts = [json.loads((partial / f"{split}-{k:05d}-of-{n:05d}.tfrecord.json").read_text()) for k in range(n)]
+        per_class = [0] * len(source.classes)
+        for f in facts:
+            bad += f["bad"]
+            dtypes.update(f["dtype"])
+            for key, count in f["channels"].items():
+                channels[key] = channels.get(key, 0) + count
+            for key, count in f["sizes"].items():
+                sizes[key] = sizes.get(key, 0) + count
+            for label, count in f["per_class"].items():
+                per_class[int(label)] += count
+        splits[split] = {"count": sum(f["count"] for f in facts), "per_class": per_class,
+                         "shards": [{k: f[k] for k in ("file", "count", "sha256")} for f in facts]}
+    if bad and not exp.skip_bad_images:
+        shutil.rmtree(partial)
+        total = sum(source.count(s) for s in plan["shards"])
+        raise UserError(f"{source.path}: {len(bad)} of {total} files are not readable images: "
+                        f"{'; '.join(bad[:userdata.SHOWN])}{' ...' if len(bad) > userdata.SHOWN else ''}; fix or "
+                        f"remove them, or give --skip-bad-images true to pack the rest; nothing was staged")
+    empty = [source.classes[i] for i, count in enumerate(splits["train"]["per_class"]) if count == 0]
+    if empty:
+        shutil.rmtree(partial)
+        raise UserError(f"{source.path}: class {empty[0]!r} has no readable training image; nothing was staged")
+    index = {"format": FORMAT, "name": name, "source": str(source.path),
+             "created": datetime.datetime.now().isoformat(timespec="seconds"), "classes": source.classes,
+             "splits": splits, "channels": channels, "sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:50]),
+             "distinct_sizes": len(sizes), "dtype": sorted(dtypes), "skipped": bad}
+    (partial / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    for f in partial.glob("*.json"):
+        if f.name != "index.json":
+            f.unlink()
+    if final.exists() and force:
+        shutil.rmtree(final)
+    partial.rename(final)
+    return final
+
+
+def read_index(folder: Path) -> dict:
+    return json.loads((folder / "index.json").read_text())
+
+
+def verify(folder: Path, index: dict) -> None:
+    """Every shard as it was packed (its SHA-256), or a UserError naming the first one that isn't."""
+    for split in index["splits"].values():
+        for shard in split["shards"]:
+            path = folder / shard["file"]
+            if not path.is_file() or sha256(path) != shard["sha256"]:
+                what = "is missing" if not path.is_file() else "has changed since it was packed (its SHA-256 differs)"
+                raise UserError(f"pack {index['name']}: shard {path} {what}; stage it again with python -m "
+                                f"hpccnn.stage {index['source']} --name {index['name']} --force")
+
+
+def read_split(folder: Path, index: dict, split: str):
+    """(images as a list of arrays in split order, labels) of a split, read from its shards."""
+    import tensorflow as tf
+
+    spec = {k: tf.io.FixedLenFeature([], tf.int64) for k in ("height", "width", "channels", "label", "index", "float")}
+    spec["image"] = tf.io.FixedLenFeature([], tf.string)
+    files = [str(folder / s["file"]) for s in index["splits"][split]["shards"]]
+    count = index["splits"][split]["count"]
+    images, labels, order = [None] * count, np.zeros(count, np.int64), []
+    for record in tf.data.TFRecordDataset(files).map(lambda r: tf.io.parse_single_example(r, spec)).as_numpy_iterator():
+        dtype = np.float32 if record["float"] else np.uint8
+        image = np.frombuffer(record["image"], dtype).reshape(record["height"], record["width"], record["channels"])
+        order.append((int(record["index"]), image, int(record["label"])))
+    order.sort(key=lambda item: item[0])  # the source's order, whichever shard an image went to
+    for i, (_, image, label) in enumerate(order):
+        images[i], labels[i] = image, label
+    return images, labels
+
+
+def load(folder: Path, exp):
+    """A staged pack as a hpccnn.data.Raw: verified, its images converted to one channel count (--channels, or
+    the majority's, said in a line) and, where their sizes differ, resized to --image-size."""
+    from hpccnn.data import Raw
+
+    index = read_index(folder)
+    verify(folder, index)
+    counts = index["channels"]
+    chosen = exp.channels or (1 if counts.get("1", 0) > counts.get("3", 0) else 3)
+    if counts.get("1") and counts.get("3"):
+        print(f"hpccnn: pack {index['name']}: {counts['3']} colour and {counts['1']} grayscale images; all "
+              f"converted to {chosen} channel(s) ({'--channels' if exp.channels else 'the majority; --channels 1 or 3 chooses'})",
+              flush=True)
+    if index["distinct_sizes"] > 1 and not exp.image_size:
+        shown = ", ".join(list(index["sizes"])[:2])
+        raise UserError(f"pack {index['name']}: its images have {index['distinct_sizes']} different sizes ({shown}, "
+                        f"...); give --image-size N to resize them all to NxN")
+    arrays = {split: read_split(folder, index, split) for split in index["splits"]}
+
+    def uniform(images):
+        out = []
+        for image in images:
+            image = _to_channels(image, chosen)
+            if exp.image_size and image.shape[:2] != (exp.image_size, exp.image_size):
+                image = _resize(image, exp.image_size)
+            out.append(image)
+        return np.stack(out)
+
+    stacked = {split: (uniform(images), labels) for split, (images, labels) in arrays.items()}
+    test = stacked.get("test") or stacked.get("val")
+    val = stacked.get("val") if "test" in stacked else None
+    return Raw(*stacked["train"], *(test or (None, None)), list(index["classes"]), 1 / 255, *(val or (None, None)))
+
+
+def _to_channels(image, channels: int):
+    if image.shape[2] == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=2)
+    weights = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2 luma, as PIL's convert("L")
+    gray = (image.astype(np.float32) @ weights)[..., None]
+    return gray.round().astype(image.dtype) if image.dtype == np.uint8 else gray
+
+
+def _resize(image, side: int):
+    from PIL import Image
+
+    if image.dtype != np.uint8:
+        import tensorflow as tf
+
+        return tf.image.resize(image, (side, side), method="bilinear").numpy()
+    squeezed = image[..., 0] if image.shape[2] == 1 else image
+    resized = np.asarray(Image.fromarray(squeezed).resize((side, side), Image.BILINEAR), np.uint8)
+    return resized[..., None] if resized.ndim == 2 else resized
