@@ -554,7 +554,12 @@ def base_experiment(name, changes: dict) -> Experiment:
         return get_experiment(name)
     model = changes.get("model", "")
     if not usermodel.is_reference(model):
-        return get_experiment("digits_cnn")
+        base = get_experiment("digits_cnn")
+        dataset = changes.get("dataset", "")
+        if dataset and dataset not in data.DATASETS:  # the user's data: the run named after model and data
+            stem = Path(dataset.rstrip("/")).stem or "data"
+            return dataclasses.replace(base, name=f"{changes.get('model', base.model)}_{stem}")
+        return base
     if "dataset" not in changes:
         raise UserError(f"--model {model} needs --dataset (one of: {', '.join(data.DATASETS)}), or an --experiment "
                         f"that names one")
