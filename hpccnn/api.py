@@ -34,6 +34,10 @@ def experiment(model, dataset=None, *, name=None, base=None, model_args=None, **
     """
     from hpccnn import usermodel
 
+    if isinstance(model_args, str):
+        from hpccnn import usermodel as _user
+
+        model_args = _user.parse_args(model_args)
     ref = model if isinstance(model, str) else _register(model, model_args or {})
     args = usermodel.format_args(model_args) if isinstance(model_args, dict) else (model_args or "")
     typed = {key: check_type(key, value) for key, value in settings.items()}

@@ -300,13 +300,13 @@ SHAPES = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "fashion_mnist": (28, 28
 CLASS_COUNT = 10  # every built-in data set has ten classes
 
 
-def class_count(exp) -> int:
+def class_count(exp, data_dir=None) -> int:
     from hpccnn import userdata
 
     if userdata.is_path(exp.dataset):
         return userdata.peek(exp)[1]
     if exp.dataset not in DATASETS:
-        return pack_facts(exp)[1] if not Path(exp.dataset).is_dir() else userdata.peek(exp)[1]
+        return pack_facts(exp, data_dir)[1] if not Path(exp.dataset).is_dir() else userdata.peek(exp)[1]
     return CLASS_COUNT
 
 
@@ -325,14 +325,14 @@ def pack_facts(exp, data_dir=None) -> tuple:
     return (height, width, channels), len(index["classes"])
 
 
-def image_shape(exp) -> tuple:
+def image_shape(exp, data_dir=None) -> tuple:
     """(height, width, channels) of exp's images as its model gets them, known without loading the data."""
     from hpccnn import userdata
 
     if userdata.is_path(exp.dataset):
         return userdata.peek(exp)[0]
     if exp.dataset not in DATASETS:
-        return pack_facts(exp)[0] if not Path(exp.dataset).is_dir() else userdata.peek(exp)[0]
+        return pack_facts(exp, data_dir)[0] if not Path(exp.dataset).is_dir() else userdata.peek(exp)[0]
     shape = {**SHAPES, "digits": (8, 8, 1), "synthetic": parse_shape(exp.synthetic_shape)}[exp.dataset]
     return (exp.image_size, exp.image_size, shape[2]) if exp.image_size else shape
 

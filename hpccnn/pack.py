@@ -197,12 +197,12 @@ def finish(source, name, partial: Path, final: Path, plan, exp, force) -> Path:
                 per_class[int(label)] += count
         splits[split] = {"count": sum(f["count"] for f in facts), "per_class": per_class,
                          "shards": [{k: f[k] for k in ("file", "count", "sha256")} for f in facts]}
-    if bad and not exp.skip_bad_images:
-        shutil.rmtree(partial)
+    if bad and not exp.skip_bad_images:  # the finished shards kept: run again with --skip-bad-images goes on
         total = sum(source.count(s) for s in plan["shards"])
         raise UserError(f"{source.path}: {len(bad)} of {total} files are not readable images: "
                         f"{'; '.join(bad[:userdata.SHOWN])}{' ...' if len(bad) > userdata.SHOWN else ''}; fix or "
-                        f"remove them, or give --skip-bad-images true to pack the rest; nothing was staged")
+                        f"remove them (then stage with --force), or stage again with --skip-bad-images to pack the "
+                        f"rest; nothing was staged")
     empty = [source.classes[i] for i, count in enumerate(splits["train"]["per_class"]) if count == 0]
     if empty:
         shutil.rmtree(partial)

@@ -206,8 +206,8 @@ def reevaluate(folder: Path, data_dir) -> float:
     exp = Experiment(**config)
     splits = data.load_split(exp, data_dir or prov.get("data_dir"))
     if usermodel.is_reference(exp.model):  # rebuilt from the run's copy of the user's code, its weights loaded
-        side = exp.image_size or splits.shape[0]
-        model = models.for_run_folder(exp, folder)((side, side, splits.shape[2]), len(splits.classes),
+        shape = (exp.image_size, exp.image_size) if exp.image_size else splits.shape[:2]
+        model = models.for_run_folder(exp, folder)((*shape, splits.shape[2]), len(splits.classes),
                                                    activation=exp.activation)
         model.load_weights(saved_model(folder))
     else:

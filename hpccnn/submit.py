@@ -120,22 +120,24 @@ def default_layout(args, exp) -> None:
         args.cpus_per_task = max(1, CPU_NODE_CORES // max(1, args.ntasks_per_node))
 
 
-def check_user_models(points) -> None:
+def check_user_models(points, data_dir=None) -> None:
     """Each model of the user's in the grid built once here, on the login node, for its data set's images,
     and said in one line (parameters, output): a model that can't be built, or whose output doesn't match
     the classes, stops the submission with one line instead of failing alike in every array task."""
     from hpccnn import data
     from hpccnn.models import get_model
 
-    seen = set()
+    seen, facts = set(), {}
     for _, _, exp in points:
         if not usermodel.is_reference(exp.model):
             continue
-        shape = data.image_shape(exp)
+        key = (exp.dataset, exp.image_size, exp.channels, exp.synthetic_shape)
+        if key not in facts:  # an array file is read whole to know it: once per data set
+            facts[key] = data.image_shape(exp, data_dir), data.class_count(exp, data_dir)
+        shape, classes = facts[key]
         if (exp.model, exp.model_args, shape) in seen:
             continue
         seen.add((exp.model, exp.model_args, shape))
-        classes = data.class_count(exp)
         model = get_model(exp.model, exp.model_args)(shape, classes, activation=exp.activation)
         print(f"hpccnn: {exp.model}{f' ({exp.model_args})' if exp.model_args else ''} built for the "
               f"{'x'.join(map(str, shape))} images of {exp.dataset}: {usermodel.describe(model, classes)}",
@@ -292,7 +294,7 @@ def describe(args, grid, points, folder: Path) -> str:
 
 def submit(args) -> int:
     grid, points = plan(args)
-    check_user_models(points)
+    check_user_models(points, args.data_dir)
     default_layout(args, points[0][2])
     check_resources(args)
     ranks = args.nodes * args.ntasks_per_node

@@ -151,12 +151,17 @@ def compile_model(exp, world, spec, input_shape, classes):
     compression = hvd.Compression.fp16 if exp.fp16_allreduce else hvd.Compression.none
     if getattr(model, "optimizer", None) is not None:  # compiled by the user's function
         own = usermodel.legacy_optimizer(model.optimizer)
-        lr = float(tf.keras.backend.get_value(own.learning_rate)) * (world.size if exp.scale_lr else 1)
-        tf.keras.backend.set_value(own.learning_rate, lr)
+        schedule = isinstance(own._get_hyper("learning_rate"), tf.keras.optimizers.schedules.LearningRateSchedule)
+        if schedule:  # the user's schedule runs as it is (neither scaled nor warmed up)
+            lr = float(own._get_hyper("learning_rate")(0))
+        else:
+            lr = float(tf.keras.backend.get_value(own.learning_rate)) * (world.size if exp.scale_lr else 1)
+            tf.keras.backend.set_value(own.learning_rate, lr)
         loss, metrics = model.loss, usermodel.metrics_with_accuracy(model)
         if world.is_main:
+            rate = "its own learning-rate schedule" if schedule else f"learning rate {lr:g}"
             print(f"hpccnn: {exp.model} came compiled: its loss and metrics kept, its {type(own).__name__} "
-                  f"(learning rate {lr:g}) wrapped by Horovod's DistributedOptimizer", flush=True)
+                  f"({rate}) wrapped by Horovod's DistributedOptimizer", flush=True)
     else:
         lr = exp.learning_rate * (world.size if exp.scale_lr else 1)
         own = make_optimizer(exp.optimizer, lr)
@@ -233,8 +238,8 @@ def prepare_data(exp, spec, world, data_dir, first_epoch: int):
 
 def build_model(exp, spec, world, splits, resume):
     """The compiled model and its learning rate; a resumed run's as they were after its last epoch."""
-    side = exp.image_size or splits.shape[0]
-    model, lr = compile_model(exp, world, spec, (side, side, splits.shape[2]), len(splits.classes))
+    shape = (exp.image_size, exp.image_size) if exp.image_size else splits.shape[:2]
+    model, lr = compile_model(exp, world, spec, (*shape, splits.shape[2]), len(splits.classes))
     if resume is not None:
         checkpoint.restore(model, resume)
     return model, lr
@@ -535,6 +540,9 @@ def parse(argv):
     if args.resume is not None:
         return args, resumed_experiment(args, changes)
     exp = with_overrides(base_experiment(args.experiment, changes), changes)
+    kept = requeued_experiment(args, exp, changes)
+    if kept is not None:  # its model comes from the run folder's copy (model_spec): nothing to import here
+        return args, kept
     # a path the ranks find wherever they start (a staged pack's name stays as it is)
     exp = dataclasses.replace(exp, dataset=userdata.resolve(exp.dataset, args.data_dir))
     if usermodel.is_reference(exp.model):
@@ -545,6 +553,28 @@ def parse(argv):
         check_run_dir(args.run_dir)
     check_writable(Path(args.run_dir).parent if args.run_dir else Path(args.results_dir), "--results-dir")
     return args, exp
+
+
+def requeued_experiment(args, exp, changes):
+    """In a SLURM job that was requeued, the experiment its run folder was started with (its config.json; only
+    --epochs may differ, as on --resume): an edit of the user's hpccnn.toml or model file since the job was
+    submitted must not change a running experiment. None in a job's first run, or before its folder exists."""
+    from hpccnn.runs import this_jobs_folders
+
+    if checkpoint.restart_count() == 0:
+        return None
+    if args.run_dir is not None:
+        found = [Path(args.run_dir)] if Path(args.run_dir).is_dir() else []
+    else:
+        found = this_jobs_folders(args.results_dir, exp.name)
+    config = found[-1] / "config.json" if found else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        kept = Experiment(**json.loads(config.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return with_overrides(kept, {k: v for k, v in changes.items() if k == "epochs"})
 
 
 def base_experiment(name, changes: dict) -> Experiment:
@@ -617,12 +647,12 @@ def check_run_dir(run_dir) -> None:
 
 def train(argv):
     """Everything python -m hpccnn.train does, in this process: (run folder or None off rank 0, accuracy)."""
-    from hpccnn import api
-
     args, exp = parse(argv)
-    result = api.run(exp, results_dir=args.results_dir, data_dir=args.data_dir, run_dir=args.run_dir,
-                     resume=args.resume, save_model=not args.no_save_model, argv=["-m", "hpccnn.train", *argv])
-    return result.folder, result.test_accuracy
+    # start and run, as hpccnn.fit's (api.run) are: called here, in this module, because under python -m this
+    # module is __main__, and the Interrupted and Diverged that main() catches must be this module's own
+    world, fast = start(exp)
+    return run(exp, world, fast, args.data_dir, args.results_dir, ["-m", "hpccnn.train", *argv],
+               not args.no_save_model, args.run_dir, args.resume)
 
 
 @cli

@@ -118,6 +118,8 @@ def typed(file, where: str, key: str, value):
     A UserError naming the file and the entry otherwise."""
     from hpccnn.experiments import check_type
 
+    if key == "nonfinite" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(float(value))
     if key == "model_args" and isinstance(value, dict):
         from hpccnn.usermodel import format_args
 
@@ -126,6 +128,19 @@ def typed(file, where: str, key: str, value):
         return check_type(key, value)
     except UserError as err:
         raise UserError(f"{file}: [{where}] {err}") from None
+
+
+def _resolved(file: Path, key: str, value):
+    """A grid's model or dataset value, a path in it relative to the file, as an experiment's is."""
+    from hpccnn.data import DATASETS
+    from hpccnn.usermodel import absolute, is_reference
+    from hpccnn.userdata import resolve
+
+    if key == "model" and is_reference(value):
+        return absolute(value, base=file.parent)
+    if key == "dataset" and value not in DATASETS:
+        return resolve(value, base=file.parent)
+    return value
 
 
 def _experiment(file: Path, name: str, entry: dict):
@@ -172,11 +187,14 @@ def _grid(file: Path, name: str, entry: dict, so_far: Entries):
     sweep = entry.get("sweep", {})
     if not isinstance(sweep, dict) or not sweep or not all(isinstance(v, list) and v for v in sweep.values()):
         raise UserError(f"{file}: [{where}] needs sweep = {{ setting = [value, ...], ... }}")
-    axes = {key: [typed(file, where, key, v) for v in values] for key, values in sweep.items()}
-    fixed = {key: typed(file, where, key, v) for key, v in entry.get("fixed", {}).items()}
+    axes = {key: [_resolved(file, key, typed(file, where, key, v)) for v in values] for key, values in sweep.items()}
+    for part in ("fixed", "linked"):
+        if not isinstance(entry.get(part, {}), dict):
+            raise UserError(f"{file}: [{where}] {part} must be a table, {part} = {{ setting = value, ... }}")
+    fixed = {key: _resolved(file, key, typed(file, where, key, v)) for key, v in entry.get("fixed", {}).items()}
     linked = {}
     for key, by_value in entry.get("linked", {}).items():
-        if key not in axes or not isinstance(by_value, dict):
+        if key not in axes or not isinstance(by_value, dict) or not all(isinstance(v, dict) for v in by_value.values()):
             raise UserError(f"{file}: [{where}] linked.{key}: link settings to a swept setting's values, "
                             f"linked = {{ {key} = {{ VALUE = {{ setting = value }} }} }}")
         linked[key] = {parse_value(key, str(value)): {k: typed(file, where, k, v) for k, v in settings.items()}

@@ -84,6 +84,10 @@ def layout(root: Path) -> Folder:
     entries = _visible(root)
     split_dirs = {SPLITS[p.name.lower()]: p for p in entries if p.is_dir() and p.name.lower() in SPLITS}
     if "train" not in split_dirs:
+        if split_dirs:
+            named = sorted(p.name for p in split_dirs.values())
+            raise UserError(f"--dataset {root} has {', '.join(f'{n}/' for n in named)} but no train/; put the training "
+                            f"images' class folders under train/ (or rename {named[0]}/ if it is a class)")
         split_dirs = {"train": root}
     splits = {}
     for split in sorted(split_dirs, key=["train", "val", "test"].index):
@@ -251,12 +255,13 @@ def load_hdf5(path: Path, exp):
     except OSError as err:
         raise UserError(f"--dataset {path}: not a readable HDF5 file ({err})") from None
     with f:
-        names = [(exp.hdf5_images, exp.hdf5_labels)] if exp.hdf5_images or exp.hdf5_labels else list(HDF5_NAMES)
+        names = ([(exp.hdf5_images or i, exp.hdf5_labels or l) for i, l in HDF5_NAMES]
+                 if exp.hdf5_images or exp.hdf5_labels else list(HDF5_NAMES))
         found = next(((i, l) for i, l in names if i in f and l in f), None)
         if found is None:
             held = [k for k in f.keys()]
-            wanted = " and ".join(f"{i!r}/{l!r}" for i, l in names[:1]) if exp.hdf5_images or exp.hdf5_labels else \
-                "'images' and 'ans' (or 'labels'), or 'x' and 'y'"
+            wanted = (f"{names[0][0]!r} and {names[0][1]!r}" if exp.hdf5_images and exp.hdf5_labels else
+                      "'images' and 'ans' (or 'labels'), or 'x' and 'y'")
             raise UserError(f"--dataset {path} has no datasets {wanted}; it holds {', '.join(held) or 'nothing'}: "
                             f"name them with --hdf5-images and --hdf5-labels")
         return Raw(*_pair(path, f[found[0]][()], f[found[1]][()], "training"), None, None, [])

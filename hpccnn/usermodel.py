@@ -297,8 +297,12 @@ def legacy_optimizer(optimizer):
         raise UserError(f"your model was compiled with {type(optimizer).__name__}, which Horovod 0.28 can't wrap; "
                         f"compile it with one of SGD, Adam, Adadelta, Adagrad, Adamax, Ftrl, Nadam or RMSprop, "
                         f"or leave it uncompiled and give --optimizer")
-    takes = inspect.signature(kind.__init__).parameters
-    config = {k: v for k, v in optimizer.get_config().items() if k in takes and k != "name"}
+    takes = set(inspect.signature(kind.__init__).parameters) | {"clipnorm", "clipvalue", "global_clipnorm"}
+    config = {k: v for k, v in optimizer.get_config().items() if k in takes and k != "name" and v is not None}
+    if optimizer.get_config().get("weight_decay"):
+        raise UserError(f"your model's {type(optimizer).__name__} has weight_decay, which Keras 2.15's legacy "
+                        f"optimizers (the ones Horovod 0.28 wraps) don't have; put it in the layers' "
+                        f"kernel_regularizer instead")
     return kind.from_config(config)
 
 
@@ -308,7 +312,7 @@ def metrics_with_accuracy(model) -> list:
     compiled = getattr(model, "compiled_metrics", None)
     given = list(getattr(compiled, "_user_metrics", None) or [])
     names = {m if isinstance(m, str) else getattr(m, "name", "") for m in given}
-    return given + ([] if names & {"accuracy", "acc"} else ["accuracy"])
+    return given + ([] if "accuracy" in names else ["accuracy"])
 
 
 def probabilities(outputs) -> bool:

@@ -92,12 +92,15 @@ def test_bad_files_stop_packing_with_their_count_and_paths_or_are_skipped_and_li
     cache = tmp_path / "cache"
     message = refusal(command.main, photos, "--data-dir", cache)
     assert "2 of 41 files are not readable images: " in message and str(jpeg) in message and "notes.png" in message
-    assert "--skip-bad-images" in message and "nothing was staged" in message
-    assert not (cache / "packs" / "photos").exists() and not list((cache / "packs").glob(".*"))
+    assert "stage again with --skip-bad-images to pack the rest; nothing was staged" in message
+    assert not (cache / "packs" / "photos").exists()  # not staged; its finished shards kept for the next try
+    capsys.readouterr()
     stage(photos, "--data-dir", cache, "--skip-bad-images")
     index = json.loads((cache / "packs" / "photos" / "index.json").read_text())
     assert len(index["skipped"]) == 2 and index["splits"]["train"]["count"] == 19
-    assert "2 unreadable files skipped (index.json lists them)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "photos: 9 of 9 shards were packed already" in out  # no image decoded twice
+    assert "2 unreadable files skipped (index.json lists them)" in out
 
 
 def test_a_shard_damaged_after_staging_is_refused_by_its_sha256(tmp_path):

@@ -125,11 +125,18 @@ def test_each_kind_of_bad_folder_or_file_is_one_line(tmp_path):
         (tmp_path / "nothing", "no such file or folder"),
         (tmp_path / "notes.txt", "hpccnn reads an .npz, an HDF5 file (.h5, .hdf5) or a folder of images"),
     ]
+    flat = write_photo_folder(tmp_path / "flatwithtest", count=4, splits=("",))
+    (flat / "test" / "china").mkdir(parents=True)
+    cases.append((flat, "has test/ but no train/; put the training images' class folders under train/"))
     (tmp_path / "notes.txt").write_text("x")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["pixels"] = np.zeros((3, 8, 8), np.uint8)
     cases.append((tmp_path / "other.h5", "has no datasets 'images' and 'ans' (or 'labels'), or 'x' and 'y'; it holds "
                                         "pixels: name them with --hdf5-images and --hdf5-labels"))
+    with h5py.File(tmp_path / "half.h5", "w") as f:
+        f["pics"], f["labels"] = np.zeros((30, 8, 8), np.uint8), np.arange(30) % 2
+    _, splits = splits_of("--dataset", tmp_path / "half.h5", "--hdf5-images", "pics", "--model", "cnn_v1")
+    assert splits.classes == ["0", "1"]  # the labels' name of the defaults
     for root, message in cases:
         got = train_refusal("--dataset", root, "--image-size", "16", "--model", "cnn_v1")
         assert message.format(root=root) in got, got

@@ -210,6 +210,10 @@ def test_the_file_can_be_named_by_option_or_environment(mynets, tmp_path, monkey
      "[grids.g] epochs must be int (as --epochs), got 'x'"),
     ("[grids.g]\nexperiment = 'digits_cnn'\nsweeps = { epochs = [1] }\n", "unknown key 'sweeps'"),
     ("[experiment.a]\nmodel = 'x.py:f'\n", "unknown table [experiment]"),
+    ("[grids.g]\nexperiment = 'digits_cnn'\nsweep = { epochs = [1] }\nfixed = ['epochs=3']\n",
+     "[grids.g] fixed must be a table"),
+    ("[grids.g]\nexperiment = 'digits_cnn'\nsweep = { optimizer = ['sgd'] }\nlinked = { optimizer = { sgd = 0.1 } }\n",
+     "[grids.g] linked.optimizer: link settings to a swept setting's values"),
 ])
 def test_each_mistake_in_the_users_file_is_one_line_naming_it(mynets, text, message):
     toml = write_toml(mynets.parent, text)
@@ -247,3 +251,54 @@ def test_a_compiled_user_model_keeps_its_loss_and_metrics_and_gets_horovods_opti
     assert names == ["sparse_top_k_categorical_accuracy", "accuracy"]
     assert type(model.optimizer).__module__.startswith("horovod.")  # Horovod's DistributedOptimizer
     assert type(model.optimizer).__name__ == "Adam" and model.optimizer.__class__.__mro__[1].__name__ == "Adam"
+
+
+def test_a_requeued_job_goes_on_with_its_run_folders_settings_not_the_edited_file(mynets, monkeypatch):
+    import dataclasses
+    import json
+
+    from hpccnn import train
+    from hpccnn.experiments import get_experiment
+
+    write_toml(mynets.parent)
+    run = mynets.parent / "results" / "point"
+    run.mkdir(parents=True)
+    started = dataclasses.replace(get_experiment("resnet_digits"), model_args="width=4")
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(started)))
+    write_toml(mynets.parent, TOML.replace("width = 4", "width = 32"))  # edited after submission
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _, exp = train.parse(["--experiment", "resnet_digits", "--run-dir", str(run), "--epochs", "5"])
+    assert exp.model_args == "width=4" and exp.epochs == 5  # the folder's settings; --epochs may grow
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    assert "already exists" in train_refusal("--experiment", "resnet_digits", "--run-dir", str(run))
+
+
+def test_non_square_images_and_a_users_schedule_are_built_as_they_are(mynets):
+    import horovod.tensorflow as hvd
+    import numpy as np
+    import tensorflow as tf
+
+    from hpccnn import data, dist, train
+    from hpccnn.experiments import Experiment
+    from hpccnn.models import get_model
+
+    hvd.init()
+    world = dist.World(0, 0, 1, 1, 1)
+    splits = data.Splits(*(np.zeros((4, 6, 10, 3), np.uint8), np.zeros(4, np.int64)) * 3, ["a", "b"], 1 / 255)
+    exp = Experiment("n", "mynets.py:sequential", "x.npz")
+    model, _ = train.build_model(exp, get_model(exp.model), world, splits, None)
+    assert model.input_shape == (None, 6, 10, 3)  # height 6, width 10: not a square of either
+    (mynets.parent / "sched.py").write_text(
+        "from tensorflow import keras\n"
+        "def build(input_shape, classes):\n"
+        "    m = keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(classes)])\n"
+        "    m.compile(keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.5), clipnorm=1.0),\n"
+        "              'sparse_categorical_crossentropy', metrics=['acc'])\n"
+        "    return m\n")
+    exp = Experiment("s", "sched.py:build", "x.npz", scale_lr=True)
+    model, lr = train.compile_model(exp, dist.World(0, 0, 2, 2, 1), get_model(exp.model), (6, 10, 3), 2)
+    inner = model.optimizer
+    assert isinstance(inner._get_hyper("learning_rate"), tf.keras.optimizers.schedules.ExponentialDecay)
+    assert lr == pytest.approx(1e-3) and inner.clipnorm == 1.0  # the schedule as it is; clipping kept
+    names = [m if isinstance(m, str) else m.name for m in model.compiled_metrics._user_metrics]
+    assert names == ["acc", "accuracy"]  # val_accuracy for the reports and halving
