@@ -148,13 +148,7 @@ def get_experiment(name: str) -> Experiment:
     """A built-in experiment, or one of the user's (hpccnn.userconfig)."""
     from hpccnn import userconfig
 
-    if name in EXPERIMENTS:
-        return EXPERIMENTS[name]
-    yours = userconfig.entries()
-    if name not in yours.experiments:
-        mine = f"; yours ({yours.path}): {', '.join(yours.experiments) or 'none'}" if yours.path else ""
-        raise UserError(f"unknown experiment {name!r}; built in: {', '.join(EXPERIMENTS)}{mine} (see --list)")
-    return yours.experiments[name]
+    return userconfig.lookup("experiment", name, EXPERIMENTS)
 
 
 def flag(setting: str) -> str:

@@ -63,13 +63,7 @@ def get_grid(name: str) -> Grid:
     """A built-in grid, or one of the user's (hpccnn.userconfig)."""
     from hpccnn import userconfig
 
-    if name in GRIDS:
-        return GRIDS[name]
-    yours = userconfig.entries()
-    if name not in yours.grids:
-        mine = f"; yours ({yours.path}): {', '.join(yours.grids) or 'none'}" if yours.path else ""
-        raise UserError(f"unknown grid {name!r}; built in: {', '.join(GRIDS)}{mine}")
-    return yours.grids[name]
+    return userconfig.lookup("grid", name, GRIDS)
 
 
 def parse_sweep(specs) -> dict:

@@ -79,20 +79,14 @@ class Source:
 
     def description(self) -> str:
         files = [str(f) for split in sorted(self.items) for f, _ in self.items[split]] if self.arrays is None else []
-        digest = hashlib.sha256("\n".join(files).encode()).hexdigest() if files else userdata_sha(self.path)
+        digest = hashlib.sha256("\n".join(files).encode()).hexdigest() if files else sha256(self.path)
         return f"{self.path} {digest}"
 
 
-def userdata_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sha256(path: Path) -> str:
-    return userdata_sha(path)
+    from hpccnn.data import sha256 as file_sha256
+
+    return file_sha256(path)
 
 
 def shard_counts(source: Source, shards: int | None) -> dict:

@@ -82,6 +82,18 @@ def entries() -> Entries:
     return _LOADED[key]
 
 
+def lookup(kind: str, name: str, built_in: dict):
+    """The built-in experiment or grid (kind) of that name, else the user's; a UserError naming both lists."""
+    if name in built_in:
+        return built_in[name]
+    yours = entries()
+    mine = getattr(yours, f"{kind}s")
+    if name not in mine:
+        listed = f"; yours ({yours.path}): {', '.join(mine) or 'none'}" if yours.path else ""
+        raise UserError(f"unknown {kind} {name!r}; built in: {', '.join(built_in)}{listed} (see --list)")
+    return mine[name]
+
+
 def load(file: Path) -> Entries:
     try:
         with open(file, "rb") as f:

@@ -174,7 +174,9 @@ def load_function(ref: str):
 
 
 def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from hpccnn.data import sha256 as file_sha256
+
+    return file_sha256(Path(path))
 
 
 def kept_source(folder) -> tuple:
