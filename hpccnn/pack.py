@@ -70,12 +70,8 @@ class Source:
             image = x[i]
             return (image if image.dtype == np.uint8 else image.astype(np.float32)), int(y[i]), None
         path, label = self.items[split][i]
-        image, reason = userdata._decode(path)
-        if image is None:
-            return None, label, f"{path} ({reason})"
-        kind = userdata._channels_of(image)
-        pixels = np.asarray(image.convert("L" if kind == 1 else "RGB"), np.uint8)
-        return (pixels[..., None] if pixels.ndim == 2 else pixels), label, None
+        pixels, reason = userdata.read_image(path)
+        return pixels, label, None if pixels is not None else f"{path} ({reason})"
 
     def description(self) -> str:
         files = [str(f) for split in sorted(self.items) for f, _ in self.items[split]] if self.arrays is None else []
@@ -250,56 +246,18 @@ def read_split(folder: Path, index: dict, split: str):
 
 
 def load(folder: Path, exp):
-    """A staged pack as a hpccnn.data.Raw: verified, its images converted to one channel count (--channels, or
-    the majority's, said in a line) and, where their sizes differ, resized to --image-size."""
-    from hpccnn.data import Raw
-
+    """A staged pack as a hpccnn.data.Raw: verified, its images resized to --image-size where their sizes differ
+    (each needs it) and converted to one channel count (--channels, or the majority's, said in a line), as an
+    image folder's are read (hpccnn.userdata)."""
     index = read_index(folder)
     verify(folder, index)
-    counts = index["channels"]
-    chosen = exp.channels or (1 if counts.get("1", 0) > counts.get("3", 0) else 3)
-    if counts.get("1") and counts.get("3"):
-        print(f"hpccnn: pack {index['name']}: {counts['3']} colour and {counts['1']} grayscale images; all "
-              f"converted to {chosen} channel(s) ({'--channels' if exp.channels else 'the majority; --channels 1 or 3 chooses'})",
-              flush=True)
+    channels = userdata.choose_channels(f"pack {index['name']}", index["channels"], exp.channels)
     if index["distinct_sizes"] > 1 and not exp.image_size:
         shown = ", ".join(list(index["sizes"])[:2])
         raise UserError(f"pack {index['name']}: its images have {index['distinct_sizes']} different sizes ({shown}, "
                         f"...); give --image-size N to resize them all to NxN")
-    arrays = {split: read_split(folder, index, split) for split in index["splits"]}
-
-    def uniform(images):
-        out = []
-        for image in images:
-            image = _to_channels(image, chosen)
-            if exp.image_size and image.shape[:2] != (exp.image_size, exp.image_size):
-                image = _resize(image, exp.image_size)
-            out.append(image)
-        return np.stack(out)
-
-    stacked = {split: (uniform(images), labels) for split, (images, labels) in arrays.items()}
-    test = stacked.get("test") or stacked.get("val")
-    val = stacked.get("val") if "test" in stacked else None
-    return Raw(*stacked["train"], *(test or (None, None)), list(index["classes"]), 1 / 255, *(val or (None, None)))
-
-
-def _to_channels(image, channels: int):
-    if image.shape[2] == channels:
-        return image
-    if channels == 3:
-        return np.repeat(image, 3, axis=2)
-    weights = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601-2 luma, as PIL's convert("L")
-    gray = (image.astype(np.float32) @ weights)[..., None]
-    return gray.round().astype(image.dtype) if image.dtype == np.uint8 else gray
-
-
-def _resize(image, side: int):
-    from PIL import Image
-
-    if image.dtype != np.uint8:
-        import tensorflow as tf
-
-        return tf.image.resize(image, (side, side), method="bilinear").numpy()
-    squeezed = image[..., 0] if image.shape[2] == 1 else image
-    resized = np.asarray(Image.fromarray(squeezed).resize((side, side), Image.BILINEAR), np.uint8)
-    return resized[..., None] if resized.ndim == 2 else resized
+    images, labels = {}, {}
+    for split in index["splits"]:
+        pixels, labels[split] = read_split(folder, index, split)
+        images[split] = userdata.uniform(pixels, channels, exp.image_size)
+    return userdata.assemble(images, labels, index["classes"])

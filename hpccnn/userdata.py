@@ -124,13 +124,13 @@ def layout(root: Path) -> Folder:
 
 
 def _decode(path: Path):
-    """(HxWxC uint8 array, mode) of an image file, or (None, reason)."""
+    """(the decoded PIL image, None) of an image file, or (None, the reason it can't be read)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()  # decodes all of it: a truncated file fails here
-            return image.copy(), image.mode
+            return image.copy(), None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         return None, str(err).split("\n")[0][:80] or type(err).__name__
 
@@ -146,17 +146,78 @@ def _channels_of(image) -> int:
     return 1 if image.mode in GRAY_MODES else 3
 
 
-def load_folder(root: Path, exp):
-    """The folder's images decoded (in threads), converted to one channel count and, where sizes differ, resized
-    to --image-size; a Raw with its test set (test/, else val/, else None) and validation set (val/ beside test/)."""
+def read_image(path: Path, side: int = 0):
+    """(HxWxC uint8 pixels with the image's own channels, 1 or 3, None) of an image file, resized to side x side
+    when side is given (here, in the reading thread: a folder is never held at full resolution); or (None,
+    the reason it can't be read). What both an image folder and a pack of one hold of each image."""
+    image, reason = _decode(path)
+    if image is None:
+        return None, reason
+    pixels = np.asarray(image.convert("L" if _channels_of(image) == 1 else "RGB"), np.uint8)
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+    return (resize(pixels, side) if side and pixels.shape[:2] != (side, side) else pixels), None
+
+
+def resize(pixels, side: int):
+    """HxWxC pixels resized to side x side (bilinear): PIL's for uint8, TensorFlow's for floats."""
+    from PIL import Image
+
+    if pixels.dtype != np.uint8:
+        import tensorflow as tf
+
+        return tf.image.resize(pixels, (side, side), method="bilinear").numpy()
+    squeezed = pixels[..., 0] if pixels.shape[2] == 1 else pixels
+    resized = np.asarray(Image.fromarray(squeezed).resize((side, side), Image.BILINEAR), np.uint8)
+    return resized[..., None] if resized.ndim == 2 else resized
+
+
+def to_channels(pixels, channels: int):
+    """HxWxC pixels with channels channels: grayscale repeated, or colour weighted to luma (ITU-R 601-2, PIL's)."""
+    if pixels.shape[2] == channels:
+        return pixels
+    if channels == 3:
+        return np.repeat(pixels, 3, axis=2)
+    gray = (pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    return gray.round().astype(pixels.dtype) if pixels.dtype == np.uint8 else gray
+
+
+def choose_channels(where: str, counts: dict, asked: int) -> int:
+    """The channel count the images get: --channels, or the majority's ({"1": gray images, "3": colour}),
+    said in one line where both kinds are there."""
+    gray, colour = counts.get("1", 0), counts.get("3", 0)
+    chosen = asked or (1 if gray > colour else 3)
+    if gray and colour:
+        print(f"hpccnn: {where}: {colour} colour and {gray} grayscale images; all converted to {chosen} channel(s) "
+              f"({'--channels' if asked else 'the majority; --channels 1 or 3 chooses'})", flush=True)
+    return chosen
+
+
+def uniform(images, channels: int, side: int = 0):
+    """A list of HxWxC pixels as one N x side x side x channels array (each resized first, then converted)."""
+    return np.stack([to_channels(resize(x, side) if side and x.shape[:2] != (side, side) else x, channels)
+                     for x in images])
+
+
+def assemble(images: dict, labels: dict, classes: list):
+    """A Raw from the splits' images and labels: test/ (else val/) the test set, val/ beside test/ the
+    validation set."""
     from hpccnn.data import Raw
 
+    stacked = {s: (images[s], np.asarray(labels[s], np.int64)) for s in images}
+    test = stacked.get("test") or stacked.get("val")
+    val = stacked.get("val") if "test" in stacked else None
+    return Raw(*stacked["train"], *(test or (None, None)), list(classes), 1 / 255, *(val or (None, None)))
+
+
+def load_folder(root: Path, exp):
+    """The folder's images read (in threads: decoded, resized to --image-size), converted to one channel count;
+    images of different sizes need --image-size."""
     folder = layout(root)
     index = {c: i for i, c in enumerate(folder.classes)}
     files = [(split, f, index[c]) for split, classes in folder.splits.items() for c, fs in classes.items() for f in fs]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(lambda item: _decode(item[1]), files))
-    bad = [(f, reason) for (_, f, _), (image, reason) in zip(files, decoded) if image is None]
+        read = list(pool.map(lambda item: read_image(item[1], exp.image_size), files))
+    bad = [(f, reason) for (_, f, _), (pixels, reason) in zip(files, read) if pixels is None]
     if bad and not exp.skip_bad_images:
         shown = "; ".join(f"{f} ({reason})" for f, reason in bad[:SHOWN])
         raise UserError(f"--dataset {root}: {len(bad)} of {len(files)} files are not readable images: {shown}"
@@ -164,38 +225,21 @@ def load_folder(root: Path, exp):
     if bad:
         print(f"hpccnn: --dataset {root}: {len(bad)} of {len(files)} files skipped, not readable images (the first: "
               f"{bad[0][0]})", flush=True)
-    kept = [(item, image) for item, (image, _) in zip(files, decoded) if image is not None]
-    channels = _choose_channels(root, [image for _, image in kept], exp.channels)
-    sizes = {image.size for _, image in kept}
-    if len(sizes) > 1 and not exp.image_size:
-        (w1, h1), (w2, h2) = sorted(sizes)[:2]
+    kept = [(item, pixels) for item, (pixels, _) in zip(files, read) if pixels is not None]
+    counts = {}
+    for _, pixels in kept:
+        counts[str(pixels.shape[2])] = counts.get(str(pixels.shape[2]), 0) + 1
+    channels = choose_channels(f"--dataset {root}", counts, exp.channels)
+    sizes = {pixels.shape[:2] for _, pixels in kept}
+    if len(sizes) > 1:  # (with --image-size every image has that size already)
+        (h1, w1), (h2, w2) = sorted(sizes)[:2]
         raise UserError(f"--dataset {root}: its images have {len(sizes)} different sizes ({w1}x{h1}, {w2}x{h2}, ...); "
                         f"give --image-size N to resize them all to NxN")
-    arrays = {}
-    for (split, _, label), image in kept:
-        image = image.convert("L" if channels == 1 else "RGB")
-        if exp.image_size and image.size != (exp.image_size, exp.image_size):
-            from PIL import Image
-
-            image = image.resize((exp.image_size, exp.image_size), Image.BILINEAR)
-        x = np.asarray(image, np.uint8)
-        arrays.setdefault(split, ([], []))
-        arrays[split][0].append(x[..., None] if x.ndim == 2 else x)
-        arrays[split][1].append(label)
-    stacked = {s: (np.stack(xs), np.asarray(ys, np.int64)) for s, (xs, ys) in arrays.items()}
-    test = stacked.get("test") or stacked.get("val")
-    val = stacked.get("val") if "test" in stacked else None
-    return Raw(*stacked["train"], *(test or (None, None)), list(folder.classes), 1 / 255, *(val or (None, None)))
-
-
-def _choose_channels(root, images, asked: int) -> int:
-    counts = [_channels_of(image) for image in images]
-    gray, colour = counts.count(1), counts.count(3)
-    chosen = asked or (1 if gray > colour else 3)
-    if gray and colour:
-        print(f"hpccnn: --dataset {root}: {colour} colour and {gray} grayscale images; all converted to {chosen} "
-              f"channel(s) ({'--channels' if asked else 'the majority; --channels 1 or 3 chooses'})", flush=True)
-    return chosen
+    images, labels = {}, {}
+    for (split, _, label), pixels in kept:
+        images.setdefault(split, []).append(pixels)
+        labels.setdefault(split, []).append(label)
+    return assemble({s: uniform(xs, channels) for s, xs in images.items()}, labels, folder.classes)
 
 
 def _labels(y, where: str) -> np.ndarray:
@@ -327,10 +371,9 @@ def peek(exp) -> tuple:
     if path.is_dir():
         folder = layout(path)
         first = next(f for files in folder.splits["train"].values() for f in files)
-        image, _ = _decode(first)
-        channels = exp.channels or (_channels_of(image) if image is not None else 3)
-        height, width = (image.size[1], image.size[0]) if image is not None else (exp.image_size, exp.image_size)
-        shape, classes = (height, width, channels), len(folder.classes)
+        pixels, _ = read_image(first)
+        shape = pixels.shape if pixels is not None else (exp.image_size, exp.image_size, 3)
+        shape, classes = (*shape[:2], exp.channels or shape[2]), len(folder.classes)
     else:
         raw = load(exp)
         shape, classes = raw.x_train.shape[1:], len(raw.classes)
