@@ -285,7 +285,7 @@ def check_dataset(name: str) -> None:
 
     if userdata.is_path(name):
         return userdata.check(name)
-    if name not in DATASETS and not all(c.isalnum() or c in "_-." for c in name):
+    if name not in DATASETS and not Path(name).is_dir() and not all(c.isalnum() or c in "_-." for c in name):
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
 
@@ -306,8 +306,17 @@ def class_count(exp, data_dir=None) -> int:
     if userdata.is_path(exp.dataset):
         return userdata.peek(exp)[1]
     if exp.dataset not in DATASETS:
-        return pack_facts(exp, data_dir)[1] if not Path(exp.dataset).is_dir() else userdata.peek(exp)[1]
+        return _pack_or_folder(exp, data_dir)[1]
     return CLASS_COUNT
+
+
+def _pack_or_folder(exp, data_dir=None) -> tuple:
+    """(shape, classes) of a bare --dataset name: a staged pack's, else a folder's here (as load_split reads it)."""
+    from hpccnn import pack, userdata
+
+    if pack.find(exp.dataset, resolve_data_dir(data_dir)) is None and Path(exp.dataset).is_dir():
+        return userdata.peek(exp)
+    return pack_facts(exp, data_dir)
 
 
 def pack_facts(exp, data_dir=None) -> tuple:
@@ -332,7 +341,7 @@ def image_shape(exp, data_dir=None) -> tuple:
     if userdata.is_path(exp.dataset):
         return userdata.peek(exp)[0]
     if exp.dataset not in DATASETS:
-        return pack_facts(exp, data_dir)[0] if not Path(exp.dataset).is_dir() else userdata.peek(exp)[0]
+        return _pack_or_folder(exp, data_dir)[0]
     shape = {**SHAPES, "digits": (8, 8, 1), "synthetic": parse_shape(exp.synthetic_shape)}[exp.dataset]
     return (exp.image_size, exp.image_size, shape[2]) if exp.image_size else shape
 

@@ -45,6 +45,7 @@ class Source:
 
     def __init__(self, path: Path, exp):
         self.path = path
+        self.names = (exp.hdf5_images, exp.hdf5_labels)
         if path.is_dir():
             folder = userdata.layout(path)
             self.classes = folder.classes
@@ -74,9 +75,13 @@ class Source:
         return pixels, label, None if pixels is not None else f"{path} ({reason})"
 
     def description(self) -> str:
-        files = [str(f) for split in sorted(self.items) for f, _ in self.items[split]] if self.arrays is None else []
+        def stamp(f):
+            stat = f.stat()
+            return f"{f} {stat.st_size} {stat.st_mtime_ns}"
+
+        files = [stamp(f) for split in sorted(self.items) for f, _ in self.items[split]] if self.arrays is None else []
         digest = hashlib.sha256("\n".join(files).encode()).hexdigest() if files else sha256(self.path)
-        return f"{self.path} {digest}"
+        return f"{self.path} {digest} {self.names}"
 
 
 def sha256(path: Path) -> str:
@@ -149,8 +154,8 @@ def pack(path: Path, name: str, data_dir: Path, exp, shards=None, force=False, l
         source.classes = [class_names.get(c, c) for c in source.classes]
     partial = final.with_name(f".{name}.partial")
     plan = {"source": source.description(), "shards": shard_counts(source, shards)}
-    if (partial / "plan.json").is_file() and json.loads((partial / "plan.json").read_text()) != plan:
-        shutil.rmtree(partial)  # made from something else, or sharded otherwise: start again
+    if (partial / "plan.json").is_file() and (force or json.loads((partial / "plan.json").read_text()) != plan):
+        shutil.rmtree(partial)  # asked to, or made from something else (a file changed since), or sharded otherwise
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "plan.json").write_text(json.dumps(plan))
     done = sum(1 for f in partial.glob("*.json") if f.name != "plan.json")
@@ -193,6 +198,9 @@ def finish(source, name, partial: Path, final: Path, plan, exp, force) -> Path:
                         f"{'; '.join(bad[:userdata.SHOWN])}{' ...' if len(bad) > userdata.SHOWN else ''}; fix or "
                         f"remove them (then stage with --force), or stage again with --skip-bad-images to pack the "
                         f"rest; nothing was staged")
+    splits = {split: facts for split, facts in splits.items() if facts["count"]}  # all of a split skipped: none
+    if "train" not in splits:
+        raise UserError(f"{source.path}: none of its training images can be read; nothing was staged")
     empty = [source.classes[i] for i, count in enumerate(splits["train"]["per_class"]) if count == 0]
     if empty:
         shutil.rmtree(partial)

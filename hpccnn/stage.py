@@ -175,19 +175,21 @@ def stage_imagenette(source: Path | None, data_dir: Path, exp, shards=None, forc
 
 def stage_path(path: Path, args) -> Path:
     """A user's data set (a folder of images, an .npz or HDF5 file) checked and packed; or Imagenette."""
-    from hpccnn import pack
+    from hpccnn import pack, userdata
     from hpccnn.experiments import Experiment
 
     exp = Experiment("stage", "cnn_v1", "digits", skip_bad_images=args.skip_bad_images,
                      hdf5_images=args.hdf5_images or "", hdf5_labels=args.hdf5_labels or "")
     if args.shards is not None and args.shards <= 0:
         raise UserError(f"--shards must be a positive integer, got {args.shards}")
-    if str(path) == "imagenette":
+    if args.dataset == "imagenette":
         folder = stage_imagenette(args.source, args.data_dir, exp, args.shards, args.force)
     else:
-        name = args.name or path.stem
-        if not name or not all(c.isalnum() or c in "_-." for c in name) or name in data.DATASETS:
-            raise UserError(f"--name {name!r}: a pack's name is letters, digits, _ - . and not a built-in data set's")
+        name = args.name or path.resolve().stem
+        if (not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith(".")
+                or name.lower().endswith(userdata.FILE_SUFFIXES) or name in data.DATASETS):
+            raise UserError(f"--name {name!r}: a pack's name is letters, digits, _ - . (not first), not ending in "
+                            f"{', '.join(userdata.FILE_SUFFIXES)}, and not a built-in data set's; give --name NAME")
         folder = pack.pack(path, name, args.data_dir, exp, args.shards, args.force)
     index = pack.read_index(folder)
     counts = ", ".join(f"{s['count']:,} {split}" for split, s in index["splits"].items())

@@ -109,8 +109,8 @@ def default_layout(args, exp) -> None:
 
     spec = get_model(exp.model, exp.model_args)
     if usermodel.is_reference(exp.model):  # built for the data set's images
-        height, _, channels = data.image_shape(exp)
-        parameters = memory.layers(spec, height, channels, data.class_count(exp)).parameters
+        height, _, channels = data.image_shape(exp, args.data_dir)
+        parameters = memory.layers(spec, height, channels, data.class_count(exp, args.data_dir)).parameters
     else:
         parameters = memory.layers(spec, exp.image_size or spec.input_side, spec.input_channels, 10).parameters
     ranks = args.gpus_per_node or (1 if 4 * parameters > LARGE_GRADIENT_MB * 1e6 else 2)

@@ -130,8 +130,13 @@ def _decode(path: Path):
     try:
         with Image.open(path) as image:
             image.load()  # decodes all of it: a truncated file fails here
+            if image.mode.startswith("I;16"):  # 16-bit gray: its top 8 bits (PIL's convert would clip it)
+                return Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8)), None
+            if image.mode in ("I", "F"):
+                return None, f"{image.mode} mode ({'32-bit integer' if image.mode == 'I' else 'float'} pixels): " \
+                             f"convert it to 8 bits, or give the images as an .npz with --pixel-max"
             return image.copy(), None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return None, str(err).split("\n")[0][:80] or type(err).__name__
 
 
@@ -235,6 +240,8 @@ def load_folder(root: Path, exp):
         (h1, w1), (h2, w2) = sorted(sizes)[:2]
         raise UserError(f"--dataset {root}: its images have {len(sizes)} different sizes ({w1}x{h1}, {w2}x{h2}, ...); "
                         f"give --image-size N to resize them all to NxN")
+    if not any(split == "train" for (split, _, _), _ in kept):
+        raise UserError(f"--dataset {root}: none of its training images can be read; nothing to train on")
     images, labels = {}, {}
     for (split, _, label), pixels in kept:
         images.setdefault(split, []).append(pixels)
@@ -275,10 +282,12 @@ def _pair(path, x, y, what: str):
 def load_npz(path: Path):
     from hpccnn.data import Raw
 
+    import zipfile
+
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(f"--dataset {path}: not a readable .npz ({err})") from None
     missing = [k for k in ("x_train", "y_train") if k not in arrays]
     if missing or (("x_test" in arrays) != ("y_test" in arrays)):

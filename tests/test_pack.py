@@ -143,3 +143,39 @@ def test_imagenette_is_staged_from_its_archive_with_its_classes_and_split(tmp_pa
     assert splits.classes == ["tench", "English springer"]
     assert len(splits.x_test) == 12 and len(splits.x_train) + len(splits.x_val) == 12  # val/ is the test set
     assert not list(cache.glob(".staging-*"))
+
+
+def test_a_pack_name_that_would_leave_the_cache_or_can_not_be_named_again_is_refused(tmp_path, monkeypatch):
+    from hpccnn import stage as command
+
+    photos = write_photo_folder(tmp_path / "photos", count=4)
+    cache = tmp_path / "cache"
+    (cache / "keep").mkdir(parents=True)
+    monkeypatch.chdir(photos / "train")
+    stage("..", "--data-dir", cache, "--force")  # named after the folder it stands for: photos
+    assert (cache / "packs" / "photos" / "index.json").is_file()
+    for name in ("..", ".hidden", "arrays.npz", "cifar10"):
+        assert "a pack's name is letters" in refusal(command.main, "..", "--data-dir", cache, "--name", name)
+    assert (cache / "keep").is_dir()  # nothing outside packs/ touched
+
+
+def test_sixteen_bit_images_keep_their_range_and_float_ones_are_named(tmp_path):
+    from PIL import Image
+
+    from hpccnn.userdata import read_image
+
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # mode I;16
+    pixels, _ = read_image(tmp_path / "deep.png")
+    assert pixels.shape == (8, 8, 1) and pixels.max() == 63000 >> 8 and len(np.unique(pixels)) > 32  # not clipped
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "float.tiff")
+    pixels, reason = read_image(tmp_path / "float.tiff")
+    assert pixels is None and reason.startswith("F mode (float pixels)")
+
+
+def test_a_damaged_npz_is_one_line(tmp_path):
+    from conftest import train_refusal
+
+    path = write_npz(tmp_path / "half.npz")
+    path.write_bytes(path.read_bytes()[:200])
+    assert "not a readable .npz" in train_refusal("--dataset", path, "--model", "cnn_v1")
