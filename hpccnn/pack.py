@@ -142,7 +142,8 @@ def write_shard(source: Source, split: str, k: int, n: int, target: Path) -> dic
     return facts
 
 
-def pack(path: Path, name: str, data_dir: Path, exp, shards=None, force=False, log=print, class_names=None) -> Path:
+def pack(path: Path, name: str, data_dir: Path, exp, shards=None, force=False, log=print, class_names=None,
+         again=None) -> Path:
     """path (a folder, .npz or HDF5 file) checked and packed as DATA_DIR/packs/name; returns the pack's folder."""
     userdata.check(str(path))
     final = folder_of(data_dir, name)
@@ -172,10 +173,10 @@ def pack(path: Path, name: str, data_dir: Path, exp, shards=None, force=False, l
             facts_file.write_text(json.dumps(facts))
             done += 1
             log(f"hpccnn: packing {name}: shard {done}/{total} ({split}, {facts['count']:,} images)")
-    return finish(source, name, partial, final, plan, exp, force)
+    return finish(source, name, partial, final, plan, exp, force, again or f"{source.path} --name {name}")
 
 
-def finish(source, name, partial: Path, final: Path, plan, exp, force) -> Path:
+def finish(source, name, partial: Path, final: Path, plan, exp, force, again: str) -> Path:
     """The pack's index from its shards' facts, then the pack in place; or the bad files refused."""
     splits, bad, channels, sizes, dtypes = {}, [], {}, {}, set()
     for split, n in plan["shards"].items():
@@ -208,7 +209,8 @@ def finish(source, name, partial: Path, final: Path, plan, exp, force) -> Path:
     index = {"format": FORMAT, "name": name, "source": str(source.path),
              "created": datetime.datetime.now().isoformat(timespec="seconds"), "classes": source.classes,
              "splits": splits, "channels": channels, "sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:50]),
-             "distinct_sizes": len(sizes), "dtype": sorted(dtypes), "skipped": bad}
+             "distinct_sizes": len(sizes), "dtype": sorted(dtypes), "skipped": bad,
+             "staged_by": f"python -m hpccnn.stage {again}"}
     (partial / "index.json").write_text(json.dumps(index, indent=2) + "\n")
     for f in partial.glob("*.json"):
         if f.name != "index.json":
@@ -230,8 +232,8 @@ def verify(folder: Path, index: dict) -> None:
             path = folder / shard["file"]
             if not path.is_file() or sha256(path) != shard["sha256"]:
                 what = "is missing" if not path.is_file() else "has changed since it was packed (its SHA-256 differs)"
-                raise UserError(f"pack {index['name']}: shard {path} {what}; stage it again with python -m "
-                                f"hpccnn.stage {index['source']} --name {index['name']} --force")
+                raise UserError(f"pack {index['name']}: shard {path} {what}; stage it again with "
+                                f"{index.get('staged_by', 'python -m hpccnn.stage ' + index['source'])} --force")
 
 
 def read_split(folder: Path, index: dict, split: str):

@@ -54,6 +54,15 @@ def versions() -> dict:
     return found
 
 
+def pack_record(dataset: str, data_dir) -> dict | None:
+    """The staged pack a run trains on, by its index.json's SHA-256 (None for any other data set)."""
+    from hpccnn import pack
+    from hpccnn.data import DATASETS, resolve_data_dir
+
+    folder = pack.find(dataset, resolve_data_dir(data_dir)) if dataset not in DATASETS else None
+    return None if folder is None else {"name": dataset, "index_sha256": pack.sha256(folder / "index.json")}
+
+
 class RunWriter:
     """Writes one run's folder. Only rank 0 ever makes one."""
 
@@ -162,6 +171,7 @@ class RunWriter:
             "slurm": {k: env[k] for k in SLURM_VARIABLES if k in env},
             "launcher": dist.launcher(),
             "data_dir": str(data_dir) if data_dir else None,
+            "pack": pack_record(exp.dataset, data_dir),  # a staged pack's index, which a resume checks
             "speed": speed,  # the speed settings as applied on this node (config.json has them as asked)
         })
         self.status(RUNNING, world_size=world.size)

@@ -170,7 +170,8 @@ def stage_imagenette(source: Path | None, data_dir: Path, exp, shards=None, forc
         unknown = sorted({p.name for p in (found[0] / "train").iterdir() if p.is_dir()} - set(IMAGENETTE_CLASSES))
         if unknown:
             raise UserError(f"{source}: class folder {unknown[0]} is not one of Imagenette's ten; nothing was staged")
-        return pack.pack(found[0], "imagenette", data_dir, exp, shards, force, class_names=IMAGENETTE_CLASSES)
+        return pack.pack(found[0], "imagenette", data_dir, exp, shards, force, class_names=IMAGENETTE_CLASSES,
+                         again=f"imagenette --source {source.resolve()}")
 
 
 def stage_path(path: Path, args) -> Path:

@@ -402,6 +402,7 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
         resuming = dist.broadcast_object(
             checkpoint.to_resume(resume, results_dir, exp.name, run_dir) if world.is_main else None)
         spec = model_spec(exp, resuming, world)
+        same_data(resuming, exp, data_dir)
         exp, inputs = prepare_data(exp, spec, world, data_dir, resuming.epoch if resuming is not None else 0)
         memory.check(exp, inputs.splits, exp.image_size or inputs.splits.shape[0], inputs.batch, world,
                      inputs.held.per_rank_bytes, 4 if fast["mixed_precision"] == "off" else 2,
@@ -422,6 +423,20 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
         return done
     finally:
         stopper.uninstall()
+
+
+def same_data(resume, exp, data_dir) -> None:
+    """A UserError, before anything is written, when a resumed run's pack was staged again since it started."""
+    if resume is None:
+        return
+    from hpccnn.files import read_json
+    from hpccnn.results import pack_record
+
+    started = (read_json(Path(resume.folder) / "provenance.json") or {}).get("pack")
+    now = pack_record(exp.dataset, data_dir)
+    if started and started != now:
+        raise UserError(f"pack {exp.dataset} was staged again since {resume.folder} started (its index.json differs); "
+                        f"a resumed run must train on the data it started with: start a new run")
 
 
 def model_spec(exp, resume, world):

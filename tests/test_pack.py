@@ -113,7 +113,7 @@ def test_a_shard_damaged_after_staging_is_refused_by_its_sha256(tmp_path):
     shard.write_bytes(bytes(data))
     message = refusal_of_training("arrays", cache)
     assert f"pack arrays: shard {shard} has changed since it was packed (its SHA-256 differs)" in message
-    assert f"python -m hpccnn.stage {path} --name arrays --force" in message
+    assert f"stage it again with python -m hpccnn.stage {path} --name arrays --force" in message
 
 
 def write_imagenette(path, count=12):
@@ -179,3 +179,30 @@ def test_a_damaged_npz_is_one_line(tmp_path):
     path = write_npz(tmp_path / "half.npz")
     path.write_bytes(path.read_bytes()[:200])
     assert "not a readable .npz" in train_refusal("--dataset", path, "--model", "cnn_v1")
+
+
+@pytest.mark.slow
+def test_a_resumed_run_refuses_a_pack_staged_again_since_it_started(tmp_path):
+    from conftest import run_folders, run_module
+
+    photos = write_photo_folder(tmp_path / "photos", count=10)
+    cache = tmp_path / "cache"
+    stage(photos, "--data-dir", cache)
+    settings = ["--data-dir", cache, "--results-dir", tmp_path / "results", "--no-save-model", "--batch-size", "4"]
+    first = run_module("hpccnn.train", "--dataset", "photos", "--model", "cnn_v1", "--image-size", "16", "--epochs",
+                       "1", *settings, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (folder,) = run_folders(tmp_path / "results")
+    assert read_index_sha(cache) == __import__("json").loads((folder / "provenance.json").read_text())["pack"][
+        "index_sha256"]
+    stage(photos, "--data-dir", cache, "--force", "--shards", "2")  # staged again, otherwise
+    again = run_module("hpccnn.train", "--resume", folder, "--epochs", "2", "--data-dir", cache, cwd=tmp_path,
+                       timeout=300)
+    assert again.returncode == 2 and "pack photos was staged again since" in again.stderr, again.stderr[-2000:]
+    assert __import__("json").loads((folder / "metrics.json").read_text())["last_epoch"] == 1  # untouched
+
+
+def read_index_sha(cache):
+    from hpccnn import pack
+
+    return pack.sha256(cache / "packs" / "photos" / "index.json")
