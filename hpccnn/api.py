@@ -34,12 +34,9 @@ def experiment(model, dataset=None, *, name=None, base=None, model_args=None, **
     """
     from hpccnn import usermodel
 
-    if isinstance(model_args, str):
-        from hpccnn import usermodel as _user
-
-        model_args = _user.parse_args(model_args)
-    ref = model if isinstance(model, str) else _register(model, model_args or {})
-    args = usermodel.format_args(model_args) if isinstance(model_args, dict) else (model_args or "")
+    model_args = usermodel.parse_args(model_args) if isinstance(model_args, str) else dict(model_args or {})
+    ref = model if isinstance(model, str) else _register(model, model_args)
+    args = usermodel.format_args(model_args)
     typed = {key: check_type(key, value) for key, value in settings.items()}
     if dataset is not None:
         from hpccnn import userdata
@@ -51,8 +48,8 @@ def experiment(model, dataset=None, *, name=None, base=None, model_args=None, **
     else:
         if dataset is None:
             raise UserError("hpccnn.fit needs dataset= (or base= an experiment that names one)")
-        start = Experiment(name or usermodel.split_reference(ref)[1] if usermodel.is_reference(ref) else name or ref,
-                           ref, dataset)
+        named_after = usermodel.split_reference(ref)[1] if usermodel.is_reference(ref) else ref
+        start = Experiment(name or named_after, ref, dataset)
     if name is not None:
         start = dataclasses.replace(start, name=name)
     return with_overrides(start, typed)
@@ -97,7 +94,7 @@ def _is_keras_model(obj) -> bool:
 def run(exp: Experiment, *, results_dir="results", data_dir=None, run_dir=None, resume=None, save_model=True,
         argv=None) -> Result:
     """Trains exp on this process's rank: what fit does, raising hpccnn.train's Interrupted and Diverged
-    instead of ending the process (python -m hpccnn.train and hpccnn.submit's points call this)."""
+    instead of ending the process (train.start and train.run, as python -m hpccnn.train calls them)."""
     from hpccnn import train
 
     world, fast = train.start(exp)

@@ -442,8 +442,8 @@ def same_data(resume, exp, data_dir) -> None:
 def model_spec(exp, resume, world):
     """exp's model: a built-in, or the user's function; a resumed run's from the copy of the user's file
     its run folder keeps (results.RunWriter.model_source), so an edit since can't change it (said in a line)."""
-    spec = get_model(exp.model, exp.model_args) if getattr(
-        models._USER_MODELS.get((exp.model, exp.model_args)), "from_script", False) else None
+    registered = models._USER_MODELS.get((exp.model, exp.model_args))
+    spec = registered if getattr(registered, "from_script", False) else None
     if resume is None:
         return spec or get_model(exp.model, exp.model_args)
     kept, changed = usermodel.kept_source(resume.folder)

@@ -16,7 +16,6 @@ import numpy as np
 
 from hpccnn.errors import UserError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 FILE_SUFFIXES = (".npz", ".h5", ".hdf5")
 SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 HDF5_NAMES = (("images", "ans"), ("images", "labels"), ("x", "y"))  # Galaxy10's first
