@@ -270,9 +270,11 @@ def load_split(exp, data_dir=None) -> Splits:
             raise UserError(f"unknown dataset {exp.dataset!r}: neither built in ({', '.join(DATASETS)}), nor a file or "
                             f"folder, nor a pack staged in {resolve_data_dir(data_dir)} (python -m hpccnn.stage PATH "
                             f"--name {exp.dataset})")
+        from hpccnn import stream
+
         raw = pack.load(folder, exp)
         userdata.pixels(raw, exp.dataset, exp)
-        return split(raw, exp.validation, exp.val_fraction, exp.test_fraction, exp.seed)
+        return stream.in_memory(raw, pack.read_index(folder), exp)  # the sets a streamed pack reads
     options = {}
     if exp.dataset == "synthetic":
         options = {"size": exp.synthetic_size, "shape": parse_shape(exp.synthetic_shape)}

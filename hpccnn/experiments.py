@@ -55,6 +55,9 @@ class Experiment:
     hdf5_labels: str = ""
     nonfinite: str = ""  # a number replacing NaN and infinite pixels; empty: such images are refused
     pixel_max: float = 0.0  # the value of a white pixel; 0: from the dtype or the values (0..1 or 0..255)
+    # a staged pack held in memory or streamed from its shards (hpccnn.stream); auto: streamed when its images
+    # take more than half the node's memory
+    input: str = "auto"
     reported: str = ""  # the figure the seed reports for this experiment
     description: str = ""
 
@@ -100,6 +103,7 @@ CHOICES = {
     "validation": ("split", "test"),
     "xla": ("auto", "on", "off"),
     "mixed_precision": ("auto", "on", "off", "bfloat16"),
+    "input": ("auto", "memory", "stream"),
 }
 # One line of meaning per setting, for --help (its choices and default are added from the data).
 MEANING = {
@@ -141,6 +145,8 @@ MEANING = {
     "hdf5_labels": "with --dataset FILE.h5: its labels dataset; empty: 'ans' or 'labels' (or 'y')",
     "nonfinite": "with --dataset FILE: replace NaN and infinite pixels by this number; empty: refuse such images",
     "pixel_max": "with --dataset FILE: the value of a white pixel; 0: 255 for uint8, else 1 or 255 by the values",
+    "input": "a staged pack held in memory, or streamed from its shards by each rank (data larger than memory); "
+             "auto streams it when its images take more than half the node's memory",
 }
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from hpccnn import userdata
 from hpccnn.errors import UserError
 
-FORMAT = 1
+FORMAT = 2  # 2: each split says the indices it skipped and a float split its range (hpccnn.stream)
 SHARD_BYTES = 128 << 20  # about this much per shard
 MIN_SHARDS = 8  # of the training split, so that up to 8 readers each read their own
 
@@ -117,18 +117,35 @@ def _example(image, label: int, index: int) -> bytes:
         "float": ints(image.dtype == np.float32)})).SerializeToString()
 
 
+def pixel_range(facts: dict, image, i: int) -> None:
+    """A float image's finite range and whether it has NaN or infinite pixels, into its shard's facts (a
+    streamed pack is scaled and checked from them, as hpccnn.userdata.pixels does an array)."""
+    finite = np.isfinite(image)
+    if not finite.all():
+        facts["nonfinite"] += 1
+        facts["first_nonfinite"] = i if facts["first_nonfinite"] is None else facts["first_nonfinite"]
+    if finite.any():
+        low, high = float(image[finite].min()), float(image[finite].max())
+        facts["min"] = low if facts["min"] is None else min(facts["min"], low)
+        facts["max"] = high if facts["max"] is None else max(facts["max"], high)
+
+
 def write_shard(source: Source, split: str, k: int, n: int, target: Path) -> dict:
     """Shard k of n of split (images k, k+n, ...) written whole to target; its facts."""
     import tensorflow as tf
 
     tmp = target.with_name(f".{target.name}.tmp")
-    facts = {"file": target.name, "count": 0, "bad": [], "channels": {}, "sizes": {}, "per_class": {}, "dtype": set()}
+    facts = {"file": target.name, "count": 0, "bad": [], "skipped_index": [], "channels": {}, "sizes": {},
+             "per_class": {}, "dtype": set(), "nonfinite": 0, "first_nonfinite": None, "min": None, "max": None}
     with tf.io.TFRecordWriter(str(tmp)) as writer:
         for i in range(k, source.count(split), n):
             image, label, bad = source.get(split, i)
             if image is None:
                 facts["bad"].append(bad)
+                facts["skipped_index"].append(i)
                 continue
+            if image.dtype == np.float32:
+                pixel_range(facts, image, i)
             writer.write(_example(image, label, i))
             facts["count"] += 1
             facts["channels"][str(image.shape[2])] = facts["channels"].get(str(image.shape[2]), 0) + 1
@@ -191,8 +208,16 @@ def finish(source, name, partial: Path, final: Path, plan, exp, force, again: st
                 sizes[key] = sizes.get(key, 0) + count
             for label, count in f["per_class"].items():
                 per_class[int(label)] += count
+        ranges = [f for f in facts if f.get("min") is not None]
+        firsts = [f["first_nonfinite"] for f in facts if f.get("first_nonfinite") is not None]
         splits[split] = {"count": sum(f["count"] for f in facts), "per_class": per_class,
-                         "shards": [{k: f[k] for k in ("file", "count", "sha256")} for f in facts]}
+                         "shards": [{k: f[k] for k in ("file", "count", "sha256")} for f in facts],
+                         # what a streamed read needs: the source's indices left out, a float split's range
+                         "skipped_index": sorted(i for f in facts for i in f.get("skipped_index", [])),
+                         "nonfinite": sum(f.get("nonfinite", 0) for f in facts),
+                         "first_nonfinite": min(firsts) if firsts else None,
+                         "min": min(f["min"] for f in ranges) if ranges else None,
+                         "max": max(f["max"] for f in ranges) if ranges else None}
     if bad and not exp.skip_bad_images:  # the finished shards kept: run again with --skip-bad-images goes on
         total = sum(source.count(s) for s in plan["shards"])
         raise UserError(f"{source.path}: {len(bad)} of {total} files are not readable images: "

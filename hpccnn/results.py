@@ -156,7 +156,7 @@ class RunWriter:
                                       "copy": f"model_source/{source.name}", "sha256": sha256(source)}
         self.json("provenance.json", provenance)
 
-    def start(self, exp, world, hosts: list, argv: list, data_dir, speed: dict):
+    def start(self, exp, world, hosts: list, argv: list, data_dir, speed: dict, read: dict | None = None):
         self.json("config.json", dataclasses.asdict(exp))
         env = os.environ
         self.json("provenance.json", {
@@ -173,6 +173,7 @@ class RunWriter:
             "data_dir": str(data_dir) if data_dir else None,
             "pack": pack_record(exp.dataset, data_dir),  # a staged pack's index, which a resume checks
             "speed": speed,  # the speed settings as applied on this node (config.json has them as asked)
+            "input": read,  # a pack's: held in memory or streamed from its shards, and why (hpccnn.stream.choose)
         })
         self.status(RUNNING, world_size=world.size)
         self.link_slurm_logs()
@@ -253,7 +254,7 @@ class RunWriter:
         y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
         groups = top_confusions(y_true, y_pred, len(classes))
         index = np.concatenate([g["index"] for g in groups]).astype(np.int64) if groups else np.zeros(0, np.int64)
-        kept = np.asarray(images)[index]
+        kept = np.asarray(images[index])  # an array, or a streamed pack's hpccnn.stream.TestImages
 
         def save(tmp):
             with open(tmp, "wb") as f:
@@ -292,6 +293,10 @@ def memory_line(per_rank: list) -> str:
     mb = 2 ** 20
     peaks = ", ".join(f"{r['peak_rss_bytes'] / mb:,.0f}" for r in per_rank)
     d = per_rank[0]["data"]
+    if d["held_as"] == "streamed":
+        held = (f"streamed from its shards, a shuffle buffer of up to {d['own_bytes'] / mb:,.0f} MB per rank; rank 0 "
+                f"reads {len(d.get('reads', []))} shard(s)")
+        return f"peak memory {'per rank' if len(per_rank) > 1 else 'of the process'}: {peaks} MB; the data set: {held}"
     if d["held_as"] == "node window":
         held = f"{d['window_bytes'] / mb:,.0f} MB shared by the {d['window_ranks']} ranks of a node"
     else:

@@ -23,19 +23,20 @@ from hpccnn.errors import UserError
 
 ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 ALIGN = 64  # each array starts on a cache line
-NODE_WINDOW, OWN_COPY = "node window", "own copy"
+NODE_WINDOW, OWN_COPY, STREAMED = "node window", "own copy", "streamed"  # STREAMED: hpccnn.stream
 
 
 @dataclass
 class Held:
     """How this rank holds the data set: in its node's window, shared, or as a copy of its own."""
 
-    mode: str  # NODE_WINDOW or OWN_COPY
+    mode: str  # NODE_WINDOW, OWN_COPY or STREAMED
     window_bytes: int = 0  # the node's window: one copy for all of its ranks
     window_ranks: int = 1  # the ranks that share it
     own_bytes: int = 0  # the splits this rank holds itself
     shard_bytes: int = 0  # its shards of the training and validation sets, copied into TensorFlow
     why_no_window: str = ""  # where the ranks of a node could not share one
+    reads: list = None  # STREAMED: the pack's shards this rank reads (hpccnn.stream.reads)
     window: object = None
     node: object = None
 
@@ -48,6 +49,8 @@ class Held:
         """For provenance.json."""
         found = {"held_as": self.mode, "window_bytes": self.window_bytes, "window_ranks": self.window_ranks,
                  "own_bytes": self.own_bytes, "shard_bytes": self.shard_bytes}
+        if self.reads is not None:
+            found["reads"] = self.reads
         return {**found, "why_no_window": self.why_no_window} if self.why_no_window else found
 
     def free(self) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn import checkpoint, data, dist, memory, models, shared, userconfig, userdata, usermodel
+from hpccnn import checkpoint, data, dist, memory, models, shared, stream, userconfig, userdata, usermodel
 from hpccnn.errors import Parser, UserError, cli
 from hpccnn.experiments import (EXPERIMENTS, OPTIMIZERS, Experiment, add_setting_options, flag, get_experiment,
                                 overrides, with_overrides)
@@ -207,12 +207,17 @@ class Inputs:
     val_steps: int | None  # validation batches per epoch (None: all of this rank's shard)
     train: object  # tf.data pipelines of this rank's shard
     val: object
+    read: dict | None = None  # a pack's: held in memory or streamed, and why (hpccnn.stream.choose)
 
 
-def prepare_data(exp, spec, world, data_dir, first_epoch: int):
+def prepare_data(exp, spec, world, data_dir, first_epoch: int, resume=None):
     """(exp with the image size the model needs, Inputs): the data split (one copy per node), sharded and
-    pipelined. Every rank calls it together (hpccnn.shared's window is made by the node's ranks together)."""
+    pipelined; or a pack streamed from its shards. Every rank calls it together (hpccnn.shared's window is made
+    by the node's ranks together)."""
     batch = per_rank_batch(exp, world)
+    read = stream.choose(exp, world, data_dir, read_at_start(resume))
+    if read is not None and read["read"] == "stream":
+        return streamed_data(exp, spec, world, data_dir, first_epoch, batch, read)
     splits, held = shared.load(exp, world, data_dir)
     exp = fit_image_size(exp, spec, splits, world)
     steps = (len(splits.x_train) // world.size) // batch
@@ -233,7 +238,42 @@ def prepare_data(exp, spec, world, data_dir, first_epoch: int):
                                    seed=(exp.seed, world.rank), first_epoch=first_epoch, epochs=exp.epochs)
     val_ds = data.pipeline(x_val, y_val, batch, splits.scale, exp.image_size)
     val_steps = min(exp.steps_per_epoch, -(-len(x_val) // batch)) if exp.steps_per_epoch else None
-    return exp, Inputs(splits, held, batch, steps, val_steps, train_ds, val_ds)
+    return exp, Inputs(splits, held, batch, steps, val_steps, train_ds, val_ds, read)
+
+
+def read_at_start(resume) -> str:
+    """How a resumed run read its pack when it started ("memory" or "stream"), so that it goes on alike; or ""."""
+    if resume is None:
+        return ""
+    try:
+        return json.loads((Path(resume.folder) / "provenance.json").read_text()).get("input", {}).get("read", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def streamed_data(exp, spec, world, data_dir, first_epoch: int, batch: int, read: dict):
+    """(exp, Inputs) of a pack streamed from its shards (hpccnn.stream): each rank reads its own."""
+    streamed = stream.open_pack(exp, data_dir)
+    exp = fit_image_size(exp, spec, streamed, world)
+    steps, fewest, most = stream.steps_per_epoch(streamed, world.size, batch)
+    if steps == 0:
+        raise UserError(f"batch of {batch} per rank is larger than the {fewest} training images each of the "
+                        f"{world.size} ranks reads; use a smaller --batch-size")
+    if exp.steps_per_epoch:
+        steps = min(steps, exp.steps_per_epoch)
+    mine = stream.share(streamed.index, streamed.sets["train"], world.rank, world.size)
+    train_ds = stream.train_pipeline(streamed, world.rank, world.size, batch, steps, exp.image_size, exp.seed,
+                                     first_epoch, exp.epochs)
+    val_ds = stream.eval_pipeline(streamed, "val", world.rank, world.size, batch, exp.image_size)
+    val_count = len(stream.share(streamed.index, streamed.sets["val"], world.rank, world.size))
+    val_steps = min(exp.steps_per_epoch, -(-val_count // batch)) if exp.steps_per_epoch else None
+    buffer = stream.shuffle_buffer(streamed, len(mine), batch) * stream.record_bytes(streamed)
+    reads = [f for name in ("train", "val", "test") for f, _, _ in
+             stream.reads(streamed.index["splits"][streamed.sets[name][0]]["shards"], world.rank, world.size)]
+    held = shared.Held(shared.STREAMED, own_bytes=buffer, reads=sorted(set(reads)))
+    read = {**read, "shuffle_buffer_images": stream.shuffle_buffer(streamed, len(mine), batch),
+            "rank_images": {"fewest": fewest, "most": most}}
+    return exp, Inputs(streamed, held, batch, steps, val_steps, train_ds, val_ds, read)
 
 
 def build_model(exp, spec, world, splits, resume):
@@ -260,7 +300,7 @@ def open_writer(exp, world, inputs, resume, results_dir, run_dir, argv, data_dir
     else:
         writer = RunWriter.create(results_dir, exp.name, world, run_dir)
         try:
-            writer.start(exp, world, hosts, list(argv), data.resolve_data_dir(data_dir), fast)
+            writer.start(exp, world, hosts, list(argv), data.resolve_data_dir(data_dir), fast, inputs.read)
         except BaseException as err:
             writer.failed(f"{type(err).__name__}: {err}")
             raise
@@ -307,17 +347,27 @@ def assemble_callbacks(exp, world, inputs, lr, watchdog, stopper, writer, resume
 
 
 def gather_predictions(model, inputs, exp, world, callbacks):
-    """Each rank predicts its shard of the test set; rank 0 gets all of it, in test-set order."""
+    """Each rank predicts its share of the test set; rank 0 gets all of it, in test-set order: (outputs, true
+    labels, the test images) on rank 0, None on the others."""
     splits = inputs.splits
-    index = data.shard(np.arange(len(splits.x_test)), world.rank, world.size)
-    x, y = splits.x_test[index], splits.y_test[index]
-    outputs = model.predict(data.pipeline(x, y, inputs.batch, splits.scale, exp.image_size), verbose=0,
-                            callbacks=callbacks)
-    parts = dist.allgather_object((index, outputs))
+    if isinstance(splits, stream.Streamed):
+        index, y = stream.test_labels(splits, world.rank, world.size)
+        ds = stream.eval_pipeline(splits, "test", world.rank, world.size, inputs.batch, exp.image_size)
+        images = stream.TestImages(splits)
+    else:
+        index = data.shard(np.arange(len(splits.x_test)), world.rank, world.size)
+        x, y = splits.x_test[index], splits.y_test[index]
+        ds, images = data.pipeline(x, y, inputs.batch, splits.scale, exp.image_size), splits.x_test
+    outputs = model.predict(ds, verbose=0, callbacks=callbacks)
+    parts = dist.allgather_object((index, y, outputs))
     if not world.is_main:
         return None
     index = np.concatenate([p[0] for p in parts])
-    return np.concatenate([p[1] for p in parts])[np.argsort(index)]
+    order = np.argsort(index, kind="stable")
+    if not np.array_equal(index[order], np.arange(len(images))) or len(index) != sum(len(p[2]) for p in parts):
+        raise RuntimeError(f"the ranks' predictions cover {len(np.unique(index))} distinct test images of "
+                           f"{len(images)} in {len(index)} predictions; each should be predicted exactly once")
+    return np.concatenate([p[2] for p in parts])[order], np.concatenate([p[1] for p in parts])[order], images
 
 
 def score(outputs, y_true, logits: bool):
@@ -330,12 +380,13 @@ def score(outputs, y_true, logits: bool):
     return float((y_pred == y_true).mean()), loss, y_pred
 
 
-def record_results(writer, world, model, spec, inputs, outputs, recorder, save_model, started):
-    """Rank 0, after training: the test set scored, every result written, the run completed."""
-    splits = inputs.splits
-    accuracy, loss, y_pred = score(outputs, splits.y_test, spec.logits)
+def record_results(writer, world, model, spec, inputs, predicted, recorder, save_model, started):
+    """Rank 0, after training: the test set scored (gather_predictions), every result written, the run
+    completed."""
+    outputs, y_true, images = predicted
+    accuracy, loss, y_pred = score(outputs, y_true, spec.logits)
     writer.history(recorder.rows, curves=True)
-    writer.evaluation(splits.y_test, y_pred, splits.classes, images=splits.x_test)
+    writer.evaluation(y_true, y_pred, inputs.splits.classes, images=images)
     if save_model:
         writer.model("model.h5", model)
     writer.status(COMPLETED, test_accuracy=accuracy, test_loss=loss, test_images=int(len(y_pred)),
@@ -403,7 +454,8 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
             checkpoint.to_resume(resume, results_dir, exp.name, run_dir) if world.is_main else None)
         spec = model_spec(exp, resuming, world)
         same_data(resuming, exp, data_dir)
-        exp, inputs = prepare_data(exp, spec, world, data_dir, resuming.epoch if resuming is not None else 0)
+        exp, inputs = prepare_data(exp, spec, world, data_dir, resuming.epoch if resuming is not None else 0,
+                                   resuming)
         memory.check(exp, inputs.splits, exp.image_size or inputs.splits.shape[0], inputs.batch, world,
                      inputs.held.per_rank_bytes, 4 if fast["mixed_precision"] == "off" else 2,
                      fast["device"] == "GPU", spec)  # before anything is built or written
