@@ -225,10 +225,25 @@ def test_a_grid_runs_every_point_on_two_nodes(nodes_env, tmp_path):
             assert_interface_chosen(rank)
 
 
-def test_requeued_twice_on_two_nodes_ends_where_an_uninterrupted_run_does(nodes_env, tmp_path):
-    prov = requeued_twice_ends_where_an_uninterrupted_run_does(nodes_env, tmp_path, "--nodes=2",
-                                                                "--ntasks-per-node=1")
+def test_requeued_twice_on_two_nodes_streaming_a_pack_ends_where_an_uninterrupted_run_does(nodes_env, tmp_path):
+    """The digits staged as a pack and streamed (--input stream), each node's rank reading its own shards; requeued
+    mid-epoch twice, the run ends with the weights of one left alone (each epoch's order is the seed's and the
+    epoch's: hpccnn.stream)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    np.savez(tmp_path / "digits.npz", x_train=(digits.images * 15).astype(np.uint8), y_train=digits.target)
+    proc = run_module("hpccnn.stage", tmp_path / "digits.npz", "--name", "digpack", "--data-dir", tmp_path / "cache",
+                      timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    prov = requeued_twice_ends_where_an_uninterrupted_run_does(
+        nodes_env, tmp_path, "--nodes=2", "--ntasks-per-node=1",
+        data=["--dataset", "digpack", "--data-dir", str(tmp_path / "cache"), "--input", "stream"])
     assert prov["hosts"] == ["n1", "n2"] and all(r["hosts"] == ["n1", "n2"] for r in prov["resumes"])
+    assert prov["input"]["read"] == "stream"
+    reads = {rank["host"]: {f for f in rank["memory"]["data"]["reads"] if f.startswith("train-")}
+             for rank in prov["ranks"]}
+    assert len(reads["n1"]) == len(reads["n2"]) == 4 and not reads["n1"] & reads["n2"], reads
 
 
 def train_until_epoch_two(env, tmp_path, results, **variables):

@@ -55,23 +55,24 @@ def test_requeued_twice_by_real_signals_ends_where_an_uninterrupted_run_does(slu
     requeued_twice_ends_where_an_uninterrupted_run_does(slurm_env, tmp_path)
 
 
-def requeued_twice_ends_where_an_uninterrupted_run_does(slurm_env, tmp_path, *layout):
+def requeued_twice_ends_where_an_uninterrupted_run_does(slurm_env, tmp_path, *layout, data=()):
     """A 2-rank sbatch job gets SLURM's warning signal twice (scancel --signal=USR2), requeues
     itself each time and resumes; its final weights, metrics and history equal a run left alone.
-    layout: sbatch options placing the ranks (test_nodes puts them on 2 nodes)."""
+    layout: sbatch options placing the ranks (test_nodes puts them on 2 nodes); data: hpccnn.train options
+    naming the data (test_nodes streams a pack)."""
     epochs = "8"
     common = ["--export=ALL", "--cpus-per-task=1", "--mem=3G", "--time=20", *(layout or ["--ntasks-per-node=2"])]
     env = dict(slurm_env, EXPERIMENT="digits_cnn", EPOCHS=epochs)
 
     alone = tmp_path / "alone"
     job = sbatch(dict(env, RESULTS_DIR=str(alone)), "slurm/alexnet_cpu.sbatch", *common,
-                 f"--output={tmp_path}/alone-%j.out", args=SLOW[2:])
+                 f"--output={tmp_path}/alone-%j.out", args=[*SLOW[2:], *data])
     assert wait_for(slurm_env, job) == "COMPLETED", (tmp_path / f"alone-{job}.out").read_text()[-3000:]
     (reference,) = run_folders(alone)
 
     interrupted = tmp_path / "interrupted"
     job = sbatch(dict(env, RESULTS_DIR=str(interrupted)), "slurm/alexnet_cpu.sbatch", *common,
-                 f"--output={tmp_path}/interrupted-%j.out", args=SLOW[2:])
+                 f"--output={tmp_path}/interrupted-%j.out", args=[*SLOW[2:], *data])
     folder = wait_until(lambda: (run_folders(interrupted) or [None])[0], 300, "the run folder")
     for restart, after in ((1, 2), (2, 5)):
         wait_until(lambda: metrics(folder).get("last_epoch", 0) >= after and metrics(folder)["status"] == "running",
