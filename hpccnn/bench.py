@@ -14,6 +14,9 @@ memory (RSS) per rank. Each measurement runs in its own process. Writes bench.cs
 --interleave N instead trains plain Keras and hpccnn's 1-rank path in one process, N alternating
 chunks each: the cost per step of each path, without the drift of a shared machine between
 processes (interleaved.csv, interleaved.md). --variants measures speed options (variants.csv).
+--inputs trains each model on the same real images held in memory, streamed from a staged pack
+(hpccnn.stream) and decoded from JPEG files (inputs.csv); --memory-check measures each rank's peak
+memory streaming a pack of 60,000 images and one of 600,000 (memory.csv).
 Each measurement's process, its runners and their timing are hpccnn.runners'.
 """
 
@@ -21,6 +24,7 @@ import csv
 import datetime
 import itertools
 import os
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -156,6 +160,222 @@ INTERLEAVED_COLUMNS = {
 }
 
 
+# --inputs: the same model and images read three ways (hpccnn.runners.INPUTS), on each rank count
+INPUT_MODELS = ("mnist_cnn", "cnn_v3")  # mnist_cnn's step is the seeds' shortest: the input's hardest case
+INPUT_KINDS = ("memory", "stream", "jpeg")
+INPUT_IMAGES = 20_000  # training images per model (--input-images)
+INPUT_TEST = 1_000  # and test images, the pack's test set (read by neither)
+STREAM_TARGET = 0.9  # streamed images/s, at least this share of the same images' held in memory
+# --memory-check: mnist_cnn streamed from a pack of 60,000 images and from the same ten times over
+MEMORY_COPIES = (1, 10)
+MEMORY_STEPS = 200  # timed steps on both packs (--steps): a comparison of data sizes, not of run lengths
+MEMORY_TOLERANCE = 0.10  # each rank's peak on the large pack within this of its peak on the small one
+
+
+def photo_crops(n: int, shape, seed=0) -> tuple:
+    """(images, labels): n random square crops of scikit-learn's two sample photographs (china, flower)
+    resized to shape's height and width (grayscale for one channel), labelled crop index % 10."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    h, w, c = shape
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, h, w, c), np.uint8)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(max(h, w), min(160, *photo.size) + 1))
+        left, top = (int(rng.integers(0, extent - side + 1)) for extent in photo.size)
+        crop = photo.crop((left, top, left + side, top + side)).resize((w, h), Image.BILINEAR)
+        x[i] = np.asarray(crop.convert("L"))[..., None] if c == 1 else np.asarray(crop)
+    return x, (np.arange(n) % 10).astype(np.int64)
+
+
+def stage_pack(npz: Path, data_dir: Path, log=print) -> None:
+    """npz staged as the pack "bench" in data_dir, by python -m hpccnn.stage in a process of its own."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "hpccnn.stage", str(npz), "--name", "bench", "--data-dir",
+                          str(data_dir)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"staging {npz} failed:\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}")
+    log(out.stdout.strip().splitlines()[-1])
+
+
+def input_data(folder: Path, train: tuple, test: tuple, jpeg=True, log=print) -> Path:
+    """folder (new) holding cache/, the training and test images staged as the pack "bench" (the .npz
+    they were staged from deleted), and if jpeg, jpeg/CLASS/N.jpg: the training images as JPEG files."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    npz = folder / "images.npz"
+    np.savez(npz, x_train=train[0], y_train=train[1], x_test=test[0], y_test=test[1])
+    stage_pack(npz, folder / "cache", log)
+    npz.unlink()  # the pack holds them
+    if jpeg:
+        for label in np.unique(train[1]):
+            (folder / "jpeg" / str(label)).mkdir(parents=True)
+        for i, (image, label) in enumerate(zip(*train)):
+            Image.fromarray(image[..., 0] if image.shape[2] == 1 else image).save(
+                folder / "jpeg" / str(label) / f"{i}.jpg", quality=90)
+    return folder
+
+
+def input_env(kind: str, folder: Path) -> dict:
+    return {"HPCCNN_BENCH_INPUT": kind, "HPCCNN_BENCH_DATA": str(folder)}
+
+
+def run_inputs(models, ranks, options: dict, out_dir: Path, repeats=3, images=INPUT_IMAGES, keep=False,
+               log=print):
+    """Per model, the same photographs' crops (photo_crops) held in memory, streamed from a pack and
+    decoded from JPEG files, on each rank count: repeats rounds whose order alternates; images/s are
+    the rounds' medians, each ratio to memory the median of the rounds' ratios."""
+    out_dir.mkdir(parents=True)
+    rows, verdicts = [], []
+    lineup = [(kind, n) for n in ranks for kind in INPUT_KINDS]
+    for model in models:
+        how, shape = plan(model, **options), get_model(model).input_shape
+        x, y = photo_crops(images + INPUT_TEST, shape)
+        folder = input_data(out_dir / "input-data" / model, (x[:images], y[:images]), (x[images:], y[images:]),
+                            log=log)
+        del x, y
+        rounds = [{(kind, n): measure("input", model, n, how, env=input_env(kind, folder))
+                   for kind, n in (lineup if repeat % 2 == 0 else lineup[::-1])} for repeat in range(repeats)]
+        for kind, n in lineup:
+            rows.append(input_row(model, how, kind, n, rounds))
+            log(format_input_row(rows[-1]))
+        verdicts += [stream_verdict(r) for r in rows[-len(lineup):] if r["input"] == "stream"]
+        for line in verdicts[-len(ranks):]:
+            log(line)
+    if not keep:
+        shutil.rmtree(out_dir / "input-data")
+    spread = f"the median of {repeats} rounds whose order alternates" if repeats > 1 else "from one round"
+    return rows, write(out_dir, "inputs", rows, INPUT_COLUMNS, (
+        f": the same model and images held in memory, streamed from a staged pack, and decoded from JPEG "
+        f"files; {images:,} training images per model, random crops of scikit-learn's two sample photographs. "
+        f"Each figure is {spread} (ratios to memory: median of the rounds' ratios; in brackets, the lowest "
+        f"and highest round)."), after="\n" + "\n".join(f"- {v}" for v in verdicts) + "\n", fresh=False)
+
+
+def input_row(model, how: Plan, kind: str, ranks: int, rounds) -> dict:
+    """inputs.csv's row of input kind on ranks, from its rounds' measurements."""
+    got = [r[(kind, ranks)] for r in rounds]
+    ratios = [r[(kind, ranks)]["images_per_second"] / r[("memory", ranks)]["images_per_second"] for r in rounds]
+    setup = got[0]["setup"]
+    return {"model": model, "side": get_model(model).input_side, "batch": how.batch, "ranks": ranks, "input": kind,
+            "images_per_second": round(statistics.median(g["images_per_second"] for g in got), 1),
+            "vs_memory": round(statistics.median(ratios), 3), "vs_memory_min": round(min(ratios), 3),
+            "vs_memory_max": round(max(ratios), 3), "train_images": setup["train_images"],
+            "steps_per_epoch": setup["steps_per_epoch"],
+            "timed_steps": round(statistics.median(g["timed_steps"] for g in got)),
+            "timed_seconds": round(statistics.median(g["timed_seconds"] for g in got), 1),
+            "peak_rss_mb_per_rank": round(max(x["rss_mb"] for g in got for x in g["ranks"])),
+            "rounds": len(rounds), "how": setup["input"]}
+
+
+def format_input_row(r) -> str:
+    return (f"{r['model']:17} {r['ranks']} rank(s) {r['input']:7} {r['images_per_second']:9.1f} img/s  "
+            f"x{r['vs_memory']:.2f} memory ({r['vs_memory_min']:.2f}-{r['vs_memory_max']:.2f})  "
+            f"{r['peak_rss_mb_per_rank']} MB/rank")
+
+
+def stream_verdict(r) -> str:
+    """Whether streaming reached STREAM_TARGET of in-memory's images/s, in a line."""
+    met = r["vs_memory"] >= STREAM_TARGET
+    return (f"{r['model']} on {r['ranks']} rank{'s' if r['ranks'] > 1 else ''}: streamed at {r['vs_memory']:.2f}× "
+            f"the in-memory images/s (rounds {r['vs_memory_min']:.2f}–{r['vs_memory_max']:.2f}): "
+            f"{'meets' if met else 'MISSES'} the {STREAM_TARGET}× target")
+
+
+INPUT_COLUMNS = {
+    "model": tables.key("model"), "input": lambda r: f"{r['side']}×{r['side']}", "batch": tables.key("batch"),
+    "ranks": tables.key("ranks"), "read from": tables.key("input"), "images/s": tables.key("images_per_second", ",.1f"),
+    "vs memory": lambda r: f"{r['vs_memory']:.2f}×" + (f" ({r['vs_memory_min']:.2f}–{r['vs_memory_max']:.2f})"
+                                                       if r["rounds"] > 1 and r["input"] != "memory" else ""),
+    "training images (steps per epoch)": lambda r: f"{r['train_images']:,} ({r['steps_per_epoch']})",
+    "timed s (steps)": lambda r: f"{r['timed_seconds']:.1f} ({r['timed_steps']})",
+    "peak RSS per rank (MB)": tables.key("peak_rss_mb_per_rank", ","),
+}
+
+
+def memory_check_images(log=print) -> tuple:
+    """((x_train, y_train), (x_test, y_test), what they are): Fashion-MNIST from Debian's package where it is
+    installed, else as many crops of the sample photographs (photo_crops) at 28x28x1."""
+    from hpccnn import data
+    from hpccnn.stage import DEBIAN_FASHION_MNIST
+
+    if DEBIAN_FASHION_MNIST.is_dir():
+        got = data.read_idx_folder(DEBIAN_FASHION_MNIST)
+        return ((got["x_train"][..., None], got["y_train"]), (got["x_test"][..., None], got["y_test"]),
+                f"Fashion-MNIST ({DEBIAN_FASHION_MNIST})")
+    log(f"{DEBIAN_FASHION_MNIST} is missing: crops of the sample photographs instead of Fashion-MNIST")
+    x, y = photo_crops(70_000, (28, 28, 1))
+    return (x[:60_000], y[:60_000]), (x[60_000:], y[60_000:]), "crops of scikit-learn's sample photographs"
+
+
+def run_memory_check(ranks: int, options: dict, out_dir: Path, repeats=1, images=0, keep=False, log=print):
+    """mnist_cnn streamed on ranks from a pack of 60,000 images (or the first images of them) and from one
+    of the same ten times over (each written as an .npz and staged), the same steps on both: each rank's
+    peak resident memory, which must not grow with the data set; the same packs held in memory beside them,
+    as the control that does."""
+    import numpy as np
+
+    out_dir.mkdir(parents=True)
+    train, test, source = memory_check_images(log)
+    train = (train[0][:images or None], train[1][:images or None])
+    how = plan("mnist_cnn", **{**options, "steps": options["steps"] or MEMORY_STEPS})
+    folders = {}
+    for copies in MEMORY_COPIES:
+        count = copies * len(train[0])
+        folders[count] = input_data(out_dir / "input-data" / str(count), (np.tile(train[0], (copies, 1, 1, 1)),
+                                    np.tile(train[1], copies)), test, jpeg=False, log=log)
+    lineup = [(kind, count) for kind in ("stream", "memory") for count in folders]
+    rounds = [{(kind, count): measure("input", "mnist_cnn", ranks, how, env=input_env(kind, folders[count]))
+               for kind, count in (lineup if repeat % 2 == 0 else lineup[::-1])} for repeat in range(repeats)]
+    rows = [memory_row(kind, count, folders, rounds) for kind, count in lineup]
+    for r in rows:
+        log(f"mnist_cnn {r['input']:6} {r['train_images']:>9,} images: peak RSS per rank {r['peak_rss_mb_ranks']} MB "
+            f"(x{r['vs_smallest']:.3f} the {min(folders):,} images')")
+    worst = max(abs(r["vs_smallest"] - 1) for r in rows if r["input"] == "stream")
+    verdict = (f"streamed: each rank's peak on {max(folders):,} images is within {worst:.1%} of its peak on "
+               f"{min(folders):,}: {'meets' if worst <= MEMORY_TOLERANCE else 'MISSES'} the "
+               f"{MEMORY_TOLERANCE:.0%} target")
+    log(verdict)
+    if not keep:
+        shutil.rmtree(out_dir / "input-data")
+    return rows, write(out_dir, "memory", rows, MEMORY_COLUMNS, (
+        f": mnist_cnn on {ranks} rank{'s' if ranks > 1 else ''}, global batch {how.batch}, {how.steps} timed steps "
+        f"after {how.warmup} of warm-up on each pack; {source}, {len(train[0]):,} training images and the same "
+        f"repeated {MEMORY_COPIES[-1]} times, each staged from an .npz on disk. Peak resident memory (VmHWM) "
+        f"of each rank, the highest of {repeats} run{'s' if repeats > 1 else ''}; held in memory: the control."),
+        after=f"\n- {verdict}\n", fresh=False)
+
+
+def memory_row(kind: str, count: int, folders: dict, rounds) -> dict:
+    """memory.csv's row: each rank's peak RSS (the highest of the rounds), and against the smallest pack's."""
+    def peaks(n):
+        return [max(r[(kind, n)]["ranks"][k]["rss_mb"] for r in rounds) for k in range(len(rounds[0][(kind, n)]["ranks"]))]
+
+    mine, smallest = peaks(count), peaks(min(folders))
+    ratios = [a / b for a, b in zip(mine, smallest)]
+    pack_bytes = sum(f.stat().st_size for f in (folders[count] / "cache").rglob("*.tfrecord"))
+    return {"input": kind, "train_images": rounds[0][(kind, count)]["setup"]["train_images"],
+            "pack_mb": round(pack_bytes / 2 ** 20), "peak_rss_mb_ranks": " ".join(f"{p:.0f}" for p in mine),
+            "peak_rss_mb_per_rank": round(max(mine)), "vs_smallest": round(max(ratios, key=lambda v: abs(v - 1)), 3),
+            "timed_steps": round(statistics.median(r[(kind, count)]["timed_steps"] for r in rounds)),
+            "images_per_second": round(statistics.median(r[(kind, count)]["images_per_second"] for r in rounds), 1)}
+
+
+MEMORY_COLUMNS = {
+    "read from": tables.key("input"), "training images": tables.key("train_images", ","),
+    "pack on disk (MB)": tables.key("pack_mb", ","), "timed steps": tables.key("timed_steps"),
+    "images/s": tables.key("images_per_second", ",.1f"), "peak RSS of each rank (MB)": tables.key("peak_rss_mb_ranks"),
+    "vs the smallest pack (furthest rank)": lambda r: f"{r['vs_smallest']:.3f}×",
+}
+
+
 PEERS = ("horovod", "mwms")  # what users would pick instead of hpccnn, measured beside it by default
 
 
@@ -278,12 +498,13 @@ def bench_columns(repeats) -> dict:
             "peak RSS per rank (MB)": tables.key("peak_rss_mb_per_rank", ",")}
 
 
-def write(out_dir: Path, name: str, rows, columns, intro, after="") -> str:
-    """name.csv and name.md in out_dir, a new folder (never an existing one); returns name.md, a
-    sentence (intro) after the date and the machine, the table of columns, then after."""
+def write(out_dir: Path, name: str, rows, columns, intro, after="", fresh=True) -> str:
+    """name.csv and name.md in out_dir, a new folder (never an existing one) unless not fresh (the run's
+    own, made at its start); returns name.md, a sentence (intro) after the date and the machine, the
+    table of columns, then after."""
     md = (f"Measured {datetime.datetime.now():%Y-%m-%d %H:%M} on {machine()}{intro}\n\n"
           + tables.markdown(*tables.cells(columns, rows)) + after)
-    out_dir.mkdir(parents=True, exist_ok=False)
+    out_dir.mkdir(parents=True, exist_ok=not fresh)
     write_tables(out_dir, name, rows, md)
     return md
 
@@ -310,9 +531,10 @@ def machine() -> str:
 
 def parser() -> Parser:
     p = Parser(prog="python -m hpccnn.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(PLANS),
+    p.add_argument("--models", default=None,
                    help=f"comma-separated, from: {', '.join(PLANS)}; or your own, path/to/file.py:function or "
-                        f"package.module:function (32x32x3 images, batch 32 unless --batch)")
+                        f"package.module:function (32x32x3 images, batch 32 unless --batch) (default: all; with "
+                        f"--inputs, {','.join(INPUT_MODELS)})")
     p.add_argument("--ranks", default="1,2", help="rank counts for hpccnn (horovodrun on this machine)")
     p.add_argument("--peers", default=",".join(PEERS), metavar="NAMES",
                    help="what to measure beside plain Keras and hpccnn, on the same rank counts (with --nodes, on "
@@ -332,7 +554,20 @@ def parser() -> Parser:
                         "about --seconds each in alternating order: their per-step cost without the drift "
                         "between processes")
     p.add_argument("--repeats", type=int, default=None,
-                   help="rounds per model, in alternating order (default 1; with --variants, 2 pairs)")
+                   help="rounds per model, in alternating order (default 1; with --variants, 2 pairs; with --inputs, "
+                        "3)")
+    p.add_argument("--inputs", action="store_true",
+                   help="instead, the same model and images held in memory, streamed from a staged pack and decoded "
+                        "from JPEG files, on each of --ranks (inputs.csv): streaming's cost")
+    p.add_argument("--input-images", type=int, default=0,
+                   help=f"with --inputs: training images per model (default {INPUT_IMAGES:,}); with --memory-check, "
+                        f"of the smaller pack (default 60,000, Fashion-MNIST's)")
+    p.add_argument("--memory-check", action="store_true",
+                   help=f"instead, each rank's peak memory with mnist_cnn streamed on the most of --ranks from a pack "
+                        f"of 60,000 images and from one of 600,000 (memory.csv), {MEMORY_STEPS} timed steps on "
+                        f"each unless --steps")
+    p.add_argument("--keep-data", action="store_true",
+                   help="with --inputs or --memory-check: keep the images and packs they make (OUT/input-data)")
     p.add_argument("--out", type=Path, default=None, help="folder for bench.csv and bench.md "
                                                           "(default results/bench-<date>-<time>)")
     p.add_argument("--nodes", type=int, default=0,
@@ -371,6 +606,13 @@ def checked(args) -> tuple:
         raise UserError("--warmup must be at least 2: the step rate is timed over the warm-up's second half")
     if args.nodes and (args.interleave or args.variants):
         raise UserError("--nodes is a measurement of its own; give it without --interleave or --variants")
+    modes = [m for m, given in (("--nodes", args.nodes), ("--variants", args.variants), ("--interleave",
+             args.interleave), ("--inputs", args.inputs), ("--memory-check", args.memory_check)) if given]
+    if len(modes) > 1 and {"--inputs", "--memory-check"} & set(modes):
+        raise UserError(f"{' and '.join(modes)} are different measurements; give one of them")
+    if args.input_images < 0 or args.inputs and any(0 < args.input_images < plan(m, batch=args.batch).batch
+                                                    for m in models):
+        raise UserError(f"--input-images {args.input_images}: fewer than a model's global batch")
     return models, ranks
 
 
@@ -385,6 +627,7 @@ def checked_peers(text: str) -> tuple:
 @cli
 def main(argv=None):
     args = parser().parse_args(argv)
+    args.models = args.models or ",".join(INPUT_MODELS if args.inputs else PLANS)
     models, ranks = checked(args)
     peers = checked_peers(args.peers)
     options = dict(batch=args.batch, steps=args.steps, warmup=args.warmup, seconds=args.seconds)
@@ -402,6 +645,13 @@ def main(argv=None):
         if unknown:
             raise UserError(f"unknown variant {unknown[0]!r}; choose from: {', '.join(VARIANTS)} (or all)")
         _, md = run_variants(models, names, options, out, args.repeats or 2)
+    elif args.inputs:
+        name = "inputs"
+        _, md = run_inputs(models, ranks, options, out, args.repeats or 3, args.input_images or INPUT_IMAGES,
+                           args.keep_data)
+    elif args.memory_check:
+        name = "memory"
+        _, md = run_memory_check(max(ranks), options, out, args.repeats or 1, args.input_images, args.keep_data)
     elif args.interleave:
         name = "interleaved"
         _, md = run_interleaved(models, options, out, args.interleave)

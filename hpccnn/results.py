@@ -55,10 +55,20 @@ def versions() -> dict:
 
 
 def pack_record(dataset: str, data_dir) -> dict | None:
-    """The staged pack a run trains on, by its index.json's SHA-256 (None for any other data set)."""
-    from hpccnn import pack
+    """The user's data a run trains on, as a resume checks it: a staged pack by its index.json's SHA-256, a folder
+    by its files' names, sizes and times, an .npz or HDF5 file by its size and time; None for a built-in set."""
+    import hashlib
+
+    from hpccnn import pack, userdata
     from hpccnn.data import DATASETS, resolve_data_dir
 
+    if userdata.is_path(dataset):
+        path = Path(dataset)
+        if not path.exists():
+            return None
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        listing = "\n".join(f"{f} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files)
+        return {"path": str(path), "files": len(files), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
     folder = pack.find(dataset, resolve_data_dir(data_dir)) if dataset not in DATASETS else None
     return None if folder is None else {"name": dataset, "index_sha256": pack.sha256(folder / "index.json")}
 

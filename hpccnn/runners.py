@@ -6,6 +6,7 @@ the same way, and the worker prints what it measured as one JSON line, which mea
 A new runner is a function that returns a Trainer, and its entry in RUNNERS.
 """
 
+import dataclasses
 import json
 import math
 import resource
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from hpccnn import scaling
@@ -167,6 +169,96 @@ def horovod_recipe_trainer(exp, world, shape, batch) -> Trainer:
                     "collective": "Horovod allreduce over MPI, Horovod's defaults"}, fit_in_order, hvd.rank())
 
 
+def input_trainer(exp, world, shape, batch) -> Trainer:
+    """hpccnn's way (hpccnn_trainer's model, optimizer and ranks) on real images of the folder
+    HPCCNN_BENCH_DATA, read as HPCCNN_BENCH_INPUT says (INPUTS): the pack "bench" in its cache/ held in
+    memory or streamed from its shards, or its jpeg/CLASS/*.jpg decoded on the fly. Each rank trains on
+    its own share of the training images, epoch after epoch, for as many steps as asked."""
+    import os
+
+    from hpccnn import dist
+    from hpccnn.train import compile_model
+
+    kind, folder = os.environ["HPCCNN_BENCH_INPUT"], Path(os.environ["HPCCNN_BENCH_DATA"])
+    if kind not in INPUTS:
+        raise ValueError(f"HPCCNN_BENCH_INPUT={kind!r}: one of {', '.join(INPUTS)}")
+    model, _ = compile_model(exp, world, get_model(exp.model), shape, 10)
+    per_rank = max(1, batch // world.size)
+    # the pack's own test set for validation: the training set is the pack's training split whole, the
+    # images written to jpeg/
+    exp = dataclasses.replace(exp, dataset="bench", input=kind, validation="test")
+    dataset, facts = INPUTS[kind](exp, folder, world, per_rank, shape)
+
+    def fit(steps, callbacks, seed):
+        model.fit(dataset(steps, seed), steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
+
+    return Trainer(model, fit, per_rank, exp.steps_per_execution, world.size, world.is_main,
+                   (dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0),),
+                   dist.broadcast_object, dist.allgather_object,
+                   {"sharding": "each rank its own images", "collective": "Horovod allreduce over MPI, hpccnn's MPI "
+                    "settings", "steps_per_execution": exp.steps_per_execution, **facts}, rank=world.rank)
+
+
+def _in_memory(exp, folder, world, per_rank, shape):
+    """The pack loaded whole (hpccnn.data.load_split), this rank's share through hpccnn's in-memory pipeline."""
+    from hpccnn import data
+
+    splits = data.load_split(exp, folder / "cache")
+    x, y = data.shard(splits.x_train, world.rank, world.size), data.shard(splits.y_train, world.rank, world.size)
+    per_epoch = len(x) // per_rank
+
+    def dataset(steps, seed):
+        return data.train_pipeline(x, y, per_rank, per_epoch, splits.scale, 0, seed=(seed, world.rank),
+                                   epochs=math.ceil(steps / per_epoch))
+
+    return dataset, {"input": "the pack held in memory, hpccnn.data's pipeline", "train_images": len(splits.x_train),
+                     "steps_per_epoch": per_epoch}
+
+
+def _streamed(exp, folder, world, per_rank, shape):
+    """The pack streamed from its shards (hpccnn.stream), each rank its own shards."""
+    from hpccnn import stream
+
+    streamed = stream.open_pack(exp, folder / "cache")
+    per_epoch = stream.steps_per_epoch(streamed, world.size, per_rank)[0]
+
+    def dataset(steps, seed):
+        return stream.train_pipeline(streamed, world.rank, world.size, per_rank, per_epoch, 0, seed, 0,
+                                     math.ceil(steps / per_epoch))
+
+    return dataset, {"input": "the pack streamed from its shards, hpccnn.stream's pipeline",
+                     "train_images": streamed.count("train"), "steps_per_epoch": per_epoch}
+
+
+def _jpeg_files(exp, folder, world, per_rank, shape):
+    """jpeg/CLASS/*.jpg decoded on the fly, as a user would write it in tf.data: this rank's files (every
+    size-th of the sorted listing), shuffled each epoch, read and decoded in parallel, batched, scaled."""
+    import tensorflow as tf
+
+    classes = sorted(p.name for p in (folder / "jpeg").iterdir() if p.is_dir())
+    files = sorted((str(f), k) for k, c in enumerate(classes) for f in (folder / "jpeg" / c).glob("*.jpg"))
+    mine = files[world.rank::world.size]
+    paths, labels = [f for f, _ in mine], [k for _, k in mine]
+
+    def decode(path, label):
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=shape[2])
+        image.set_shape(shape)
+        return image, label
+
+    def dataset(steps, seed):
+        ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int64)))
+        ds = ds.shuffle(len(paths), seed=seed * 1000 + world.rank).repeat()
+        ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).batch(per_rank, drop_remainder=True)
+        return ds.map(lambda x, y: (tf.cast(x, tf.float32) / 255, y)).prefetch(tf.data.AUTOTUNE)
+
+    return dataset, {"input": "JPEG files decoded on the fly, a user's tf.data pipeline", "train_images": len(files),
+                     "steps_per_epoch": len(paths) // per_rank}
+
+
+# HPCCNN_BENCH_INPUT of the runner "input" (python -m hpccnn.bench --inputs): how it reads its images
+INPUTS = {"memory": _in_memory, "stream": _streamed, "jpeg": _jpeg_files}
+
+
 def _mwms_layout():
     """(this worker's index, workers, the most workers on a node) from the launcher: srun's SLURM_* variables,
     else Open MPI's (horovodrun, mpirun), else one worker alone."""
@@ -285,6 +377,7 @@ RUNNERS = {
     "hpccnn": Runner(hpccnn_trainer, "hpccnn", on_ranks=True),
     "horovod": Runner(horovod_recipe_trainer, "horovod recipe", on_ranks=True, hpccnn_setup=False),
     "mwms": Runner(mwms_trainer, "tf mwms", on_ranks=True, hpccnn_setup=False),
+    "input": Runner(input_trainer, "hpccnn", on_ranks=True),  # real images, read as HPCCNN_BENCH_INPUT says
 }
 KERAS, ONE_RANK = ("keras", 1), ("hpccnn", 1)  # the (runner, ranks) that vs_keras and vs_1_rank divide by
 
@@ -454,7 +547,14 @@ def forward_macs(model) -> int:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory in MB: VmHWM, its own since it started. Not ru_maxrss, which a
+    process started by vfork and exec inherits from its parent (Python's subprocess: every rank would show
+    at least the benchmark's own peak); ru_maxrss only where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def matmul_peak(n=4096, repeats=5) -> float:

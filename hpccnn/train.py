@@ -478,7 +478,8 @@ def run(exp, world, fast, data_dir=None, results_dir="results", argv=(), save_mo
 
 
 def same_data(resume, exp, data_dir) -> None:
-    """A UserError, before anything is written, when a resumed run's pack was staged again since it started."""
+    """A UserError, before anything is written, when a resumed run's pack was staged again since it started, or its
+    folder or file of the user's own has changed."""
     if resume is None:
         return
     from hpccnn.files import read_json
@@ -487,8 +488,10 @@ def same_data(resume, exp, data_dir) -> None:
     started = (read_json(Path(resume.folder) / "provenance.json") or {}).get("pack")
     now = pack_record(exp.dataset, data_dir)
     if started and started != now:
-        raise UserError(f"pack {exp.dataset} was staged again since {resume.folder} started (its index.json differs); "
-                        f"a resumed run must train on the data it started with: start a new run")
+        what = (f"pack {exp.dataset} was staged again since {resume.folder} started (its index.json differs)"
+                if "name" in started else f"--dataset {exp.dataset} has changed since {resume.folder} started (its "
+                f"files' names, sizes or times differ)")
+        raise UserError(f"{what}; a resumed run must train on the data it started with: start a new run")
 
 
 def model_spec(exp, resume, world):

@@ -145,6 +145,51 @@ def test_interleave_trains_both_runners_in_one_process_in_alternating_chunks(tmp
     assert bad.returncode == 2 and "--interleave" in bad.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
+def test_inputs_train_the_same_images_from_memory_a_streamed_pack_and_jpeg_files(tmp_path):
+    out = tmp_path / "inputs"
+    proc = run_module("hpccnn.bench", "--inputs", "--models", "mnist_cnn", "--ranks", "1", "--repeats", "1",
+                      "--input-images", "600", "--steps", "5", "--warmup", "3", "--out", out, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "inputs.csv")))
+    assert [(r["model"], r["ranks"], r["input"]) for r in rows] == [("mnist_cnn", "1", kind)
+                                                                    for kind in ("memory", "stream", "jpeg")]
+    # each read its own way, all of the same 600 training images (not the 1,000 of the pack's test set)
+    assert ["memory" in rows[0]["how"], "streamed" in rows[1]["how"], "JPEG" in rows[2]["how"]] == [True] * 3
+    assert all(r["train_images"] == "600" and r["steps_per_epoch"] == str(600 // 128) for r in rows)
+    for r in rows:  # 5 timed steps in whole executions of 8: two epochs of 4 steps, read again
+        assert float(r["images_per_second"]) > 0 and r["timed_steps"] == "8" and float(r["peak_rss_mb_per_rank"]) > 100
+    assert rows[0]["vs_memory"] == "1.0"
+    assert abs(float(rows[1]["vs_memory"]) - float(rows[1]["images_per_second"]) / float(rows[0]["images_per_second"])) < 2e-3
+    table = (out / "inputs.md").read_text()
+    assert "| mnist_cnn | 28×28 | 128 | 1 | stream |" in table and " cores of " in table
+    assert re.search(r"- mnist_cnn on 1 rank: streamed at [\d.]+× the in-memory images/s .*(meets|MISSES) the 0.9× "
+                     r"target", table), table
+    assert sorted(p.name for p in out.iterdir()) == ["inputs.csv", "inputs.md"]  # its images and pack deleted
+
+
+def test_the_inputs_images_are_crops_of_photographs_of_each_models_shape():
+    from hpccnn.bench import photo_crops
+
+    for shape in ((28, 28, 1), (32, 32, 3)):
+        x, y = photo_crops(40, shape)
+        assert x.shape == (40, *shape) and x.dtype.name == "uint8" and list(y[:12]) == [*range(10), 0, 1]
+        assert len({image.tobytes() for image in x}) == 40 and 20 < x.std() < 120  # photographs, not flat or noise
+    assert (photo_crops(5, (28, 28, 1))[0] == photo_crops(5, (28, 28, 1))[0]).all()  # the same on every run
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--inputs", "--variants", "xla"], "--variants and --inputs are different measurements"),
+    (["--inputs", "--memory-check"], "--inputs and --memory-check are different measurements"),
+    (["--inputs", "--models", "mnist_cnn", "--input-images", "100"], "fewer than a model's global batch"),
+])
+def test_bad_input_bench_options_are_refused(tmp_path, args, said):
+    from hpccnn import bench
+
+    assert said in refusal(bench.main, *args, "--out", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.slurm
 @pytest.mark.mpi
 @pytest.mark.slow

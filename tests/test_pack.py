@@ -207,6 +207,23 @@ def test_a_resumed_run_refuses_a_pack_staged_again_since_it_started(tmp_path):
     assert __import__("json").loads((folder / "metrics.json").read_text())["last_epoch"] == 1  # untouched
 
 
+@pytest.mark.slow
+def test_a_resumed_run_refuses_a_folder_of_its_own_that_changed_since_it_started(tmp_path):
+    from conftest import run_folders, run_module
+
+    photos = write_photo_folder(tmp_path / "photos", count=10)
+    settings = ["--results-dir", tmp_path / "results", "--no-save-model", "--batch-size", "4"]
+    first = run_module("hpccnn.train", "--dataset", photos, "--model", "cnn_v1", "--image-size", "16", "--epochs",
+                       "1", *settings, cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (folder,) = run_folders(tmp_path / "results")
+    assert __import__("json").loads((folder / "provenance.json").read_text())["pack"]["files"] == 20
+    (photos / "train" / "china" / "000.jpg").rename(photos / "train" / "flower" / "moved.jpg")  # relabelled
+    again = run_module("hpccnn.train", "--resume", folder, "--epochs", "2", cwd=tmp_path, timeout=300)
+    assert again.returncode == 2 and f"--dataset {photos} has changed since" in again.stderr, again.stderr[-2000:]
+    assert __import__("json").loads((folder / "metrics.json").read_text())["last_epoch"] == 1  # untouched
+
+
 def read_index_sha(cache):
     from hpccnn import pack
 
