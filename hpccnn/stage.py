@@ -154,24 +154,38 @@ def stage_imagenette(source: Path | None, data_dir: Path, exp, shards=None, forc
         raise UserError("imagenette is staged from its archive: download imagenette2-320.tgz (fast.ai's, about 330 MB) "
                         "where there is internet and pass it with --source")
     data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".staging-") as tmp:
-        root = source
-        if source.is_file():
-            try:
-                with tarfile.open(source) as tar:
-                    tar.extractall(tmp, filter="data")
-            except (tarfile.TarError, EOFError, OSError) as err:
-                raise UserError(f"{source} can't be read as imagenette ({type(err).__name__}: {err}); expected "
-                                f"imagenette2-320.tgz; nothing was staged") from None
-            root = Path(tmp)
-        found = [p.parent for p in sorted(root.rglob("train")) if p.is_dir() and (p.parent / "val").is_dir()]
-        if not found:
-            raise UserError(f"{source} holds no train/ and val/ folders as Imagenette has; nothing was staged")
-        unknown = sorted({p.name for p in (found[0] / "train").iterdir() if p.is_dir()} - set(IMAGENETTE_CLASSES))
-        if unknown:
-            raise UserError(f"{source}: class folder {unknown[0]} is not one of Imagenette's ten; nothing was staged")
-        return pack.pack(found[0], "imagenette", data_dir, exp, shards, force, class_names=IMAGENETTE_CLASSES,
-                         again=f"imagenette --source {source.resolve()}")
+    root = unpacked(source, data_dir) if source.is_file() else source
+    found = [p.parent for p in sorted(root.rglob("train")) if p.is_dir() and (p.parent / "val").is_dir()]
+    if not found:
+        raise UserError(f"{source} holds no train/ and val/ folders as Imagenette has; nothing was staged")
+    unknown = sorted({p.name for p in (found[0] / "train").iterdir() if p.is_dir()} - set(IMAGENETTE_CLASSES))
+    if unknown:
+        raise UserError(f"{source}: class folder {unknown[0]} is not one of Imagenette's ten; nothing was staged")
+    folder = pack.pack(found[0], "imagenette", data_dir, exp, shards, force, class_names=IMAGENETTE_CLASSES,
+                       again=f"imagenette --source {source.resolve()}")
+    if root != source:
+        shutil.rmtree(root)  # kept until the pack is whole: an interrupted pack goes on from the same files
+    return folder
+
+
+def unpacked(archive: Path, data_dir: Path) -> Path:
+    """The archive unpacked into DATA_DIR/.imagenette.unpacked/ once: kept, with the archive's size and time, until
+    its pack is whole, so that packing interrupted goes on from the same files (pack.pack's plan names them)."""
+    root = data_dir / ".imagenette.unpacked"
+    stat = archive.stat()
+    stamp = f"{archive.resolve()} {stat.st_size} {stat.st_mtime_ns}"
+    if (root / ".complete").is_file() and (root / ".complete").read_text() == stamp:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as err:
+        shutil.rmtree(root, ignore_errors=True)
+        raise UserError(f"{archive} can't be read as imagenette ({type(err).__name__}: {err}); expected "
+                        f"imagenette2-320.tgz; nothing was staged") from None
+    (root / ".complete").write_text(stamp)
+    return root
 
 
 def stage_path(path: Path, args) -> Path:

@@ -147,7 +147,29 @@ def test_imagenette_is_staged_from_its_archive_with_its_classes_and_split(tmp_pa
     splits = loaded("imagenette", cache, "--image-size", "16")
     assert splits.classes == ["tench", "English springer"]
     assert len(splits.x_test) == 12 and len(splits.x_train) + len(splits.x_val) == 12  # val/ is the test set
-    assert not list(cache.glob(".staging-*"))
+    assert not list(cache.glob(".staging-*")) and not list(cache.glob(".imagenette*"))  # nothing left behind
+
+
+def test_imagenette_interrupted_goes_on_from_its_finished_shards(tmp_path, monkeypatch, capsys):
+    from hpccnn import pack
+
+    archive = write_imagenette(tmp_path / "imagenette2-320.tgz")
+    cache = tmp_path / "cache"
+    real, written = pack.write_shard, []
+
+    def interrupted(*args):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(pack, "write_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        stage("imagenette", "--source", archive, "--data-dir", cache)
+    monkeypatch.setattr(pack, "write_shard", real)
+    stage("imagenette", "--source", archive, "--data-dir", cache)
+    assert "imagenette: 2 of 9 shards were packed already; going on from there" in capsys.readouterr().out
+    assert pack.find("imagenette", cache) is not None and not list(cache.glob(".imagenette*"))
 
 
 def test_a_pack_name_that_would_leave_the_cache_or_can_not_be_named_again_is_refused(tmp_path, monkeypatch):
