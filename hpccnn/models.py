@@ -167,10 +167,19 @@ def for_run_folder(exp, folder):
     kept, _ = usermodel.kept_source(folder) if usermodel.is_reference(exp.model) else (None, None)
     if kept is None:
         return get_model(exp.model, exp.model_args)
-    if str(Path(kept["file"]).parent) not in sys.path:
-        sys.path.insert(0, str(Path(kept["file"]).parent))  # the modules the user's file imports beside it
+    where, function = usermodel.split_reference(exp.model)
+    package = where.rpartition(".")[0] if not where.endswith(".py") else ""
+    # the modules the user's file imports: beside it, or (package.module) the package's, from where it sits
+    root = Path(kept["file"]).parents[len(where.split(".")) - 1] if package else Path(kept["file"]).parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     copy = Path(folder).resolve() / kept["copy"]
-    return get_model(f"{copy}:{usermodel.split_reference(exp.model)[1]}", exp.model_args)
+    if not package:
+        return get_model(f"{copy}:{function}", exp.model_args)
+    module = usermodel.load_module(str(copy), package)  # its relative imports: the package's modules
+    if not callable(getattr(module, function, None)):
+        raise UserError(f"--model {exp.model}: the run folder's copy {copy} has no function {function!r}")
+    return usermodel.UserModel(exp.model, exp.model_args, function=getattr(module, function), source=copy)
 
 
 def check_name(name: str, model_args: str = "") -> None:

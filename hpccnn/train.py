@@ -246,7 +246,7 @@ def read_at_start(resume) -> str:
     if resume is None:
         return ""
     try:
-        return json.loads((Path(resume.folder) / "provenance.json").read_text()).get("input", {}).get("read", "")
+        return (json.loads((Path(resume.folder) / "provenance.json").read_text()).get("input") or {}).get("read", "")
     except (OSError, ValueError):
         return ""
 

@@ -124,15 +124,18 @@ def _run_user_code(what: str, call):
                             f"(the traceback above is your code's); fix it and run again") from None
 
 
-def load_module(where: str):
+def load_module(where: str, package: str = ""):
     """The user's module: a .py file loaded by path (its folder put on sys.path, so it can import its
-    neighbours), or a module imported from sys.path (the current folder first, as python -m does)."""
+    neighbours), or a module imported from sys.path (the current folder first, as python -m does).
+    package: the file is loaded as a module of that package (a kept copy of package.module: its relative
+    imports find the package's other modules)."""
     if where.endswith(".py"):
         path = Path(where).expanduser().resolve()
         if not path.is_file():
             raise UserError(f"--model: file {where} not found; give the path of your .py file (relative to "
                             f"{Path.cwd()} or absolute)")
         name = "hpccnn_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+        name = f"{package}.{name}" if package else name
         if name in sys.modules:
             return sys.modules[name]
         if str(path.parent) not in sys.path:

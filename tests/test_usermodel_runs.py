@@ -255,3 +255,33 @@ def test_a_subclassed_model_trains_resumes_and_is_saved_as_its_weights(tmp_path,
     assert done["model_saved"].startswith("weights only, model_weights.h5: Keras can't save this model whole (")
     monkeypatch.chdir(tmp_path)
     assert report.reevaluate(folder, None) == pytest.approx(done["test_accuracy"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_package_modules_model_with_relative_imports_resumes_from_its_copy_elsewhere(tmp_path):
+    """--model mypkg.nets:small, whose file imports its package's other module relatively: resumed from another
+    folder after the file was edited, the run builds its model from the run folder's copy, its relative
+    imports finding the package where it sits."""
+    package = tmp_path / "project" / "mypkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "blocks.py").write_text(
+        "import tensorflow as tf\n\n\ndef conv(x, filters):\n"
+        "    return tf.keras.layers.Conv2D(filters, 3, activation='relu')(x)\n")
+    (package / "nets.py").write_text(
+        "import tensorflow as tf\n\nfrom .blocks import conv\n\n\ndef small(input_shape, classes):\n"
+        "    inputs = tf.keras.Input(input_shape)\n    x = tf.keras.layers.Flatten()(conv(inputs, 4))\n"
+        "    return tf.keras.Model(inputs, tf.keras.layers.Dense(classes, activation='softmax')(x))\n")
+    results = tmp_path / "results"
+    first = run_module("hpccnn.train", "--model", "mypkg.nets:small", "--dataset", "digits", "--epochs", "1",
+                       "--results-dir", results, "--no-save-model", cwd=package.parent, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (folder,) = run_folders(results)
+    nets = (package / "nets.py").read_text()
+    (package / "nets.py").write_text(nets.replace("conv(inputs, 4)", "conv(inputs, 9)"))  # edited since
+    (tmp_path / "elsewhere").mkdir()
+    again = run_module("hpccnn.train", "--resume", folder, "--epochs", "2", cwd=tmp_path / "elsewhere",
+                       timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "has changed since this run started; the run goes on with the model from its own copy" in again.stdout
+    assert metrics(folder)["status"] == "completed" and metrics(folder)["resumes"] == 1
