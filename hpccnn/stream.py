@@ -273,8 +273,10 @@ def _parse(records):
 
 
 def _records(streamed: Streamed, which, rank: int, size: int, seed=None):
-    """The records of a set that rank reads, parsed: its shards in an order shuffled by seed (a stateless
-    random seed: two int64s), CYCLE at a time; or without seed, one after another in order."""
+    """The records of a set that rank reads, parsed, in batches of up to PARSED_AT_ONCE (never one by one: tf.data
+    pays for each element): its shards in an order shuffled by seed (a stateless random seed: two int64s), CYCLE at
+    a time; or without seed, one after another in order. A uniform pack's records keep only their image, label
+    and index."""
     import tensorflow as tf
 
     split, _ = which
@@ -285,27 +287,33 @@ def _records(streamed: Streamed, which, rank: int, size: int, seed=None):
         order = tf.random.experimental.stateless_shuffle(tf.range(len(files), dtype=tf.int64), seed=seed)
         columns = tuple(tf.gather(c, order) for c in columns)
     ds = tf.data.Dataset.from_tensor_slices(columns)
-
     # which source indices are in the set, a bit each: a constant of the graph that stays small however large
     # the pack (a position each, 8 bytes, took 5 MB of 600,000 images, copied by every graph rewrite)
     bits = tf.constant(np.packbits(positions(streamed.index, which) >= 0, bitorder="little"))
+    fields = ("image", "label", "index") if uniform(streamed) else ("image", "label", "index", "height", "width",
+                                                                     "channels")
 
     def in_set(records):
         index = records["index"]
         keep = tf.bitwise.bitwise_and(tf.bitwise.right_shift(tf.gather(bits, index // 8), tf.cast(index % 8, tf.uint8)),
                                       tf.constant(1, tf.uint8)) > 0
-        return tf.nest.map_structure(lambda t: tf.boolean_mask(t, keep), records)
+        return {k: tf.boolean_mask(records[k], keep) for k in fields}
 
-    def one(path, n, k):  # the set's records of a shard, then every n-th of them from k on (share)
-        records = tf.data.TFRecordDataset(path, buffer_size=1 << 20).batch(PARSED_AT_ONCE)
-        return records.map(_parse).map(in_set).unbatch().shard(n, k)
+    def every(n, k):
+        def mine(seen, records):  # of the set's records of a shard, every n-th from k on (share)
+            count = tf.cast(tf.shape(records["index"])[0], tf.int64)
+            keep = tf.range(seen, seen + count) % n == k
+            return seen + count, {key: tf.boolean_mask(t, keep) for key, t in records.items()}
+        return mine
+
+    def one(path, n, k):
+        records = tf.data.TFRecordDataset(path, buffer_size=1 << 20).batch(PARSED_AT_ONCE).map(_parse).map(in_set)
+        return records.scan(tf.constant(0, tf.int64), every(n, k))
 
     if seed is None:
-        ds = ds.flat_map(one)
-    else:
-        ds = ds.interleave(one, cycle_length=min(CYCLE, len(files)), block_length=1,
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds
+        return ds.flat_map(one)
+    return ds.interleave(one, cycle_length=min(CYCLE, len(files)), block_length=1,
+                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _decoder(streamed: Streamed):
@@ -320,8 +328,9 @@ def _decoder(streamed: Streamed):
     h, w, _ = streamed.shape
 
     def decode(record):
-        image = tf.reshape(tf.io.decode_raw(record["image"], dtype),
-                           tf.stack([record["height"], record["width"], record["channels"]]))
+        shape = tf.stack([record["height"], record["width"], record["channels"]]) if "height" in record else (h, w,
+                                                                                                         channels)
+        image = tf.reshape(tf.io.decode_raw(record["image"], dtype), shape)  # (a uniform pack's: the one shape)
         if mixed_channels:
             image = tf.cond(tf.shape(image)[2] == channels, lambda: image,
                             lambda: _to_channels(image, channels))
@@ -355,14 +364,15 @@ def _batch_decoder(streamed: Streamed):
     return decode
 
 
-def _batched(streamed: Streamed, records, batch: int, drop_remainder: bool):
-    """Records decoded in parallel into batches of (images, labels): a batch at once where the pack is uniform."""
+def _batched(streamed: Streamed, records, batch: int, drop_remainder: bool, rebatch=True):
+    """Batches of records (of any size, from _records; or of batch already: rebatch False) decoded in parallel into
+    batches of batch (images, labels): a batch at once where the pack is uniform, else image by image."""
     import tensorflow as tf
 
     if uniform(streamed):
-        ds = records.batch(batch, drop_remainder=drop_remainder)
+        ds = records.rebatch(batch, drop_remainder=drop_remainder) if rebatch else records
         return ds.map(_batch_decoder(streamed), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = records.map(_decoder(streamed), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = records.unbatch().map(_decoder(streamed), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch, drop_remainder=drop_remainder)
 
 
@@ -383,8 +393,8 @@ def epoch_seed(seed, rank: int) -> int:
 
 def train_records(streamed: Streamed, rank: int, size: int, batch: int, steps: int, seed, first_epoch: int,
                   epochs: int):
-    """The training records rank reads in epochs first_epoch..epochs-1, parsed, steps x batch per epoch, each
-    epoch's order a function of (seed, rank, epoch) alone."""
+    """The training records rank reads in epochs first_epoch..epochs-1, parsed, in steps batches of batch per
+    epoch, each epoch's order a function of (seed, rank, epoch) alone."""
     import tensorflow as tf
 
     count = len(share(streamed.index, streamed.sets["train"], rank, size))
@@ -394,12 +404,12 @@ def train_records(streamed: Streamed, rank: int, size: int, batch: int, steps: i
     def shuffled(k, records, e):
         order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(records["index"])[0]),
                                                          seed=tf.stack([base, 2 * e + 1 + 2 * k]))
-        return tf.nest.map_structure(lambda t: tf.gather(t, order), records)
+        return {key: tf.gather(t, order) for key, t in records.items()}
 
     def epoch(e):  # tf.data's own shuffle takes no seed computed in the graph: blocks shuffled statelessly
         records = _records(streamed, streamed.sets["train"], rank, size, seed=tf.stack([base, 2 * e]))
-        blocks = records.batch(block).enumerate().map(lambda k, records: shuffled(k, records, e))
-        return blocks.unbatch().take(steps * batch)
+        blocks = records.rebatch(block).enumerate().map(lambda k, records: shuffled(k, records, e))
+        return blocks.rebatch(batch).take(steps)  # whole batches: the rank's share holds steps of them
 
     return tf.data.Dataset.range(first_epoch, max(first_epoch, epochs)).flat_map(epoch)
 
@@ -412,7 +422,7 @@ def train_pipeline(streamed: Streamed, rank: int, size: int, batch: int, steps: 
     from hpccnn.data import _prepare
 
     ds = _batched(streamed, train_records(streamed, rank, size, batch, steps, seed, first_epoch, epochs), batch,
-                  drop_remainder=True)
+                  drop_remainder=False, rebatch=False)  # whole batches already
     return ds.map(_prepare(streamed.scale, image_size), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE)
 
@@ -435,10 +445,10 @@ def test_labels(streamed: Streamed, rank: int, size: int, name="test") -> tuple:
     """(positions in the test set, labels) of rank's share of the test set (or set name), in the order
     eval_pipeline reads it."""
     found = positions(streamed.index, streamed.sets[name])
-    rows = [(found[r["index"]], r["label"]) for r in _records(streamed, streamed.sets[name], rank, size)
-            .map(lambda r: {"index": r["index"], "label": r["label"]}).as_numpy_iterator()]
-    where = np.asarray([p for p, _ in rows], np.int64)
-    return where, np.asarray([y for _, y in rows], np.int64)
+    parts = list(_records(streamed, streamed.sets[name], rank, size).map(lambda r: (r["index"], r["label"]))
+                 .as_numpy_iterator())
+    index = np.concatenate([i for i, _ in parts]) if parts else np.zeros(0, np.int64)
+    return found[index], (np.concatenate([y for _, y in parts]) if parts else np.zeros(0, np.int64))
 
 
 class TestImages:
@@ -460,7 +470,7 @@ class TestImages:
         which = (split, order[wanted])
         decode = _decoder(self.streamed)
         found = {}
-        ds = _records(self.streamed, which, 0, 1).map(lambda r: (r["index"], decode(r)[0]))
+        ds = _records(self.streamed, which, 0, 1).unbatch().map(lambda r: (r["index"], decode(r)[0]))
         for source, image in ds.as_numpy_iterator():
             found[int(source)] = image
         out = np.stack([found[int(s)] for s in order[wanted]]).astype(dtype)

@@ -58,8 +58,9 @@ def epoch_indices(streamed, rank, size, batch, steps, seed=0, first=0, epochs=1)
     from hpccnn import stream
 
     records = stream.train_records(streamed, rank, size, batch, steps, seed, first, epochs)
-    found = np.fromiter((int(r["index"]) for r in records.as_numpy_iterator()), np.int64)
-    return found.reshape(epochs - first, -1)
+    found = [r["index"] for r in records.as_numpy_iterator()]
+    assert all(len(f) == batch for f in found)  # whole batches
+    return np.concatenate(found).reshape(epochs - first, -1)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3])
