@@ -165,6 +165,7 @@ INPUT_MODELS = ("mnist_cnn", "cnn_v3")  # mnist_cnn's step is the seeds' shortes
 INPUT_KINDS = ("memory", "stream", "jpeg")
 INPUT_IMAGES = 20_000  # training images per model (--input-images)
 INPUT_TEST = 1_000  # and test images, the pack's test set (read by neither)
+INPUT_CHUNKS = 8  # then all three in one process, this many chunks of each (--interleave)
 STREAM_TARGET = 0.9  # streamed images/s, at least this share of the same images' held in memory
 # --memory-check: mnist_cnn streamed from a pack of 60,000 images and from the same ten times over
 MEMORY_COPIES = (1, 10)
@@ -227,11 +228,12 @@ def input_env(kind: str, folder: Path) -> dict:
     return {"HPCCNN_BENCH_INPUT": kind, "HPCCNN_BENCH_DATA": str(folder)}
 
 
-def run_inputs(models, ranks, options: dict, out_dir: Path, repeats=3, images=INPUT_IMAGES, keep=False,
-               log=print):
+def run_inputs(models, ranks, options: dict, out_dir: Path, repeats=3, images=INPUT_IMAGES, chunks=INPUT_CHUNKS,
+               keep=False, log=print):
     """Per model, the same photographs' crops (photo_crops) held in memory, streamed from a pack and
-    decoded from JPEG files, on each rank count: repeats rounds whose order alternates; images/s are
-    the rounds' medians, each ratio to memory the median of the rounds' ratios."""
+    decoded from JPEG files, on each rank count: repeats rounds of a process per input whose order
+    alternates (images/s are the rounds' medians, each ratio to memory the median of the rounds'
+    ratios); then, if chunks, all three in one process per rank count, chunks of each in turn."""
     out_dir.mkdir(parents=True)
     rows, verdicts = [], []
     lineup = [(kind, n) for n in ranks for kind in INPUT_KINDS]
@@ -243,8 +245,11 @@ def run_inputs(models, ranks, options: dict, out_dir: Path, repeats=3, images=IN
         del x, y
         rounds = [{(kind, n): measure("input", model, n, how, env=input_env(kind, folder))
                    for kind, n in (lineup if repeat % 2 == 0 else lineup[::-1])} for repeat in range(repeats)]
+        chunked = {n: measure("input", model, n, Plan(how.batch, how.warmup, how.steps, how.seconds / 2),
+                              env=input_env(",".join(INPUT_KINDS), folder), extra=["--chunks", str(chunks)])
+                   for n in (ranks if chunks else [])}
         for kind, n in lineup:
-            rows.append(input_row(model, how, kind, n, rounds))
+            rows.append(input_row(model, how, kind, n, rounds, chunked.get(n)))
             log(format_input_row(rows[-1]))
         verdicts += [stream_verdict(r) for r in rows[-len(lineup):] if r["input"] == "stream"]
         for line in verdicts[-len(ranks):]:
@@ -252,52 +257,81 @@ def run_inputs(models, ranks, options: dict, out_dir: Path, repeats=3, images=IN
     if not keep:
         shutil.rmtree(out_dir / "input-data")
     spread = f"the median of {repeats} rounds whose order alternates" if repeats > 1 else "from one round"
-    return rows, write(out_dir, "inputs", rows, INPUT_COLUMNS, (
+    return rows, write(out_dir, "inputs", rows, input_columns(chunks), (
         f": the same model and images held in memory, streamed from a staged pack, and decoded from JPEG "
         f"files; {images:,} training images per model, random crops of scikit-learn's two sample photographs. "
-        f"Each figure is {spread} (ratios to memory: median of the rounds' ratios; in brackets, the lowest "
-        f"and highest round)."), after="\n" + "\n".join(f"- {v}" for v in verdicts) + "\n", fresh=False)
+        f"Each figure is {spread} of a process per input (ratios to memory: median of the rounds' ratios; in "
+        f"brackets, the lowest and highest round)."
+        + (f" In one process: the three in turn in one model's training, {chunks} chunks of each of about "
+           f"{how.seconds / 2:g} s in alternating order; the median of the chunks' ratios (in brackets, their "
+           f"quartiles)." if chunks else "")), after="\n" + "\n".join(f"- {v}" for v in verdicts) + "\n",
+        fresh=False)
 
 
-def input_row(model, how: Plan, kind: str, ranks: int, rounds) -> dict:
-    """inputs.csv's row of input kind on ranks, from its rounds' measurements."""
+def input_row(model, how: Plan, kind: str, ranks: int, rounds, chunked=None) -> dict:
+    """inputs.csv's row of input kind on ranks, from its rounds' measurements and its chunks in one process."""
     got = [r[(kind, ranks)] for r in rounds]
     ratios = [r[(kind, ranks)]["images_per_second"] / r[("memory", ranks)]["images_per_second"] for r in rounds]
     setup = got[0]["setup"]
-    return {"model": model, "side": get_model(model).input_side, "batch": how.batch, "ranks": ranks, "input": kind,
-            "images_per_second": round(statistics.median(g["images_per_second"] for g in got), 1),
-            "vs_memory": round(statistics.median(ratios), 3), "vs_memory_min": round(min(ratios), 3),
-            "vs_memory_max": round(max(ratios), 3), "train_images": setup["train_images"],
-            "steps_per_epoch": setup["steps_per_epoch"],
-            "timed_steps": round(statistics.median(g["timed_steps"] for g in got)),
-            "timed_seconds": round(statistics.median(g["timed_seconds"] for g in got), 1),
-            "peak_rss_mb_per_rank": round(max(x["rss_mb"] for g in got for x in g["ranks"])),
-            "rounds": len(rounds), "how": setup["input"]}
+    row = {"model": model, "side": get_model(model).input_side, "batch": how.batch, "ranks": ranks, "input": kind,
+           "images_per_second": round(statistics.median(g["images_per_second"] for g in got), 1),
+           "vs_memory": round(statistics.median(ratios), 3), "vs_memory_min": round(min(ratios), 3),
+           "vs_memory_max": round(max(ratios), 3),
+           "rounds_images_per_second": " ".join(f"{g['images_per_second']:.0f}" for g in got),  # in round order
+           "train_images": setup["train_images"], "steps_per_epoch": setup["steps_per_epoch"],
+           "timed_steps": round(statistics.median(g["timed_steps"] for g in got)),
+           "timed_seconds": round(statistics.median(g["timed_seconds"] for g in got), 1),
+           "peak_rss_mb_per_rank": round(max(x["rss_mb"] for g in got for x in g["ranks"])),
+           "rounds": len(rounds), "how": setup["input"]}
+    if chunked:
+        mine, memory = chunked["images_per_second"][kind], chunked["images_per_second"]["memory"]
+        ratios = sorted(a / b for a, b in zip(mine, memory))
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        row.update(chunk_steps=chunked["chunk_steps"], chunks=len(mine),
+                   chunked_images_per_second=round(statistics.median(mine), 1),
+                   chunked_vs_memory=round(statistics.median(ratios), 3), chunked_vs_memory_q1=round(quartiles[0], 3),
+                   chunked_vs_memory_q3=round(quartiles[2], 3))
+    return row
 
 
 def format_input_row(r) -> str:
     return (f"{r['model']:17} {r['ranks']} rank(s) {r['input']:7} {r['images_per_second']:9.1f} img/s  "
-            f"x{r['vs_memory']:.2f} memory ({r['vs_memory_min']:.2f}-{r['vs_memory_max']:.2f})  "
-            f"{r['peak_rss_mb_per_rank']} MB/rank")
+            f"x{r['vs_memory']:.2f} memory ({r['vs_memory_min']:.2f}-{r['vs_memory_max']:.2f})"
+            + (f"  in one process x{r['chunked_vs_memory']:.2f} ({r['chunked_vs_memory_q1']:.2f}-"
+               f"{r['chunked_vs_memory_q3']:.2f})" if "chunks" in r else "")
+            + f"  {r['peak_rss_mb_per_rank']} MB/rank")
 
 
 def stream_verdict(r) -> str:
-    """Whether streaming reached STREAM_TARGET of in-memory's images/s, in a line."""
-    met = r["vs_memory"] >= STREAM_TARGET
+    """Whether streaming reached STREAM_TARGET of in-memory's images/s, in a line: in the rounds of a process
+    per input (the target's measure), and in one process."""
+    def said(ratio):
+        return "meets" if ratio >= STREAM_TARGET else "MISSES"
+
     return (f"{r['model']} on {r['ranks']} rank{'s' if r['ranks'] > 1 else ''}: streamed at {r['vs_memory']:.2f}× "
             f"the in-memory images/s (rounds {r['vs_memory_min']:.2f}–{r['vs_memory_max']:.2f}): "
-            f"{'meets' if met else 'MISSES'} the {STREAM_TARGET}× target")
+            f"{said(r['vs_memory'])} the {STREAM_TARGET}× target"
+            + (f"; in one process {r['chunked_vs_memory']:.2f}× (quartiles {r['chunked_vs_memory_q1']:.2f}–"
+               f"{r['chunked_vs_memory_q3']:.2f}): {said(r['chunked_vs_memory'])} it" if "chunks" in r else ""))
 
 
-INPUT_COLUMNS = {
-    "model": tables.key("model"), "input": lambda r: f"{r['side']}×{r['side']}", "batch": tables.key("batch"),
-    "ranks": tables.key("ranks"), "read from": tables.key("input"), "images/s": tables.key("images_per_second", ",.1f"),
-    "vs memory": lambda r: f"{r['vs_memory']:.2f}×" + (f" ({r['vs_memory_min']:.2f}–{r['vs_memory_max']:.2f})"
-                                                       if r["rounds"] > 1 and r["input"] != "memory" else ""),
-    "training images (steps per epoch)": lambda r: f"{r['train_images']:,} ({r['steps_per_epoch']})",
-    "timed s (steps)": lambda r: f"{r['timed_seconds']:.1f} ({r['timed_steps']})",
-    "peak RSS per rank (MB)": tables.key("peak_rss_mb_per_rank", ","),
-}
+def input_columns(chunks) -> dict:
+    """inputs.md's table: heading -> a row's cell."""
+    columns = {
+        "model": tables.key("model"), "input": lambda r: f"{r['side']}×{r['side']}", "batch": tables.key("batch"),
+        "ranks": tables.key("ranks"), "read from": tables.key("input"),
+        "images/s": tables.key("images_per_second", ",.1f"),
+        "vs memory": lambda r: f"{r['vs_memory']:.2f}×" + (f" ({r['vs_memory_min']:.2f}–{r['vs_memory_max']:.2f})"
+                                                           if r["rounds"] > 1 and r["input"] != "memory" else ""),
+        "in one process, vs memory": lambda r: "" if r["input"] == "memory" else (
+            f"{r['chunked_vs_memory']:.2f}× ({r['chunked_vs_memory_q1']:.2f}–{r['chunked_vs_memory_q3']:.2f})"),
+        "training images (steps per epoch)": lambda r: f"{r['train_images']:,} ({r['steps_per_epoch']})",
+        "timed s (steps)": lambda r: f"{r['timed_seconds']:.1f} ({r['timed_steps']})",
+        "peak RSS per rank (MB)": tables.key("peak_rss_mb_per_rank", ","),
+    }
+    if not chunks:
+        del columns["in one process, vs memory"]
+    return columns
 
 
 def memory_check_images(log=print) -> tuple:
@@ -356,7 +390,8 @@ def run_memory_check(ranks: int, options: dict, out_dir: Path, repeats=1, images
 def memory_row(kind: str, count: int, folders: dict, rounds) -> dict:
     """memory.csv's row: each rank's peak RSS (the highest of the rounds), and against the smallest pack's."""
     def peaks(n):
-        return [max(r[(kind, n)]["ranks"][k]["rss_mb"] for r in rounds) for k in range(len(rounds[0][(kind, n)]["ranks"]))]
+        return [max(r[(kind, n)]["ranks"][k]["rss_mb"] for r in rounds)
+                for k in range(len(rounds[0][(kind, n)]["ranks"]))]
 
     mine, smallest = peaks(count), peaks(min(folders))
     ratios = [a / b for a, b in zip(mine, smallest)]
@@ -552,7 +587,8 @@ def parser() -> Parser:
     p.add_argument("--interleave", type=int, default=0, metavar="CHUNKS",
                    help="instead, train plain Keras and hpccnn's 1-rank path in one process, CHUNKS chunks of "
                         "about --seconds each in alternating order: their per-step cost without the drift "
-                        "between processes")
+                        f"between processes; with --inputs, chunks of each input in one process (default "
+                        f"{INPUT_CHUNKS}), each about half --seconds")
     p.add_argument("--repeats", type=int, default=None,
                    help="rounds per model, in alternating order (default 1; with --variants, 2 pairs; with --inputs, "
                         "3)")
@@ -607,7 +643,8 @@ def checked(args) -> tuple:
     if args.nodes and (args.interleave or args.variants):
         raise UserError("--nodes is a measurement of its own; give it without --interleave or --variants")
     modes = [m for m, given in (("--nodes", args.nodes), ("--variants", args.variants), ("--interleave",
-             args.interleave), ("--inputs", args.inputs), ("--memory-check", args.memory_check)) if given]
+             args.interleave and not args.inputs), ("--inputs", args.inputs), ("--memory-check", args.memory_check))
+             if given]
     if len(modes) > 1 and {"--inputs", "--memory-check"} & set(modes):
         raise UserError(f"{' and '.join(modes)} are different measurements; give one of them")
     if args.input_images < 0 or args.inputs and any(0 < args.input_images < plan(m, batch=args.batch).batch
@@ -648,7 +685,7 @@ def main(argv=None):
     elif args.inputs:
         name = "inputs"
         _, md = run_inputs(models, ranks, options, out, args.repeats or 3, args.input_images or INPUT_IMAGES,
-                           args.keep_data)
+                           args.interleave or INPUT_CHUNKS, args.keep_data)
     elif args.memory_check:
         name = "memory"
         _, md = run_memory_check(max(ranks), options, out, args.repeats or 1, args.input_images, args.keep_data)

@@ -546,6 +546,47 @@ def forward_macs(model) -> int:
     return int(total)
 
 
+def input_chunks_worker(args):
+    """Every input of HPCCNN_BENCH_INPUT (comma-separated, INPUTS) in this one process (each rank): one model
+    trained on them in turn in one fit, args.chunks timed chunks of each after an untimed round, their order
+    alternating, each about --seconds at the first input's warm-up rate. The inputs' pipelines go on between
+    their chunks (tf.data's choose_from_datasets picks each batch's), epochs and blocks included, so their
+    ratios are free of a shared machine's drift between processes. Prints a JSON line (rank 0 only)."""
+    import os
+
+    import numpy as np
+    import tensorflow as tf
+
+    from hpccnn import dist
+    from hpccnn.train import compile_model
+
+    exp, world = _setup(args, True)
+    tf.keras.utils.set_random_seed(0)
+    kinds, folder = os.environ["HPCCNN_BENCH_INPUT"].split(","), Path(os.environ["HPCCNN_BENCH_DATA"])
+    shape = get_model(args.model).input_shape
+    model, _ = compile_model(exp, world, get_model(exp.model), shape, 10)
+    per_rank, every = max(1, args.batch // world.size), exp.steps_per_execution
+    sources = {k: INPUTS[k](dataclasses.replace(exp, dataset="bench", input=k, validation="test"), folder, world,
+                            per_rank, shape)[0] for k in kinds}
+    warmup = math.ceil(max(2, args.warmup, 3 * every) / every) * every
+    warm = _Timer(warmup // 2)
+    model.fit(sources[kinds[0]](warmup, 0), steps_per_epoch=warmup, epochs=1, verbose=0,
+              callbacks=[dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0), warm.callback])
+    chunk = dist.broadcast_object(timed_steps(args, warm.steps_per_second(), every))
+    order = [k for i in range(args.chunks + 1) for k in (kinds if i % 2 == 0 else kinds[::-1])]
+    choice = tf.data.Dataset.from_tensor_slices(np.repeat([kinds.index(k) for k in order], chunk).astype(np.int64))
+    ds = tf.data.Dataset.choose_from_datasets([sources[k](chunk * (args.chunks + 1), 1) for k in kinds], choice)
+    ends = {}  # steps done: time, at the end of each execution
+    model.fit(ds, steps_per_epoch=chunk * len(order), epochs=1, verbose=0, callbacks=[tf.keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: ends.__setitem__(batch + 1, time.perf_counter()))])
+    rates = {k: [] for k in kinds}
+    for j in range(len(kinds), len(order)):  # after the untimed first round
+        rates[order[j]].append(chunk * per_rank * world.size / (ends[(j + 1) * chunk] - ends[j * chunk]))
+    if world.is_main:
+        print("BENCH " + json.dumps({"chunk_steps": chunk, "order": order, "images_per_second": rates}), flush=True)
+    return 0
+
+
 def _rss_mb() -> float:
     """This process's peak resident memory in MB: VmHWM, its own since it started. Not ru_maxrss, which a
     process started by vfork and exec inherits from its parent (Python's subprocess: every rank would show
@@ -631,11 +672,14 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=SECONDS)
     p.add_argument("--launched", type=float, default=0.0, help="time.time() at launch: the first step's from it")
     p.add_argument("--allreduce", action="store_true", help="and time a whole-gradient allreduce on its own")
-    p.add_argument("--chunks", type=int, default=0, help="interleaved: chunks per runner")
+    p.add_argument("--chunks", type=int, default=0, help="interleaved: chunks per runner; input: chunks per input, "
+                                                          "every input of HPCCNN_BENCH_INPUT in this process")
     p.add_argument("--losses", type=int, default=0, metavar="STEPS",
                    help="instead of timing: the loss on a fixed batch before and after STEPS batches in order")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an hpccnn.train setting")
     args = p.parse_args(argv)
+    if args.runner == "input" and args.chunks:
+        return input_chunks_worker(args)
     return interleaved_worker(args) if args.runner == "interleaved" else worker(args)
 
 
