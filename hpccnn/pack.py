@@ -280,17 +280,30 @@ def read_split(folder: Path, index: dict, split: str):
     return images, labels
 
 
+def settled_channels(index: dict, exp) -> int:
+    """The channel count a pack's images are read with (--channels, or the majority's, said in a line); a
+    UserError where its images' sizes differ and no --image-size says what to resize them to."""
+    channels = userdata.choose_channels(f"pack {index['name']}", index["channels"], exp.channels)
+    if index["distinct_sizes"] > 1 and not exp.image_size:
+        shown = ", ".join(list(index["sizes"])[:2])
+        raise UserError(f"pack {index['name']}: its images have {index['distinct_sizes']} different sizes ({shown}, "
+                        f"...); give --image-size N to resize them all to NxN")
+    return channels
+
+
+def common_size(index: dict) -> tuple:
+    """(height, width) of most of a pack's images, and the most channels any has."""
+    h, w = (int(v) for v in next(iter(index["sizes"])).split("x"))
+    return h, w, max(int(c) for c in index["channels"])
+
+
 def load(folder: Path, exp):
     """A staged pack as a hpccnn.data.Raw: verified, its images resized to --image-size where their sizes differ
     (each needs it) and converted to one channel count (--channels, or the majority's, said in a line), as an
     image folder's are read (hpccnn.userdata)."""
     index = read_index(folder)
     verify(folder, index)
-    channels = userdata.choose_channels(f"pack {index['name']}", index["channels"], exp.channels)
-    if index["distinct_sizes"] > 1 and not exp.image_size:
-        shown = ", ".join(list(index["sizes"])[:2])
-        raise UserError(f"pack {index['name']}: its images have {index['distinct_sizes']} different sizes ({shown}, "
-                        f"...); give --image-size N to resize them all to NxN")
+    channels = settled_channels(index, exp)
     images, labels = {}, {}
     for split in index["splits"]:
         pixels, labels[split] = read_split(folder, index, split)

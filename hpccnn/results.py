@@ -67,7 +67,8 @@ def pack_record(dataset: str, data_dir) -> dict | None:
         if not path.exists():
             return None
         files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-        listing = "\n".join(f"{f} {f.stat().st_size} {f.stat().st_mtime_ns}" for f in files)
+        stats = [(f, f.stat()) for f in files]
+        listing = "\n".join(f"{f} {stat.st_size} {stat.st_mtime_ns}" for f, stat in stats)
         return {"path": str(path), "files": len(files), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
     folder = pack.find(dataset, resolve_data_dir(data_dir)) if dataset not in DATASETS else None
     return None if folder is None else {"name": dataset, "index_sha256": pack.sha256(folder / "index.json")}

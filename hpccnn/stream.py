@@ -54,10 +54,10 @@ def data_bytes(index: dict, exp) -> int:
     """The bytes a pack's images take in memory, as the in-memory path holds them."""
     count = sum(split["count"] for split in index["splits"].values())
     item = 4 if index.get("dtype") == ["float32"] else 1
+    h, w, c = pack.common_size(index)
     if exp.image_size and index["distinct_sizes"] > 1:
-        return count * exp.image_size ** 2 * max(int(c) for c in index["channels"]) * item
-    h, w = (int(v) for v in next(iter(index["sizes"])).split("x"))
-    return count * h * w * max(int(c) for c in index["channels"]) * item
+        h = w = exp.image_size
+    return count * h * w * c * item
 
 
 def choose(exp, world, data_dir, resumed_read: str = "") -> dict | None:
@@ -204,15 +204,8 @@ def open_pack(exp, data_dir) -> Streamed:
         raise UserError(f"pack {exp.dataset} was staged by an older hpccnn that streaming can't read; stage it "
                         f"again with {again}, or give --input memory")
     pack.verify(folder, index)
-    channels = userdata.choose_channels(f"pack {index['name']}", index["channels"], exp.channels)
-    if index["distinct_sizes"] > 1 and not exp.image_size:
-        shown = ", ".join(list(index["sizes"])[:2])
-        raise UserError(f"pack {index['name']}: its images have {index['distinct_sizes']} different sizes ({shown}, "
-                        f"...); give --image-size N to resize them all to NxN")
-    if index["distinct_sizes"] > 1:
-        h = w = exp.image_size
-    else:
-        h, w = (int(v) for v in next(iter(index["sizes"])).split("x"))
+    channels = pack.settled_channels(index, exp)
+    h, w = (exp.image_size,) * 2 if index["distinct_sizes"] > 1 else pack.common_size(index)[:2]
     chosen = sets(index, exp)
     float_pixels = index.get("dtype") == ["float32"]
     scale, nonfinite = scale_of(index, exp, float_pixels, {s for s, _ in chosen.values()})
@@ -239,17 +232,13 @@ def scale_of(index: dict, exp, float_pixels: bool, used: set) -> tuple:
         return 1 / 255, nonfinite
     lows = [s["min"] for s in splits if s.get("min") is not None] + ([nonfinite] if nonfinite is not None else [])
     highs = [s["max"] for s in splits if s.get("max") is not None] + ([nonfinite] if nonfinite is not None else [])
-    low, high = min(lows, default=0.0), max(highs, default=0.0)
-    if low < 0 or high > 255:
-        raise UserError(f"{where}: its pixels lie between {low:g} and {high:g}, neither in 0..1 nor in 0..255; give "
-                        f"--pixel-max, the value of a white pixel (images are divided by it)")
-    return (1.0 if high <= 1 else 1 / 255), nonfinite
+    return userdata.range_scale(where, min(lows, default=0.0), max(highs, default=0.0)), nonfinite
 
 
 def record_bytes(streamed: Streamed) -> int:
     """About a record's bytes in the shuffle buffer: the largest common size's pixels and its other fields."""
-    h, w = (int(v) for v in next(iter(streamed.index["sizes"])).split("x"))
-    return h * w * max(int(c) for c in streamed.index["channels"]) * (4 if streamed.float_pixels else 1) + 64
+    h, w, c = pack.common_size(streamed.index)
+    return h * w * c * (4 if streamed.float_pixels else 1) + 64
 
 
 def shuffle_buffer(streamed: Streamed, count: int, batch: int) -> int:

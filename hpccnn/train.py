@@ -245,10 +245,9 @@ def read_at_start(resume) -> str:
     """How a resumed run read its pack when it started ("memory" or "stream"), so that it goes on alike; or ""."""
     if resume is None:
         return ""
-    try:
-        return (json.loads((Path(resume.folder) / "provenance.json").read_text()).get("input") or {}).get("read", "")
-    except (OSError, ValueError):
-        return ""
+    from hpccnn.files import read_json
+
+    return ((read_json(Path(resume.folder) / "provenance.json") or {}).get("input") or {}).get("read", "")
 
 
 def streamed_data(exp, spec, world, data_dir, first_epoch: int, batch: int, read: dict):
@@ -267,12 +266,11 @@ def streamed_data(exp, spec, world, data_dir, first_epoch: int, batch: int, read
     val_ds = stream.eval_pipeline(streamed, "val", world.rank, world.size, batch, exp.image_size)
     val_count = len(stream.share(streamed.index, streamed.sets["val"], world.rank, world.size))
     val_steps = min(exp.steps_per_epoch, -(-val_count // batch)) if exp.steps_per_epoch else None
-    buffer = stream.shuffle_buffer(streamed, len(mine), batch) * stream.record_bytes(streamed)
+    block = stream.shuffle_buffer(streamed, len(mine), batch)
     reads = [f for name in ("train", "val", "test") for f, _, _ in
              stream.reads(streamed.index["splits"][streamed.sets[name][0]]["shards"], world.rank, world.size)]
-    held = shared.Held(shared.STREAMED, own_bytes=buffer, reads=sorted(set(reads)))
-    read = {**read, "shuffle_buffer_images": stream.shuffle_buffer(streamed, len(mine), batch),
-            "rank_images": {"fewest": fewest, "most": most}}
+    held = shared.Held(shared.STREAMED, own_bytes=block * stream.record_bytes(streamed), reads=sorted(set(reads)))
+    read = {**read, "shuffle_buffer_images": block, "rank_images": {"fewest": fewest, "most": most}}
     return exp, Inputs(streamed, held, batch, steps, val_steps, train_ds, val_ds, read)
 
 

@@ -319,6 +319,14 @@ def load_hdf5(path: Path, exp):
         return Raw(*_pair(path, f[found[0]][()], f[found[1]][()], "training"), None, None, [])
 
 
+def range_scale(where: str, low: float, high: float) -> float:
+    """The scale to 0..1 of float pixels between low and high: 1 for 0..1, 1/255 for 0..255, else a UserError."""
+    if low < 0 or high > 255:
+        raise UserError(f"{where}: its pixels lie between {low:g} and {high:g}, neither in 0..1 nor in 0..255; give "
+                        f"--pixel-max, the value of a white pixel (images are divided by it)")
+    return 1.0 if high <= 1 else 1 / 255
+
+
 def pixels(raw, path, exp) -> None:
     """Raw's images checked and scaled in place: non-finite pixels refused (or replaced by --nonfinite), and the
     scale to 0..1 from --pixel-max, the dtype, or the values (0..1 or 0..255)."""
@@ -341,11 +349,7 @@ def pixels(raw, path, exp) -> None:
     elif all(x.dtype == np.uint8 for x in xs):
         raw.scale = 1 / 255
     else:
-        low, high = min(float(x.min()) for x in xs), max(float(x.max()) for x in xs)
-        if low < 0 or high > 255:
-            raise UserError(f"--dataset {path}: its pixels lie between {low:g} and {high:g}, neither in 0..1 nor in "
-                            f"0..255; give --pixel-max, the value of a white pixel (images are divided by it)")
-        raw.scale = 1.0 if high <= 1 else 1 / 255
+        raw.scale = range_scale(f"--dataset {path}", min(float(x.min()) for x in xs), max(float(x.max()) for x in xs))
     for part in ("x_train", "x_test", "x_val"):
         x = getattr(raw, part, None)
         if x is not None and x.dtype != np.uint8 and x.dtype != np.float32:
