@@ -11,13 +11,13 @@ From a script or a notebook (the same under python, horovodrun, mpirun, srun and
     print(result.folder, result.test_accuracy)  # on rank 0; None on the others
 """
 
-from hpccnn import quiet
+from hpccnn.common import quiet
 
 __version__ = "0.1.0"
 quiet.install()  # before anything imports TensorFlow: its start-up noise stays out of every command's output
 
-from hpccnn.api import Result, experiment, fit, run  # noqa: E402  (after quiet.install)
-from hpccnn.errors import UserError  # noqa: E402
-from hpccnn.experiments import Experiment  # noqa: E402
+from hpccnn.training.api import Result, experiment, fit, run  # noqa: E402  (after quiet.install)
+from hpccnn.common.errors import UserError  # noqa: E402
+from hpccnn.models.experiments import Experiment  # noqa: E402
 
 __all__ = ["fit", "experiment", "run", "Result", "Experiment", "UserError"]

@@ -9,14 +9,14 @@ Prints, from rank 0, one line per model: gradient size and the median of the tim
 
 import sys
 
-from hpccnn import dist
-from hpccnn.bench import PLANS
-from hpccnn.scaling import ALLREDUCES, time_allreduce
+from hpccnn.training import dist
+from hpccnn.benchmark.bench import PLANS
+from hpccnn.benchmark.scaling import ALLREDUCES, time_allreduce
 
 
 def main(models) -> int:
     world = dist.init()
-    from hpccnn.models import get_model
+    from hpccnn.models.zoo import get_model
 
     for name in models:
         spec = get_model(name)

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from hpccnn.tables import markdown
+from hpccnn.common.tables import markdown
 
 MB = 2 ** 20
 

@@ -219,7 +219,7 @@ def end_group(proc, grace=10):
 
 def run_module(module, *args, env=None, cwd=None, timeout=900):
     """python -m module args, as a user runs it; returns the CompletedProcess."""
-    from hpccnn.launch import mpi_env
+    from hpccnn.launching.launch import mpi_env
 
     return run_to_end([sys.executable, "-m", module, *map(str, args)], env=mpi_env(env), cwd=cwd or ROOT,
                       timeout=timeout)
@@ -239,7 +239,7 @@ def output_of(proc, tail=3000) -> str:
 def refusal(main, *argv) -> str:
     """The message of the UserError that a command's entry point raises for argv, run in this process
     (its @cli wrapper, which prints the message as one line and exits 2, taken off); one line."""
-    from hpccnn.errors import UserError
+    from hpccnn.common.errors import UserError
 
     with pytest.raises(UserError) as err:
         main.__wrapped__([str(a) for a in argv])
@@ -250,8 +250,9 @@ def refusal(main, *argv) -> str:
 def train_refusal(*argv) -> str:
     """The same for hpccnn.train, which refuses before it trains: its command line (train.parse), then its
     data (data.load_split, as train.run loads it once TensorFlow and Horovod have started)."""
-    from hpccnn import data, train
-    from hpccnn.errors import UserError
+    from hpccnn.data import datasets as data
+    from hpccnn.training import train
+    from hpccnn.common.errors import UserError
 
     with pytest.raises(UserError) as err:
         args, exp = train.parse([str(a) for a in argv])
@@ -261,7 +262,7 @@ def train_refusal(*argv) -> str:
 
 
 def run_folders(results_dir: Path):
-    from hpccnn.demo import run_folders as folders
+    from hpccnn.launching.demo import run_folders as folders
 
     return sorted(folders(results_dir))
 
@@ -351,9 +352,9 @@ def sbatch(env, template, *options, args=()) -> str:
 
 
 def wait_for(env, job, timeout=900) -> str:
-    """The state a job (or every task of an array) ended in, read by hpccnn.slurm as hpccnn.submit reads
+    """The state a job (or every task of an array) ended in, read by hpccnn.common.slurm as hpccnn.submit reads
     it; tasks that ended differently give their states joined by commas. Fails the test after timeout s."""
-    from hpccnn.slurm import ACTIVE, job_states
+    from hpccnn.common.slurm import ACTIVE, job_states
 
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -366,7 +367,7 @@ def wait_for(env, job, timeout=900) -> str:
 
 def job_field(env, job, key):
     """One field of scontrol show job (Restarts, say); None once SLURM no longer knows the job."""
-    from hpccnn.slurm import job_fields
+    from hpccnn.common.slurm import job_fields
 
     return job_fields(job, env=env).get(key)
 
@@ -394,7 +395,7 @@ def write_idx(folder: Path, arrays: dict, gz=True):
     """MNIST's distribution format: one IDX file per array (magic 0x0000080N, big-endian sizes, the bytes)."""
     import gzip
 
-    from hpccnn.data import IDX_FILES
+    from hpccnn.data.datasets import IDX_FILES
 
     folder.mkdir(parents=True, exist_ok=True)
     for key, stem in IDX_FILES.items():

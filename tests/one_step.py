@@ -3,7 +3,7 @@
 Run as one process it takes the whole batch; under horovodrun -np 2 each rank takes
 half of it (hpccnn's own sharding) and Horovod averages the gradients. With
 ONE_STEP_OPTIMIZER=horovod_average the optimizer is Horovod's own DistributedOptimizer, averaging as
-Horovod does, instead of hpccnn's (hpccnn.dist.distributed_optimizer).
+Horovod does, instead of hpccnn's (hpccnn.training.dist.distributed_optimizer).
 """
 
 import os
@@ -12,10 +12,11 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from hpccnn import data, dist
-from hpccnn.experiments import get_experiment, parse_assignment, parse_value, with_overrides
-from hpccnn.models import get_model
-from hpccnn.train import compile_model, make_optimizer, start
+from hpccnn.data import datasets as data
+from hpccnn.training import dist
+from hpccnn.models.experiments import get_experiment, parse_assignment, parse_value, with_overrides
+from hpccnn.models.zoo import get_model
+from hpccnn.training.train import compile_model, make_optimizer, start
 
 out, batch = sys.argv[1], 64
 settings = dict(parse_assignment(item, "one_step.py") for item in sys.argv[2:])  # e.g. fp16_allreduce=true

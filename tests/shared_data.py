@@ -1,4 +1,4 @@
-"""Under horovodrun: the data set as hpccnn.shared gives it to each rank, against what loading alone gives.
+"""Under horovodrun: the data set as hpccnn.training.shared gives it to each rank, against what loading alone gives.
 
 python tests/shared_data.py OUT SIZE writes OUT.<rank>.json: where the rank's arrays live (inside the node's
 window or not), its memory (smaps_rollup) before and after, the
@@ -11,8 +11,9 @@ import sys
 
 import numpy as np
 
-from hpccnn import data, dist, memory, shared, train
-from hpccnn.experiments import get_experiment, with_overrides
+from hpccnn.data import datasets as data
+from hpccnn.training import dist, memory, shared, train
+from hpccnn.models.experiments import get_experiment, with_overrides
 
 out, size = sys.argv[1], int(sys.argv[2])
 exp = with_overrides(get_experiment("cifar_cnn_v3"), {"dataset": "synthetic", "synthetic_size": size,

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from hpccnn import dist
+from hpccnn.training import dist
 
 
 def switches() -> dict:

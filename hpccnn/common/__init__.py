@@ -1,0 +1,1 @@
+"""What every part of hpccnn uses: user errors, whole-file writes, run folders' names and status, tables, what SLURM says, and TensorFlow's start-up noise kept quiet. Imports nothing else of hpccnn."""

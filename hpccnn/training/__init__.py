@@ -1,0 +1,1 @@
+"""A training run (python -m hpccnn.train, hpccnn.fit): Horovod's world, the data held in memory or streamed, callbacks, checkpoints and the run folder's results. Imports common, data and models; never launching, the benchmark or the reports."""
