@@ -1,8 +1,8 @@
-"""python -m hpccnn.grids: the command as users type it; its code is hpccnn.models.grids."""
+"""python -m hpccnn.grids: the command as users type it; its code is hpccnn.launching.grid_task."""
 
 import sys
 
-from hpccnn.models.grids import main
+from hpccnn.launching.grid_task import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ Prints, from rank 0, one line per model: gradient size and the median of the tim
 import sys
 
 from hpccnn.training import dist
-from hpccnn.benchmark.bench import PLANS
+from hpccnn.benchmark.plans import PLANS
 from hpccnn.benchmark.scaling import ALLREDUCES, time_allreduce
 
 

@@ -395,7 +395,7 @@ def write_idx(folder: Path, arrays: dict, gz=True):
     """MNIST's distribution format: one IDX file per array (magic 0x0000080N, big-endian sizes, the bytes)."""
     import gzip
 
-    from hpccnn.data.datasets import IDX_FILES
+    from hpccnn.data.builtin import IDX_FILES
 
     folder.mkdir(parents=True, exist_ok=True)
     for key, stem in IDX_FILES.items():

@@ -13,10 +13,11 @@ import numpy as np
 import tensorflow as tf
 
 from hpccnn.data import datasets as data
-from hpccnn.training import dist
-from hpccnn.models.experiments import get_experiment, parse_assignment, parse_value, with_overrides
+from hpccnn.training import dist, inputs
+from hpccnn.models.catalog import get_experiment
+from hpccnn.models.experiments import parse_assignment, parse_value, with_overrides
 from hpccnn.models.zoo import get_model
-from hpccnn.training.train import compile_model, make_optimizer, start
+from hpccnn.training.compute import compile_model, make_optimizer, start
 
 out, batch = sys.argv[1], 64
 settings = dict(parse_assignment(item, "one_step.py") for item in sys.argv[2:])  # e.g. fp16_allreduce=true
@@ -32,8 +33,8 @@ if os.environ.get("ONE_STEP_OPTIMIZER") == "horovod_average":  # Horovod's own a
     model.compile(optimizer=hvd.DistributedOptimizer(make_optimizer(exp.optimizer, exp.learning_rate), op=hvd.Average),
                   loss=model.loss, metrics=["accuracy"], steps_per_execution=exp.steps_per_execution)
 raw = data.load("digits")
-x, y = data.shard(raw.x_train[:batch], world.rank, world.size), data.shard(raw.y_train[:batch], world.rank, world.size)
-ds = data.pipeline(x, y, batch // world.size, raw.scale, image_size=32)
+x, y = inputs.shard(raw.x_train[:batch], world.rank, world.size), inputs.shard(raw.y_train[:batch], world.rank, world.size)
+ds = inputs.pipeline(x, y, batch // world.size, raw.scale, image_size=32)
 before = [w.copy() for w in model.get_weights()]
 model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0,
           callbacks=[dist.hvd().callbacks.BroadcastGlobalVariablesCallback(0)])

@@ -12,8 +12,10 @@ import sys
 import numpy as np
 
 from hpccnn.data import datasets as data
-from hpccnn.training import dist, memory, shared, train
-from hpccnn.models.experiments import get_experiment, with_overrides
+from hpccnn.training import dist, inputs, memory, shared
+from hpccnn.training.phases import free_data
+from hpccnn.models.catalog import get_experiment
+from hpccnn.models.experiments import with_overrides
 
 out, size = sys.argv[1], int(sys.argv[2])
 exp = with_overrides(get_experiment("cifar_cnn_v3"), {"dataset": "synthetic", "synthetic_size": size,
@@ -60,12 +62,12 @@ def digest(array):
 
 
 def first_batches(x, y):
-    batches = data.train_pipeline(data.shard(x, world.rank, world.size), data.shard(y, world.rank, world.size),
-                                  16, 3, splits.scale, seed=(exp.seed, world.rank))
+    batches = inputs.train_pipeline(inputs.shard(x, world.rank, world.size), inputs.shard(y, world.rank, world.size),
+                                    inputs.Batches(16, 3, seed=(exp.seed, world.rank)), splits.scale)
     return digest(np.concatenate([b[0].numpy().ravel() for b in batches]))
 
 
-shard = data.shard(splits.x_train, world.rank, world.size)
+shard = inputs.shard(splits.x_train, world.rank, world.size)
 facts = {
     "rank": world.rank, "held": held.facts(), "window": window, "before": before, "after": after,
     "window_pages": window_pages,
@@ -81,6 +83,6 @@ facts["alone"] = {"digests": {name: digest(getattr(alone, name)) for name in sha
 dist.allgather_object(0)  # both ranks are done with the window before it goes
 # freed as training frees it: no rank leaves before all have freed it (a rank that exited at once had Horovod
 # end MPI while the other still freed the window, which then waited for ever: CI, a 300 s hang of this script)
-train.free_data(held, world)
+free_data(held, world)
 with open(f"{out}.{world.rank}.json", "w") as f:
     json.dump(facts, f)

@@ -24,11 +24,17 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from hpccnn.training import dist
+from hpccnn.benchmark.measure import parse_result, worker_command
+from hpccnn.benchmark.plans import Options, Plan
+from hpccnn.benchmark.results import machine, write_tables
+from hpccnn.benchmark.runners import PEERS, RUNNERS
 from hpccnn.common import tables
 from hpccnn.common.errors import UserError
+from hpccnn.training import dist
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "local_slurm.sh"
 PORT = "6837"  # the tests' clusters use 6817 and 6827
@@ -122,6 +128,7 @@ class Cluster:
     (namespaces, links, daemons) when the with-block ends, whatever happened in it."""
 
     def __init__(self, nodes, cores_per_node, gbit):
+        self.names, self.cores = [f"n{k + 1}" for k in range(nodes)], cores_per_node  # its nodes, cores each
         self.dir = Path(tempfile.mkdtemp(prefix="hpccnn-bench-nodes-"))
         self.dir.chmod(0o755)  # munged runs as its own user
         self.env = {**os.environ, "HPCCNN_SLURM_DIR": str(self.dir), "HPCCNN_SLURMCTLD_PORT": PORT,
@@ -165,8 +172,6 @@ class Cluster:
     @staticmethod
     def wait(proc) -> dict:
         """The measurement a job's rank 0 printed, or a RuntimeError with the job's last output."""
-        from hpccnn.benchmark.runners import parse_result
-
         try:
             _, err = proc.communicate(timeout=proc.timeout)
         except subprocess.TimeoutExpired:
@@ -178,20 +183,39 @@ class Cluster:
         return parse_result(text)
 
 
-def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=print, peers=None):
+@dataclass(frozen=True)
+class Compute:
+    """A model's compute step on the nodes: 1 rank on each node training alone, all at the same time."""
+    model: str
+    batch: int  # per rank
+    images_per_second: float  # the nodes' mean
+    per_node: list  # each node's images/s
+    params: int
+
+
+def compute_step(cluster, model, how: Plan, settings, jobs: Path) -> Compute:
+    """model's Compute: each node trains alone, all at once: the cores are as busy as in the N-node job,
+    and no rank waits on the network. settings: hpccnn.train's, jobs: the folder of the jobs' output."""
+    alone = [cluster.job([node], cluster.cores, worker_command("hpccnn", model, how, settings),
+                         jobs / f"{model}-alone-{node}.out") for node in cluster.names]
+    alone = [cluster.wait(job) for job in alone]
+    return Compute(model, how.batch, statistics.mean(r["images_per_second"] for r in alone),
+                   [round(r["images_per_second"], 1) for r in alone], alone[0]["params"])
+
+
+def run_nodes(options: Options, nodes: int, links, fp16=False):
     """Per model: compute (every node training alone, all at once), then at each link speed N nodes'
     images/s and a whole-gradient allreduce, beside the README model's prediction for that link, and
-    each peer's images/s (peers: of hpccnn.bench.PEERS, all by default) on the same nodes and link.
-    Writes nodes.csv, nodes.md and the jobs' output (jobs/) to out_dir, a new folder."""
-    from hpccnn.benchmark import bench, runners
-
-    peers = bench.PEERS if peers is None else peers
+    each peer's images/s (options.peers: of hpccnn.benchmark.runners.PEERS) on the same nodes and link;
+    fp16: the gradients sent as float16. Writes nodes.csv, nodes.md and the jobs' output (jobs/) to
+    options.out, a new folder."""
+    models, log = options.models, options.log
     cores = check_machine(nodes)
-    work = out_dir.with_name(out_dir.name + ".partial")
-    (work / "jobs").mkdir(parents=True, exist_ok=False)  # each job's output, kept beside the tables
+    work = options.out.with_name(options.out.name + ".partial")
+    jobs = work / "jobs"
+    jobs.mkdir(parents=True, exist_ok=False)  # each job's output, kept beside the tables
     settings = {"steps_per_execution": 1, **({"fp16_allreduce": "true"} if fp16 else {})}
-    names = [f"n{k + 1}" for k in range(nodes)]
-    plans = {model: bench.plan(model, **options) for model in models}
+    plans = {model: options.plan(model) for model in models}
     rows = []
 
     def stop(signum, frame):  # SIGTERM (kill, a job's time limit) too takes the cluster down on its way out
@@ -203,51 +227,47 @@ def run_nodes(models, nodes, links, options, out_dir: Path, fp16=False, log=prin
             log(f"{nodes} namespace nodes up, {cores} core(s) each (scripts/local_slurm.sh)")
             compute = {}
             for model in models:
-                # each node trains alone, all at once: the cores are as busy as in the N-node job,
-                # and no rank waits on the network
-                alone = [cluster.job([node], cores, runners.worker_command("hpccnn", model, plans[model], settings),
-                                     work / "jobs" / f"{model}-alone-{node}.out") for node in names]
-                alone = [cluster.wait(job) for job in alone]
-                compute[model] = {"images_per_second": statistics.mean(r["images_per_second"] for r in alone),
-                                  "per_node": [round(r["images_per_second"], 1) for r in alone],
-                                  "params": alone[0]["params"]}
-                log(f"{model:17} alone on each node at once: {compute[model]['per_node']} img/s (compute)")
+                compute[model] = compute_step(cluster, model, plans[model], settings, jobs)
+                log(f"{model:17} alone on each node at once: {compute[model].per_node} img/s (compute)")
             for gbit in links:
                 cluster.script("link", "--gbit", str(gbit))
                 for model in models:
                     how = plans[model]
-                    per_rank = runners.Plan(how.batch * nodes, how.warmup, how.steps, how.seconds)
+                    per_rank = Plan(how.batch * nodes, how.warmup, how.steps, how.seconds)
                     got = cluster.wait(cluster.job(
-                        names, cores, runners.worker_command("hpccnn", model, per_rank, settings, allreduce=True),
-                        work / "jobs" / f"{model}-{nodes}-nodes-{gbit}-gbit.out"))
-                    rows.append(row(model, nodes, gbit, how.batch, compute[model], got, fp16))
-                    for peer in peers:  # the same model, global batch and nodes, each set up its own way
+                        cluster.names, cores, worker_command("hpccnn", model, per_rank, settings, allreduce=True),
+                        jobs / f"{model}-{nodes}-nodes-{gbit}-gbit.out"))
+                    rows.append(row(compute[model], nodes, gbit, got, fp16))
+                    for peer in options.peers:  # the same model, global batch and nodes, each set up its own way
                         got = cluster.wait(cluster.job(
-                            names, cores, runners.worker_command(peer, model, per_rank, settings),
-                            work / "jobs" / f"{model}-{nodes}-nodes-{gbit}-gbit-{peer}.out", env=PEER_ENV.get(peer)))
+                            cluster.names, cores, worker_command(peer, model, per_rank, settings),
+                            jobs / f"{model}-{nodes}-nodes-{gbit}-gbit-{peer}.out", env=PEER_ENV.get(peer)))
                         rows[-1].update(peer_row(peer, got, rows[-1]))
                     log(format_row(rows[-1]))
         md = markdown(rows, nodes, cores, fp16)
-        bench.write_tables(work, "nodes", rows, md)
+        write_tables(work, "nodes", rows, md)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # no half-written results: the error says what failed
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
-    work.rename(out_dir)
+    work.rename(options.out)
     return rows, md
 
 
-def row(model, nodes, gbit, batch, compute, got, fp16) -> dict:
-    gradient_mb = compute["params"] * 4 / 1e6
+def row(compute: Compute, nodes, gbit, got, fp16) -> dict:
+    """nodes.csv's row of compute's model on nodes at link speed gbit: got, the N-node job's measurement, beside
+    the README model's prediction from compute's step."""
+    model, batch = compute.model, compute.batch
+    gradient_mb = compute.params * 4 / 1e6
     sent_mb = gradient_mb / 2 if fp16 else gradient_mb
-    step = batch / compute["images_per_second"]
+    step = batch / compute.images_per_second
     ring = allreduce_seconds(sent_mb, nodes, gbit)
     predicted = nodes * batch / (step + ring)  # the README's model: a compute step, then the ring; no overlap
     return {"model": model, "nodes": nodes, "link_gbit": gbit, "batch_per_rank": batch,
             "gradient_mb": round(gradient_mb, 2), "fp16_allreduce": fp16,
-            "compute_images_per_second": round(compute["images_per_second"], 1), "compute_step_seconds": round(step, 4),
-            "compute_per_node": " ".join(map(str, compute["per_node"])),
+            "compute_images_per_second": round(compute.images_per_second, 1), "compute_step_seconds": round(step, 4),
+            "compute_per_node": " ".join(map(str, compute.per_node)),
             "allreduce_ms": round(got["allreduce_seconds"] * 1000, 1), "ring_bound_ms": round(ring * 1000, 1),
             "allreduce_vs_ring": round(got["allreduce_seconds"] / ring, 3),
             "allreduce_slowest_ms": round(max(got["allreduce_all_seconds"]) * 1000, 1),
@@ -260,8 +280,8 @@ def row(model, nodes, gbit, batch, compute, got, fp16) -> dict:
             "full_overlap_images_per_second": round(nodes * batch / max(step, ring), 1),
             # the model with the allreduce as measured: what is left is overlap and shared CPU
             "with_measured_allreduce": round(nodes * batch / (step + got["allreduce_seconds"]), 1),
-            "efficiency": round(got["images_per_second"] / (nodes * compute["images_per_second"]), 3),
-            "predicted_efficiency": round(predicted / (nodes * compute["images_per_second"]), 3),
+            "efficiency": round(got["images_per_second"] / (nodes * compute.images_per_second), 3),
+            "predicted_efficiency": round(predicted / (nodes * compute.images_per_second), 3),
             "timed_steps": got["timed_steps"],
             "peak_rss_mb_per_rank": round(max(r["rss_mb"] for r in got["ranks"]))}
 
@@ -278,9 +298,6 @@ def peer_row(peer, got, hpccnn) -> dict:
 
 def _peers_of(rows) -> list:
     """(peer, title) of each peer measured in rows."""
-    from hpccnn.benchmark.bench import PEERS
-    from hpccnn.benchmark.runners import RUNNERS
-
     return [(p, RUNNERS[p].title) for p in PEERS if rows and f"{p}_images_per_second" in rows[0]]
 
 
@@ -294,10 +311,6 @@ def format_row(r) -> str:
 
 
 def markdown(rows, nodes, cores, fp16) -> str:
-    from hpccnn.benchmark.bench import machine
-
-    from datetime import datetime
-
     head = (f"Measured {datetime.now():%Y-%m-%d %H:%M} on {machine()}: {nodes} network-namespace nodes of "
             f"{cores} core(s) each, one rank per node, links shaped by tc tbf; "
             f"{'fp16' if fp16 else 'float32'} gradients. Compute: each node trains alone, all at the same time (the "

@@ -4,6 +4,7 @@ Job states come from ``sacct`` when the cluster keeps accounting (most do), and 
 from ``scontrol show job``, which knows a finished job for MinJobAge seconds (300 by default).
 """
 
+import datetime
 import re
 import shutil
 import subprocess
@@ -99,8 +100,6 @@ def job_fields(job_id: str, env=None) -> dict:
 
 def submit_date(job_id):
     """The day a job was submitted: an array's tasks all share it, whenever each one starts."""
-    import datetime
-
     if not job_id:
         return None
     submitted = job_fields(job_id).get("SubmitTime", "")

@@ -17,12 +17,14 @@ import hashlib
 import json
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hpccnn.data import userdata
 from hpccnn.common.errors import UserError
+from hpccnn.data import userdata
+from hpccnn.data.base import sha256
 
 FORMAT = 2  # 2: each split says the indices it skipped and a float split its range (hpccnn.training.stream)
 SHARD_BYTES = 128 << 20  # about this much per shard
@@ -39,13 +41,30 @@ def find(name: str, data_dir) -> Path | None:
     return folder if (folder / "index.json").is_file() else None
 
 
+@dataclass(frozen=True)
+class Packing:
+    """A packing job: what to pack (a folder, .npz or HDF5 file) as which pack in which data cache, and how."""
+
+    path: Path
+    name: str
+    data_dir: Path
+    shards: int | None = None  # per split; None: about SHARD_BYTES each (shard_counts)
+    force: bool = False  # replace a staged pack of that name, and start over
+    skip_bad_images: bool = False  # pack the readable images and list the others in index.json
+    hdf5_images: str = ""  # an HDF5 file's datasets, as --hdf5-images and --hdf5-labels name them
+    hdf5_labels: str = ""
+    class_names: dict | None = None  # a data set's own names for its folders (Imagenette's WordNet ids)
+    again: str = ""  # the command that stages it again (index.json's staged_by); empty: PATH --name NAME
+
+
 class Source:
     """What a pack is made from: per split, a count and a way to get image i (pixels and label, or None and
-    the reason it can't be read), and the class names."""
+    the reason it can't be read), and the class names. names: what has hdf5_images and hdf5_labels (a Packing,
+    an Experiment)."""
 
-    def __init__(self, path: Path, exp):
+    def __init__(self, path: Path, names):
         self.path = path
-        self.names = (exp.hdf5_images, exp.hdf5_labels)
+        self.names = (names.hdf5_images, names.hdf5_labels)
         if path.is_dir():
             folder = userdata.layout(path)
             self.classes = folder.classes
@@ -54,7 +73,7 @@ class Source:
                           for split, classes in folder.splits.items()}
             self.arrays = None
         else:
-            raw = userdata.load_npz(path) if path.name.lower().endswith(".npz") else userdata.load_hdf5(path, exp)
+            raw = userdata.load_npz(path) if path.name.lower().endswith(".npz") else userdata.load_hdf5(path, names)
             self.arrays = {"train": (raw.x_train, raw.y_train)}
             if raw.x_test is not None:
                 self.arrays["test"] = (raw.x_test, raw.y_test)
@@ -82,12 +101,6 @@ class Source:
         files = [stamp(f) for split in sorted(self.items) for f, _ in self.items[split]] if self.arrays is None else []
         digest = hashlib.sha256("\n".join(files).encode()).hexdigest() if files else sha256(self.path)
         return f"{self.path} {digest} {self.names}"
-
-
-def sha256(path: Path) -> str:
-    from hpccnn.data.datasets import sha256 as file_sha256
-
-    return file_sha256(path)
 
 
 def shard_counts(source: Source, shards: int | None) -> dict:
@@ -159,27 +172,26 @@ def write_shard(source: Source, split: str, k: int, n: int, target: Path) -> dic
     return facts
 
 
-def pack(path: Path, name: str, data_dir: Path, exp, shards=None, force=False, log=print, class_names=None,
-         again=None) -> Path:
-    """path (a folder, .npz or HDF5 file) checked and packed as DATA_DIR/packs/name; returns the pack's folder."""
-    userdata.check(str(path))
-    final = folder_of(data_dir, name)
-    if final.exists() and not force:
-        raise UserError(f"a pack named {name} is staged already in {final}; pass --force to replace it, or --name "
+def pack(job: Packing, log=print) -> Path:
+    """job.path (a folder, .npz or HDF5 file) checked and packed as DATA_DIR/packs/NAME; returns the pack's folder."""
+    userdata.check(str(job.path))
+    final = folder_of(job.data_dir, job.name)
+    if final.exists() and not job.force:
+        raise UserError(f"a pack named {job.name} is staged already in {final}; pass --force to replace it, or --name "
                         f"another name")
-    source = Source(Path(path).resolve(), exp)
-    if class_names:  # a data set's own names for its folders (Imagenette's WordNet ids)
-        source.classes = [class_names.get(c, c) for c in source.classes]
-    partial = final.with_name(f".{name}.partial")
-    plan = {"source": source.description(), "shards": shard_counts(source, shards)}
-    if (partial / "plan.json").is_file() and (force or json.loads((partial / "plan.json").read_text()) != plan):
+    source = Source(Path(job.path).resolve(), job)
+    if job.class_names:  # a data set's own names for its folders (Imagenette's WordNet ids)
+        source.classes = [job.class_names.get(c, c) for c in source.classes]
+    partial = final.with_name(f".{job.name}.partial")
+    plan = {"source": source.description(), "shards": shard_counts(source, job.shards)}
+    if (partial / "plan.json").is_file() and (job.force or json.loads((partial / "plan.json").read_text()) != plan):
         shutil.rmtree(partial)  # asked to, or made from something else (a file changed since), or sharded otherwise
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "plan.json").write_text(json.dumps(plan))
     done = sum(1 for f in partial.glob("*.json") if f.name != "plan.json")
     total = sum(plan["shards"].values())
     if done:
-        log(f"hpccnn: packing {name}: {done} of {total} shards were packed already; going on from there")
+        log(f"hpccnn: packing {job.name}: {done} of {total} shards were packed already; going on from there")
     for split, n in plan["shards"].items():
         for k in range(n):
             target = partial / f"{split}-{k:05d}-of-{n:05d}.tfrecord"
@@ -189,11 +201,11 @@ def pack(path: Path, name: str, data_dir: Path, exp, shards=None, force=False, l
             facts = write_shard(source, split, k, n, target)
             facts_file.write_text(json.dumps(facts))
             done += 1
-            log(f"hpccnn: packing {name}: shard {done}/{total} ({split}, {facts['count']:,} images)")
-    return finish(source, name, partial, final, plan, exp, force, again or f"{source.path} --name {name}")
+            log(f"hpccnn: packing {job.name}: shard {done}/{total} ({split}, {facts['count']:,} images)")
+    return finish(job, source, partial, plan)
 
 
-def finish(source, name, partial: Path, final: Path, plan, exp, force, again: str) -> Path:
+def finish(job: Packing, source: Source, partial: Path, plan: dict) -> Path:
     """The pack's index from its shards' facts, then the pack in place; or the bad files refused."""
     splits, bad, channels, sizes, dtypes = {}, [], {}, {}, set()
     for split, n in plan["shards"].items():
@@ -218,7 +230,7 @@ def finish(source, name, partial: Path, final: Path, plan, exp, force, again: st
                          "first_nonfinite": min(firsts) if firsts else None,
                          "min": min(f["min"] for f in ranges) if ranges else None,
                          "max": max(f["max"] for f in ranges) if ranges else None}
-    if bad and not exp.skip_bad_images:  # the finished shards kept: run again with --skip-bad-images goes on
+    if bad and not job.skip_bad_images:  # the finished shards kept: run again with --skip-bad-images goes on
         total = sum(source.count(s) for s in plan["shards"])
         raise UserError(f"{source.path}: {len(bad)} of {total} files are not readable images: "
                         f"{'; '.join(bad[:userdata.SHOWN])}{' ...' if len(bad) > userdata.SHOWN else ''}; fix or "
@@ -231,7 +243,8 @@ def finish(source, name, partial: Path, final: Path, plan, exp, force, again: st
     if empty:
         shutil.rmtree(partial)
         raise UserError(f"{source.path}: class {empty[0]!r} has no readable training image; nothing was staged")
-    index = {"format": FORMAT, "name": name, "source": str(source.path),
+    again = job.again or f"{source.path} --name {job.name}"
+    index = {"format": FORMAT, "name": job.name, "source": str(source.path),
              "created": datetime.datetime.now().isoformat(timespec="seconds"), "classes": source.classes,
              "splits": splits, "channels": channels, "sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:50]),
              "distinct_sizes": len(sizes), "dtype": sorted(dtypes), "skipped": bad,
@@ -240,7 +253,8 @@ def finish(source, name, partial: Path, final: Path, plan, exp, force, again: st
     for f in partial.glob("*.json"):
         if f.name != "index.json":
             f.unlink()
-    if final.exists() and force:
+    final = folder_of(job.data_dir, job.name)
+    if final.exists() and job.force:
         shutil.rmtree(final)
     partial.rename(final)
     return final
@@ -298,7 +312,7 @@ def common_size(index: dict) -> tuple:
 
 
 def load(folder: Path, exp):
-    """A staged pack as a hpccnn.data.datasets.Raw: verified, its images resized to --image-size where their sizes differ
+    """A staged pack as a hpccnn.data.base.Raw: verified, its images resized to --image-size where their sizes differ
     (each needs it) and converted to one channel count (--channels, or the majority's, said in a line), as an
     image folder's are read (hpccnn.data.userdata)."""
     index = read_index(folder)

@@ -4,23 +4,29 @@ Run it where there is internet (a login node), or give --source, a copy you alre
 have; compute nodes then train from the cache without ever downloading.
 """
 
+import dataclasses
+import re
 import shutil
 import sys
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
-from hpccnn.data import datasets as data
+import numpy as np
+
 from hpccnn.common.errors import Parser, UserError, cli
+from hpccnn.data import builtin, datasets, pack, userdata
+from hpccnn.data.base import default_data_dir
 
 ORIGINS = {
     "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "mnist": "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz",
     "galaxy10": "https://www.astro.utoronto.ca/~bovy/Galaxy10/Galaxy10.h5",
 }
-TARGETS = {"cifar10": data.cifar10_folder, "mnist": data.mnist_file, "fashion_mnist": data.fashion_mnist_file,
-           "galaxy10": data.galaxy10_file}
-IDX_HELP = f"a folder with the four IDX files ({', '.join(data.IDX_FILES.values())}, each may be .gz)"
+TARGETS = {"cifar10": builtin.cifar10_folder, "mnist": builtin.mnist_file,
+           "fashion_mnist": builtin.fashion_mnist_file, "galaxy10": builtin.galaxy10_file}
+IDX_HELP = f"a folder with the four IDX files ({', '.join(builtin.IDX_FILES.values())}, each may be .gz)"
 SOURCE_HELP = {
     "cifar10": "cifar-10-python.tar.gz or its extracted cifar-10-batches-py folder",
     "mnist": f"mnist.npz (keys x_train, y_train, x_test, y_test) or {IDX_HELP}",
@@ -45,8 +51,6 @@ def _download(name: str, folder: Path) -> Path:
 
 def unpack(name: str, source: Path, tmp: Path, staged: Path) -> None:
     """source into the staging folder tmp (an archive unpacked), or a UserError if it can't be read."""
-    import zlib
-
     try:
         if name == "cifar10" and source.is_file():
             with tarfile.open(source) as tar:
@@ -67,10 +71,8 @@ def unpack(name: str, source: Path, tmp: Path, staged: Path) -> None:
 
 def parsed(name: str, source: Path, check: Path):
     """The data set staged under check, loaded; a UserError that speaks of source if it doesn't parse."""
-    import re
-
     try:
-        return data.load(name, check)
+        return datasets.load(name, check)
     except UserError as err:  # load's own words name the temporary copy; say it of the source
         text = str(err)
         found = re.search(r"is unreadable \((.*)\); stage it|has (.*?); stage it|: (\S+) is missing; stage it", text)
@@ -128,10 +130,8 @@ def stage(name: str, data_dir: Path, source: Path | None = None, force=False) ->
 
 def idx_to_npz(folder: Path, npz: Path, name: str) -> None:
     """MNIST's four IDX files as the .npz training reads (keras.datasets.mnist's keys), or a UserError."""
-    import numpy as np
-
     try:
-        arrays = data.read_idx_folder(folder)
+        arrays = builtin.read_idx_folder(folder)
     except UserError as err:
         raise UserError(f"{folder} does not parse as {name} ({err}); nothing was staged") from None
     # a damaged or truncated gzip raises OSError or EOFError: unpack says so, as of any file it can't read
@@ -145,11 +145,11 @@ IMAGENETTE_CLASSES = {  # Imagenette's ten ImageNet classes, by the WordNet ids 
     "n03445777": "golf ball", "n03888605": "parachute"}
 
 
-def stage_imagenette(source: Path | None, data_dir: Path, exp, shards=None, force=False) -> Path:
+def stage_imagenette(source: Path | None, job: pack.Packing) -> Path:
     """Imagenette (seed 004's optional data set) from its archive (imagenette2-320.tgz, or the folder it unpacks
-    to): its ten classes by name and its own train/val split, packed as the pack 'imagenette'."""
-    from hpccnn.data import pack
-
+    to): its ten classes by name and its own train/val split, packed as the pack 'imagenette' into job's data
+    cache, as job says (its shards, --force, --skip-bad-images)."""
+    data_dir = job.data_dir
     if source is None or not source.exists():
         raise UserError("imagenette is staged from its archive: download imagenette2-320.tgz (fast.ai's, about 330 MB) "
                         "where there is internet and pass it with --source")
@@ -161,8 +161,8 @@ def stage_imagenette(source: Path | None, data_dir: Path, exp, shards=None, forc
     unknown = sorted({p.name for p in (found[0] / "train").iterdir() if p.is_dir()} - set(IMAGENETTE_CLASSES))
     if unknown:
         raise UserError(f"{source}: class folder {unknown[0]} is not one of Imagenette's ten; nothing was staged")
-    folder = pack.pack(found[0], "imagenette", data_dir, exp, shards, force, class_names=IMAGENETTE_CLASSES,
-                       again=f"imagenette --source {source.resolve()}")
+    folder = pack.pack(dataclasses.replace(job, path=found[0], name="imagenette", class_names=IMAGENETTE_CLASSES,
+                                           again=f"imagenette --source {source.resolve()}"))
     if root != source:
         shutil.rmtree(root)  # kept until the pack is whole: an interrupted pack goes on from the same files
     return folder
@@ -190,22 +190,20 @@ def unpacked(archive: Path, data_dir: Path) -> Path:
 
 def stage_path(path: Path, args) -> Path:
     """A user's data set (a folder of images, an .npz or HDF5 file) checked and packed; or Imagenette."""
-    from hpccnn.data import pack, userdata
-    from hpccnn.models.experiments import Experiment
-
-    exp = Experiment("stage", "cnn_v1", "digits", skip_bad_images=args.skip_bad_images,
-                     hdf5_images=args.hdf5_images or "", hdf5_labels=args.hdf5_labels or "")
     if args.shards is not None and args.shards <= 0:
         raise UserError(f"--shards must be a positive integer, got {args.shards}")
+    job = pack.Packing(path, args.name or path.resolve().stem, args.data_dir, args.shards, args.force,
+                       skip_bad_images=args.skip_bad_images, hdf5_images=args.hdf5_images or "",
+                       hdf5_labels=args.hdf5_labels or "")
     if args.dataset == "imagenette":
-        folder = stage_imagenette(args.source, args.data_dir, exp, args.shards, args.force)
+        folder = stage_imagenette(args.source, job)
     else:
-        name = args.name or path.resolve().stem
+        name = job.name
         if (not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith(".")
-                or name.lower().endswith(userdata.FILE_SUFFIXES) or name in data.DATASETS):
+                or name.lower().endswith(userdata.FILE_SUFFIXES) or name in builtin.DATASETS):
             raise UserError(f"--name {name!r}: a pack's name is letters, digits, _ - . (not first), not ending in "
                             f"{', '.join(userdata.FILE_SUFFIXES)}, and not a built-in data set's; give --name NAME")
-        folder = pack.pack(path, name, args.data_dir, exp, args.shards, args.force)
+        folder = pack.pack(job)
     index = pack.read_index(folder)
     counts = ", ".join(f"{s['count']:,} {split}" for split, s in index["splits"].items())
     print(f"hpccnn: staged pack {index['name']}: {counts} images of {len(index['classes'])} classes in "
@@ -217,12 +215,10 @@ def stage_path(path: Path, args) -> Path:
 
 @cli
 def main(argv=None):
-    from hpccnn.data import userdata
-
     p = Parser(prog="python -m hpccnn.stage", description=__doc__.split("\n\n")[0])
     p.add_argument("dataset", help=f"{', '.join(TARGETS)}, imagenette, or your own: a folder of images in class "
                                    f"subfolders, an .npz or HDF5 file, checked and packed")
-    p.add_argument("--data-dir", type=Path, default=data.default_data_dir())
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
     p.add_argument("--source", type=Path, default=None,
                    help="a local copy instead of downloading (fashion_mnist: default Debian's " + str(DEBIAN_FASHION_MNIST) + ")")
     p.add_argument("--force", action="store_true", help="replace an already staged copy")

@@ -8,6 +8,7 @@ pixel scale. Every problem is one line (a UserError) before anything is written.
 """
 
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from hpccnn.common.errors import UserError
+from hpccnn.data.base import Raw
+from hpccnn.data.builtin import DATASETS
 
 FILE_SUFFIXES = (".npz", ".h5", ".hdf5")
 SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -24,9 +27,8 @@ SHOWN = 3  # bad files named in the one line
 
 def is_path(name: str) -> bool:
     """Whether a --dataset value is written as a path (a/b, file.npz, ./photos, ~/data) rather than a name: a
-    built-in data set, a staged pack, or (where neither) a folder of the current one (resolve)."""
-    from hpccnn.data.datasets import DATASETS
-
+    built-in data set, a staged pack, or (where neither) a folder of the current one
+    (hpccnn.data.datasets.resolve)."""
     name = str(name)
     return name not in DATASETS and (os.sep in name or name.lower().endswith(FILE_SUFFIXES)
                                      or name.startswith((".", "~")))
@@ -37,28 +39,10 @@ def absolute(name: str, base=None) -> str:
     return str((Path(base or ".") / Path(name).expanduser()).resolve())
 
 
-def resolve(name: str, data_dir=None, base=None) -> str:
-    """A --dataset value as a run keeps it: a built-in's or a staged pack's name as it is; a path, or a bare name
-    that is a folder (relative to base or the current folder) and no pack, made absolute."""
-    from hpccnn.data import pack
-    from hpccnn.data.datasets import DATASETS, resolve_data_dir
-
-    name = str(name)
-    if name in DATASETS:
-        return name
-    if is_path(name):
-        return absolute(name, base)
-    if pack.find(name, resolve_data_dir(data_dir)) is None and (Path(base or ".") / name).is_dir():
-        return absolute(name, base)
-    return name
-
-
 def check(name: str) -> None:
     """A UserError unless name is a folder or a file of a kind hpccnn reads."""
     path = Path(name)
     if not path.exists():
-        from hpccnn.data.datasets import DATASETS
-
         raise UserError(f"--dataset {name}: no such file or folder; give a folder of images in class subfolders, "
                         f"an .npz or HDF5 file, or a built-in data set: {', '.join(DATASETS)}")
     if path.is_file() and not path.name.lower().endswith(FILE_SUFFIXES):
@@ -205,8 +189,6 @@ def uniform(images, channels: int, side: int = 0):
 def assemble(images: dict, labels: dict, classes: list):
     """A Raw from the splits' images and labels: test/ (else val/) the test set, val/ beside test/ the
     validation set."""
-    from hpccnn.data.datasets import Raw
-
     stacked = {s: (images[s], np.asarray(labels[s], np.int64)) for s in images}
     test = stacked.get("test") or stacked.get("val")
     val = stacked.get("val") if "test" in stacked else None
@@ -279,10 +261,6 @@ def _pair(path, x, y, what: str):
 
 
 def load_npz(path: Path):
-    from hpccnn.data.datasets import Raw
-
-    import zipfile
-
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
@@ -299,8 +277,6 @@ def load_npz(path: Path):
 
 def load_hdf5(path: Path, exp):
     import h5py
-
-    from hpccnn.data.datasets import Raw
 
     try:
         f = h5py.File(path, "r")
@@ -357,7 +333,7 @@ def pixels(raw, path, exp) -> None:
 
 
 def load(exp):
-    """exp's data set of the user's own, as a hpccnn.data.datasets.Raw: checked, with its classes."""
+    """exp's data set of the user's own, as a hpccnn.data.base.Raw: checked, with its classes."""
     path = Path(exp.dataset)
     check(exp.dataset)
     if path.is_dir():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hpccnn.common.files import read_json, write_json
 from hpccnn.common.runs import FAILED, RUNNING, this_jobs_folders
+from hpccnn.common.slurm import job_fields
 
 REASON = ("the training process ended without finishing: killed by a signal, out of memory, or stopped by "
           "the launcher after another rank or its node was lost")
@@ -38,8 +39,6 @@ def slurm_view(job_id: str | None) -> str:
     e.g. NODE_FAIL when a node stopped answering, FAILED/NonZeroExitCode when a rank died."""
     if not job_id:
         return ""
-    from hpccnn.common.slurm import job_fields
-
     deadline = time.time() + 15  # SLURM takes a few seconds to note the step's end
     fields = {}
     while time.time() < deadline:

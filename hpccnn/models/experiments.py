@@ -7,6 +7,9 @@ import typing
 from dataclasses import dataclass
 
 from hpccnn.common.errors import UserError
+from hpccnn.data.builtin import DATASETS, parse_shape
+from hpccnn.data.datasets import check_dataset
+from hpccnn.models.zoo import MODELS, check_name
 
 
 @dataclass(frozen=True)
@@ -150,13 +153,6 @@ MEANING = {
 }
 
 
-def get_experiment(name: str) -> Experiment:
-    """A built-in experiment, or one of the user's (hpccnn.models.userconfig)."""
-    from hpccnn.models import userconfig
-
-    return userconfig.lookup("experiment", name, EXPERIMENTS)
-
-
 def flag(setting: str) -> str:
     """A setting's command-line option: learning_rate is --learning-rate."""
     return "--" + setting.replace("_", "-")
@@ -210,9 +206,6 @@ def parse_assignment(spec: str, option: str, form: str = "SETTING=VALUE") -> tup
 
 def choices(key: str) -> tuple:
     """The values a setting can take, where they can be listed (empty otherwise)."""
-    from hpccnn.data.datasets import DATASETS
-    from hpccnn.models.zoo import MODELS
-
     if _TYPES[key] is bool:
         return ("true", "false")
     return {"model": tuple(MODELS), "dataset": tuple(DATASETS)}.get(key, CHOICES.get(key, ()))
@@ -281,9 +274,6 @@ def with_overrides(exp: Experiment, overrides: dict) -> Experiment:
 
 
 def validate(exp: Experiment) -> None:
-    from hpccnn.data.datasets import check_dataset
-    from hpccnn.models.zoo import check_name
-
     check_name(exp.model, exp.model_args)
     check_dataset(exp.dataset)
     for key, allowed in CHOICES.items():
@@ -294,8 +284,6 @@ def validate(exp: Experiment) -> None:
             raise UserError(f"{flag(key)} must be a positive integer, got {getattr(exp, key)}")
     if exp.steps_per_epoch < 0:
         raise UserError(f"--steps-per-epoch must not be negative (0: the whole shard), got {exp.steps_per_epoch}")
-    from hpccnn.data.datasets import parse_shape
-
     parse_shape(exp.synthetic_shape)
     for key in SETTABLE:  # an experiment from a config.json or a grid never went through parse_value
         if _TYPES[key] is float and not math.isfinite(getattr(exp, key)):

@@ -6,14 +6,14 @@ can always be rerun by hand with the command ``python -m hpccnn.submit --dry-run
 """
 
 import itertools
+import math
 import re
-from pathlib import Path
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from hpccnn.common.errors import UserError
-from hpccnn.models.experiments import flag, get_experiment, parse_assignment, parse_value, with_overrides
-from hpccnn.data import userdata
-from hpccnn.models.usermodel import absolute, is_reference
+from hpccnn.models.experiments import flag, parse_assignment, parse_value
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,6 @@ GRIDS = {g.name: g for g in [
     Grid("alexnet227_lr", "cifar_alexnet227", axes={"learning_rate": [1e-3, 1e-4, 5e-5]},
          description="seed 004: classic AlexNet at 227x227, three learning rates"),
 ]}
-
-
-def get_grid(name: str) -> Grid:
-    """A built-in grid, or one of the user's (hpccnn.models.userconfig)."""
-    from hpccnn.models import userconfig
-
-    return userconfig.lookup("grid", name, GRIDS)
 
 
 def parse_sweep(specs) -> dict:
@@ -120,10 +113,6 @@ def parse_samples(specs) -> list:
 def draw(samples, count: int, seed: int) -> list:
     """count dicts of settings drawn from samples, the same for the same seed. Numbers keep 4
     significant digits (readable labels, a value a user can type again); integers are rounded."""
-    import math
-
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     drawn = []
     for _ in range(count):
@@ -152,30 +141,6 @@ def label(settings: dict, keys) -> str:
     return "_".join(parts)
 
 
-def resolve(grid: Grid, overrides: dict, drawn=()) -> list:
-    """[(label, settings, Experiment)] for every point, each one validated before anything is submitted.
-
-    drawn: settings drawn at random (draw()); each draw is crossed with every point of the grid."""
-    base = get_experiment(grid.experiment)
-    sampled = list(drawn[0]) if drawn else []
-    clash = sorted(set(sampled) & (set(grid.axes) | set(overrides)))
-    if clash:
-        raise UserError(f"{flag(clash[0])} is sampled by --sample; it can't also be swept or set "
-                        f"(drop one of the two)")
-    keys = [*grid.axes, *sampled]
-    resolved = []
-    points = [{**point, **d} for point in grid.points(overrides) for d in (drawn or [{}])]
-    for index, settings in enumerate(points):
-        if is_reference(settings.get("model", "")):  # a path the jobs find from any folder on any node
-            settings = {**settings, "model": absolute(settings["model"])}
-        if "dataset" in settings and Path(settings["dataset"]).exists():  # (a missing one is named as given)
-            settings = {**settings, "dataset": userdata.resolve(settings["dataset"])}
-        exp = with_overrides(base, settings)
-        name = label(settings, keys) if keys else exp.name
-        resolved.append((f"{index:02d}_{name}", settings, exp))
-    return resolved
-
-
 def train_args(experiment: str, settings: dict) -> list:
     """hpccnn.train's command-line options for a point."""
     args = ["--experiment", experiment]
@@ -183,66 +148,3 @@ def train_args(experiment: str, settings: dict) -> list:
         args += [flag(key), str(value).lower() if isinstance(value, bool) else str(value)]
     return args
 
-
-def grid_record(grid: Grid, points: list, folder, cluster: str, job_ids=None) -> dict:
-    """grid.json: what hpccnn.submit --collect needs to sum a grid up."""
-    import datetime
-
-    return {"grid": grid.name, "experiment": grid.experiment, "axes": grid.axes, "cluster": cluster,
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "points": [{"label": label, "settings": settings, "run_dir": str(folder / label),
-                        **({"job_id": job_ids[i]} if job_ids else {})}
-                       for i, (label, settings, _) in enumerate(points)]}
-
-
-def _array_point(argv=None) -> int:
-    """python -m hpccnn.grids GRID --task N [settings]: hpccnn.train's options for one array task.
-
-    Used by slurm/grid_array.sbatch: prints one option per line, and the first task to run
-    writes the grid folder's grid.json so that ``python -m hpccnn.submit --collect`` can sum it up.
-    """
-    import datetime
-    import os
-
-    from hpccnn.common import slurm
-    from hpccnn.models import userconfig
-    from hpccnn.common.errors import Parser
-    from hpccnn.models.experiments import add_setting_options, overrides
-    from hpccnn.common.files import write_json
-
-    p = Parser(prog="python -m hpccnn.grids", description=_array_point.__doc__.split("\n")[0])
-    p.add_argument("grid")
-    p.add_argument("--task", type=int, required=True, help="the array task id: which point")
-    p.add_argument("--results-dir", default="results")
-    add_setting_options(p)
-    userconfig.add_option(p)
-    args = p.parse_args(argv)
-    userconfig.use(args.config)
-    grid = get_grid(args.grid)
-    points = resolve(grid, overrides(args))
-    if not 0 <= args.task < len(points):
-        raise UserError(f"array task {args.task} is outside grid {grid.name!r}'s {len(points)} points; "
-                        f"submit with --array=0-{len(points) - 1}")
-    array_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or str(os.getpid())
-    day = slurm.submit_date(os.environ.get("SLURM_JOB_ID")) or datetime.date.today()
-    folder = Path(args.results_dir).resolve() / day.isoformat() / f"{grid.name}-job{array_id}"
-    folder.mkdir(parents=True, exist_ok=True)
-    record = grid_record(grid, points, folder, "slurm", job_ids=[f"{array_id}_{i}" for i in range(len(points))])
-    write_json(folder / "grid.json", record, replace=False)  # never replaces the one another task wrote
-    label, settings, exp = points[args.task]
-    yours = userconfig.entries()
-    config = ["--config", str(yours.path)] if exp.name in yours.experiments else []
-    print("\n".join(train_args(exp.name, settings) + config + ["--run-dir", str(folder / label)]))
-    return 0
-
-
-def main():
-    from hpccnn.common.errors import cli
-
-    return cli(_array_point)()
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

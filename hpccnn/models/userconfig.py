@@ -25,6 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpccnn.common.errors import UserError
+from hpccnn.data import datasets
+from hpccnn.data.builtin import DATASETS
+from hpccnn.models.experiments import EXPERIMENTS, Experiment, check_type, parse_value, with_overrides
+from hpccnn.models.grids import GRIDS, Grid
+from hpccnn.models.usermodel import absolute, format_args, is_reference
 
 ENV = "HPCCNN_CONFIG"
 FILE = "hpccnn.toml"
@@ -128,13 +133,9 @@ def _tables(file, doc, kind):
 def typed(file, where: str, key: str, value):
     """value checked as a command-line setting is (hpccnn.models.experiments.check_type); model_args may be a table.
     A UserError naming the file and the entry otherwise."""
-    from hpccnn.models.experiments import check_type
-
     if key == "nonfinite" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return repr(float(value))
     if key == "model_args" and isinstance(value, dict):
-        from hpccnn.models.usermodel import format_args
-
         return format_args(value)
     try:
         return check_type(key, value)
@@ -144,22 +145,14 @@ def typed(file, where: str, key: str, value):
 
 def _resolved(file: Path, key: str, value):
     """A grid's model or dataset value, a path in it relative to the file, as an experiment's is."""
-    from hpccnn.data.datasets import DATASETS
-    from hpccnn.models.usermodel import absolute, is_reference
-    from hpccnn.data.userdata import resolve
-
     if key == "model" and is_reference(value):
         return absolute(value, base=file.parent)
     if key == "dataset" and value not in DATASETS:
-        return resolve(value, base=file.parent)
+        return datasets.resolve(value, base=file.parent)
     return value
 
 
 def _experiment(file: Path, name: str, entry: dict):
-    from hpccnn.data.datasets import DATASETS
-    from hpccnn.models.experiments import EXPERIMENTS, Experiment, with_overrides
-    from hpccnn.models.usermodel import absolute, is_reference
-
     if name in EXPERIMENTS:
         raise UserError(f"{file}: [experiments.{name}] has the name of a built-in experiment; choose another name")
     for key in ("model", "dataset"):
@@ -169,9 +162,7 @@ def _experiment(file: Path, name: str, entry: dict):
     settings = {k: typed(file, f"experiments.{name}", k, v) for k, v in entry.items() if k not in EXPERIMENT_KEYS}
     model, dataset = entry["model"], entry["dataset"]
     if dataset not in DATASETS:  # the user's own data: a pack's name, or a path relative to this file
-        from hpccnn.data.userdata import resolve
-
-        dataset = resolve(dataset, base=file.parent)
+        dataset = datasets.resolve(dataset, base=file.parent)
     if is_reference(model):
         try:
             model = absolute(model, base=file.parent)
@@ -184,9 +175,6 @@ def _experiment(file: Path, name: str, entry: dict):
 
 
 def _grid(file: Path, name: str, entry: dict, so_far: Entries):
-    from hpccnn.models.experiments import EXPERIMENTS, parse_value
-    from hpccnn.models.grids import GRIDS, Grid
-
     where = f"grids.{name}"
     if name in GRIDS:
         raise UserError(f"{file}: [{where}] has the name of a built-in grid; choose another name")

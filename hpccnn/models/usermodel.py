@@ -12,13 +12,19 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
+import math
 import re
 import sys
 import sysconfig
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from hpccnn.common.errors import UserCodeError, UserError
+from hpccnn.data.base import sha256
+from hpccnn.models.layers import Layers
 
 FORMS = "a built-in name, package.module:function (importable from this folder or PYTHONPATH) or path/to/file.py:function"
 GIVEN_BY_HPCCNN = {"input_shape": "the data's image shape", "classes": "the data's class count",
@@ -176,17 +182,9 @@ def load_function(ref: str):
     return function, (source if source is not None and not installed(source) else None)
 
 
-def sha256(path) -> str:
-    from hpccnn.data.datasets import sha256 as file_sha256
-
-    return file_sha256(Path(path))
-
-
 def kept_source(folder) -> tuple:
     """(provenance.json's model_source record of a run folder or None, and "changed" or "gone" where the
     user's original file is no longer what was copied, else None)."""
-    import json
-
     try:
         kept = json.loads((Path(folder) / "provenance.json").read_text()).get("model_source")
     except (OSError, ValueError):
@@ -250,7 +248,6 @@ class UserModel:
 
     def __call__(self, input_shape, classes, activation="relu"):
         """The user's model, built for input_shape and checked: a keras.Model with classes outputs."""
-        import numpy as np
         import tensorflow as tf
 
         kwargs = self.given(input_shape, classes, activation)
@@ -270,10 +267,7 @@ class UserModel:
         return model
 
     def layers(self, side: int, channels: int, classes: int):
-        """hpccnn.training.memory.Layers of the built model: its parameters and the outputs of its layers."""
-        import math
-
-        from hpccnn.training.memory import Layers
+        """hpccnn.models.layers.Layers of the built model: its parameters and the outputs of its layers."""
 
         model = self((side, side, channels), classes)
         kept, largest = 0, side * side * channels
@@ -322,8 +316,6 @@ def metrics_with_accuracy(model) -> list:
 
 def probabilities(outputs) -> bool:
     """Whether a model's outputs are class probabilities (a softmax), not logits."""
-    import numpy as np
-
     return bool(np.all(outputs >= 0) and np.all(outputs <= 1) and np.allclose(outputs.sum(axis=1), 1, atol=1e-3))
 
 

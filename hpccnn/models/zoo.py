@@ -4,10 +4,13 @@ Every network takes images already scaled to 0..1 by the input pipeline, so seed
 001's ``Rescaling(1/255)`` (no parameters) lives there, as for every dataset.
 """
 
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 from hpccnn.common.errors import UserError
+from hpccnn.models import usermodel
 
 
 class Conv(NamedTuple):
@@ -19,8 +22,9 @@ class Conv(NamedTuple):
     pool: tuple[int, int] | None = None  # (size, stride) of a MaxPool2D after the block
 
 
-def alexnet(input_shape, classes, convs, dense, activation="relu"):
-    """The AlexNet family of seeds 000, 003 and 004: conv blocks, then Dense+Dropout(.5) blocks."""
+def alexnet(input_shape, convs, dense, activation="relu"):
+    """The AlexNet family of seeds 000, 003 and 004: conv blocks, then Dense+Dropout(.5) blocks (the output
+    layer is ModelSpec's)."""
     from tensorflow import keras
     from tensorflow.keras import layers
 
@@ -35,12 +39,12 @@ def alexnet(input_shape, classes, convs, dense, activation="relu"):
     for units in dense:
         model.add(layers.Dense(units, activation=activation))
         model.add(layers.Dropout(0.5))
-    model.add(layers.Dense(classes, activation="softmax", dtype="float32"))  # float32 under mixed precision
     return model
 
 
-def small_cnn(input_shape, classes, convs, dense, activation="relu", dropout=(), logits=True):
-    """Seed 001's three CNNs and seed 002's MNIST CNN: 3x3 convs, 2x2 pools, dense head.
+def small_cnn(input_shape, convs, dense, activation="relu", dropout=()):
+    """Seed 001's three CNNs and seed 002's MNIST CNN: 3x3 convs, 2x2 pools, dense head (the output layer is
+    ModelSpec's).
 
     ``convs`` lists filters, with "pool" marking a MaxPool2D(2); ``dropout`` maps a
     position in the stack ("pool", "dense") to the rate that follows it.
@@ -62,7 +66,6 @@ def small_cnn(input_shape, classes, convs, dense, activation="relu", dropout=(),
         model.add(layers.Dense(units, activation=activation))
         if "dense" in dropout:
             model.add(layers.Dropout(dropout["dense"]))
-    model.add(layers.Dense(classes, activation=None if logits else "softmax", dtype="float32"))
     return model
 
 
@@ -76,7 +79,12 @@ class ModelSpec:
     logits: bool = False  # True where the seed's last layer has no softmax (from_logits=True)
 
     def __call__(self, input_shape, classes, activation="relu"):
-        return self.build(tuple(input_shape), classes, activation=activation, **self.kwargs)
+        from tensorflow.keras import layers
+
+        model = self.build(tuple(input_shape), activation=activation, **self.kwargs)
+        # one unit per class, float32 under mixed precision; no softmax where the seed's outputs are logits
+        model.add(layers.Dense(classes, activation=None if self.logits else "softmax", dtype="float32"))
+        return model
 
     @property
     def input_shape(self) -> tuple:
@@ -119,9 +127,8 @@ MODELS = {
     "cnn_v1": ModelSpec(small_cnn, dict(convs=[16, "pool", 32], dense=[32]), seed="001", logits=True),
     "cnn_v2": ModelSpec(small_cnn, dict(convs=[32, "pool", 64], dense=[64]), seed="001", logits=True),
     "cnn_v3": ModelSpec(small_cnn, dict(convs=[32, "pool", 64, "pool", 64], dense=[64]), seed="001", logits=True),
-    "mnist_cnn": ModelSpec(small_cnn, dict(convs=[32, 64, "pool"], dense=[128], logits=False,
-                                           dropout={"pool": 0.25, "dense": 0.5}), seed="002", input_side=28,
-                           input_channels=1),
+    "mnist_cnn": ModelSpec(small_cnn, dict(convs=[32, 64, "pool"], dense=[128], dropout={"pool": 0.25, "dense": 0.5}),
+                           seed="002", input_side=28, input_channels=1),
     "alexnet64": ModelSpec(alexnet, dict(convs=[
         Conv(128, 11, 4, batchnorm=True, pool=(2, 2)),
         Conv(256, 5, 1, "same", batchnorm=True, pool=(3, 3)),
@@ -141,8 +148,6 @@ _USER_MODELS = {}  # (reference, model_args) -> UserModel: the user's module loa
 def get_model(name: str, model_args: str = ""):
     """A built-in ModelSpec, or a UserModel for a reference to the user's code (path/file.py:function or
     package.module:function), which imports it: both build a keras.Model from (input_shape, classes)."""
-    from hpccnn.models import usermodel
-
     if usermodel.is_reference(name):
         key = (name, model_args)
         if key not in _USER_MODELS:
@@ -159,11 +164,6 @@ def get_model(name: str, model_args: str = ""):
 def for_run_folder(exp, folder):
     """The model a run folder's run trains: a built-in, or the user's function from the copy of its file
     that the folder keeps (or as named, where none was kept: an installed library's)."""
-    import sys
-    from pathlib import Path
-
-    from hpccnn.models import usermodel
-
     kept, _ = usermodel.kept_source(folder) if usermodel.is_reference(exp.model) else (None, None)
     if kept is None:
         return get_model(exp.model, exp.model_args)
@@ -185,8 +185,6 @@ def for_run_folder(exp, folder):
 def check_name(name: str, model_args: str = "") -> None:
     """A UserError unless name is a built-in model or a well-formed reference to the user's code with
     well-formed --model-args; nothing is imported (a resumed run builds from its own copy)."""
-    from hpccnn.models import usermodel
-
     if usermodel.is_reference(name):
         usermodel.split_reference(name)
         usermodel.parse_args(model_args)

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn.models import zoo as models
-from hpccnn.training import plots
-from hpccnn.models import usermodel
 from hpccnn.common.errors import Parser, UserError, cli
 from hpccnn.common.files import read_json, write_bytes, write_text
-from hpccnn.training.results import commonest_confusions
 from hpccnn.common.runs import COMPLETED
 from hpccnn.common.tables import markdown, number
+from hpccnn.data import datasets
+from hpccnn.models import usermodel, zoo
+from hpccnn.models.experiments import Experiment
+from hpccnn.training import plots
+from hpccnn.training.inputs import pipeline
+from hpccnn.training.results import commonest_confusions
 
 SETTINGS = ["model", "dataset", "image_size", "activation", "optimizer", "learning_rate", "batch_size",
             "batch_per_rank", "epochs", "validation", "seed"]
@@ -199,22 +201,18 @@ def reevaluate(folder: Path, data_dir) -> float:
     """The run's model.h5, reloaded from disk, evaluated again on the run's own test split."""
     import tensorflow as tf
 
-    from hpccnn.data import datasets as data
-
-    from hpccnn.models.experiments import Experiment
-
     config = read_json(folder / "config.json")
     prov = read_json(folder / "provenance.json") or {}
     exp = Experiment(**config)
-    splits = data.load_split(exp, data_dir or prov.get("data_dir"))
+    splits = datasets.load_split(exp, data_dir or prov.get("data_dir"))
     if usermodel.is_reference(exp.model):  # rebuilt from the run's copy of the user's code, its weights loaded
         shape = (exp.image_size, exp.image_size) if exp.image_size else splits.shape[:2]
-        model = models.for_run_folder(exp, folder)((*shape, splits.shape[2]), len(splits.classes),
+        model = zoo.for_run_folder(exp, folder)((*shape, splits.shape[2]), len(splits.classes),
                                                    activation=exp.activation)
         model.load_weights(saved_model(folder))
     else:
         model = tf.keras.models.load_model(folder / "model.h5", compile=False)
-    outputs = model.predict(data.pipeline(splits.x_test, splits.y_test, 256, splits.scale, config["image_size"]),
+    outputs = model.predict(pipeline(splits.x_test, splits.y_test, 256, splits.scale, config["image_size"]),
                             verbose=0)
     return float((outputs.argmax(axis=1) == splits.y_test).mean())
 

@@ -12,7 +12,14 @@ import sys
 from pathlib import Path
 
 from hpccnn.common.errors import UserError
-from hpccnn.models.experiments import Experiment, check_type, get_experiment, with_overrides
+from hpccnn.data import datasets
+from hpccnn.models import usermodel, zoo
+from hpccnn.models.catalog import get_experiment
+from hpccnn.models.experiments import Experiment, check_type, with_overrides
+from hpccnn.training import compute, dist, phases
+from hpccnn.training.context import Options
+from hpccnn.training.fitting import EXIT_DIVERGED, EXIT_INTERRUPTED, Diverged, Interrupted
+from hpccnn.training.resuming import check_run_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,16 +39,12 @@ def experiment(model, dataset=None, *, name=None, base=None, model_args=None, **
     base: a named experiment (built in or yours) to start from; name: the run folders' name (default: the
     model function's). model_args: the model function's own keyword arguments, as a dict.
     """
-    from hpccnn.models import usermodel
-
     model_args = usermodel.parse_args(model_args) if isinstance(model_args, str) else dict(model_args or {})
     ref = model if isinstance(model, str) else _register(model, model_args)
     args = usermodel.format_args(model_args)
     typed = {key: check_type(key, value) for key, value in settings.items()}
     if dataset is not None:
-        from hpccnn.data import userdata
-
-        typed["dataset"] = userdata.resolve(dataset)
+        typed["dataset"] = datasets.resolve(dataset)
     typed.update(model=ref, model_args=args)
     if base is not None:
         start = get_experiment(base)
@@ -58,9 +61,6 @@ def experiment(model, dataset=None, *, name=None, base=None, model_args=None, **
 def _register(model, model_args: dict) -> str:
     """A function or keras.Model of the script's, registered as a user model under a reference
     "file.py:function" (the file its source is in, kept in the run folder) and returned."""
-    from hpccnn.models import zoo as models
-    from hpccnn.models import usermodel
-
     if callable(model) and not _is_keras_model(model):
         function, label = model, getattr(model, "__name__", "model")
     elif _is_keras_model(model):
@@ -78,8 +78,8 @@ def _register(model, model_args: dict) -> str:
     ref = f"{where}:{label}"
     spec = usermodel.UserModel(ref, model_args, function=function,
                                source=source if where != "__main__" and not usermodel.installed(source) else None)
-    spec.from_script = True  # built from this function, also when resumed (hpccnn.training.train.model_spec)
-    models._USER_MODELS[(ref, usermodel.format_args(model_args))] = spec
+    spec.from_script = True  # built from this function, also when resumed (hpccnn.training.phases.model_spec)
+    zoo._USER_MODELS[(ref, usermodel.format_args(model_args))] = spec
     return ref
 
 
@@ -95,12 +95,10 @@ def _is_keras_model(obj) -> bool:
 def run(exp: Experiment, *, results_dir="results", data_dir=None, run_dir=None, resume=None, save_model=True,
         argv=None) -> Result:
     """Trains exp on this process's rank: what fit does, raising hpccnn.train's Interrupted and Diverged
-    instead of ending the process (train.start and train.run, as python -m hpccnn.train calls them)."""
-    from hpccnn.training import train
-
-    world, fast = train.start(exp)
-    argv = list(sys.argv if argv is None else argv)
-    folder, accuracy = train.run(exp, world, fast, data_dir, results_dir, argv, save_model, run_dir, resume)
+    instead of ending the process (compute.start and phases.run, as python -m hpccnn.train calls them)."""
+    world, fast = compute.start(exp)
+    argv = tuple(sys.argv if argv is None else argv)
+    folder, accuracy = phases.run(exp, world, fast, Options(data_dir, results_dir, run_dir, resume, argv, save_model))
     return Result(Path(folder) if folder else None, accuracy, exp)
 
 
@@ -116,19 +114,17 @@ def fit(model, dataset=None, *, results_dir="results", data_dir=None, run_dir=No
     Bad input prints one line and ends the script with status 2; a run stopped by a signal (3) or whose
     loss diverged (5) ends it as python -m hpccnn.train does, after saving what it finished.
     """
-    from hpccnn.training import dist, train
-
     try:
         exp = experiment(model, dataset, name=name, base=base, model_args=model_args, **settings)
         if run_dir is not None:
-            train.check_run_dir(run_dir)
+            check_run_dir(run_dir)
         return run(exp, results_dir=results_dir, data_dir=data_dir, run_dir=run_dir, resume=resume,
                    save_model=save_model)
     except UserError as err:
         print(err if err.__class__.__name__ == "UserCodeError" else f"hpccnn: error: {err}", file=sys.stderr,
               flush=True)
         raise SystemExit(2) from None
-    except (train.Interrupted, train.Diverged) as stop:
+    except (Interrupted, Diverged) as stop:
         if dist.init().is_main:
             print(f"hpccnn: {stop}", file=sys.stderr, flush=True)
-        raise SystemExit(train.EXIT_INTERRUPTED if isinstance(stop, train.Interrupted) else train.EXIT_DIVERGED)
+        raise SystemExit(EXIT_INTERRUPTED if isinstance(stop, Interrupted) else EXIT_DIVERGED)

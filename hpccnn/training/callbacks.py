@@ -1,21 +1,41 @@
 """hpccnn's Keras callbacks: per-epoch statistics, stopping on a signal, and the rank-0 recorder."""
 
 import math
+import os
 import signal
+import sys
+import threading
 import time
 
-import tensorflow as tf
-
-from hpccnn.training import checkpoint
 from hpccnn.common.runs import RUNNING
 from hpccnn.common.tables import clock
+from hpccnn.training import checkpoint
 
 # SIGUSR2: SLURM's warning before a time limit or preemption (submitit's and the templates'
 # --signal=USR2@...), so the job is requeued; SIGTERM: scancel or preemption, the job just stops.
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 
-class EpochStats(tf.keras.callbacks.Callback):
+class KerasCallback:
+    """The base of hpccnn's callbacks, which are tf.keras.callbacks.Callback's while this module loads without
+    TensorFlow (every command imports hpccnn.training; only training needs TensorFlow, which takes seconds to
+    start). Making one imports TensorFlow and makes it an instance of its class with Keras' Callback as a base
+    too, a class made once per callback class."""
+
+    _keras_classes = {}
+
+    def __new__(cls, *args, **kwargs):
+        import tensorflow as tf
+
+        keras_class = KerasCallback._keras_classes.get(cls)
+        if keras_class is None:
+            keras_class = type(cls.__name__, (cls, tf.keras.callbacks.Callback),
+                               {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+            KerasCallback._keras_classes[cls] = keras_class
+        return super().__new__(keras_class)
+
+
+class EpochStats(KerasCallback):
     """Adds learning rate, epoch seconds and training images/s to each epoch's logs."""
 
     def __init__(self, images_per_epoch: int):
@@ -31,21 +51,21 @@ class EpochStats(tf.keras.callbacks.Callback):
             self.train_seconds = time.perf_counter() - self.start
 
     def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
         seconds = time.perf_counter() - self.start
         logs["lr"] = float(tf.keras.backend.get_value(self.model.optimizer.learning_rate))
         logs["epoch_seconds"] = seconds
         logs["images_per_second"] = self.images_per_epoch / (self.train_seconds or seconds)
 
 
-class Progress(tf.keras.callbacks.Callback):
+class Progress(KerasCallback):
     """Rank 0: where training is within an epoch (step k of N, images/s, time left in the epoch).
 
     To a terminal a bar, redrawn at most twice a second and cleared before Keras' epoch line; to a
     file or a pipe (a SLURM log) a line every `interval` seconds, so a 25-minute epoch is not silent."""
 
     def __init__(self, steps: int, images_per_step: int, epochs: int, interval: float, stream=None):
-        import sys
-
         super().__init__()
         self.steps, self.images_per_step, self.epochs = steps, images_per_step, epochs
         self.stream = stream or sys.stdout
@@ -81,7 +101,7 @@ class Progress(tf.keras.callbacks.Callback):
             self.drawn = False
 
 
-class ReseedRandomLayers(tf.keras.callbacks.Callback):
+class ReseedRandomLayers(KerasCallback):
     """Dropout masks that depend only on (seed, epoch, step), so a resumed run repeats them exactly.
 
     Needs Keras' tf.random.Generator-backed layers (enable_tf_random_generator(), set before
@@ -102,7 +122,7 @@ class ReseedRandomLayers(tf.keras.callbacks.Callback):
                 rng._generator.reset_from_seed(hash((*self.seed, epoch, index)) % (2 ** 62))
 
 
-class StopOnSignal(tf.keras.callbacks.Callback):
+class StopOnSignal(KerasCallback):
     """Stops training soon after SIGUSR2 or SIGTERM reaches any rank, or any rank's loss becomes NaN
     or infinite, with every rank agreeing when.
 
@@ -141,6 +161,7 @@ class StopOnSignal(tf.keras.callbacks.Callback):
 
     def _agree(self) -> tuple:
         import horovod.tensorflow as hvd_tf
+        import tensorflow as tf
 
         if hvd_tf.size() == 1:  # alone, nothing to agree on: no collective every few steps
             return self.received, self._bad
@@ -190,7 +211,7 @@ class StopOnSignal(tf.keras.callbacks.Callback):
         return epoch != self.partial_epoch
 
 
-class RankZeroRecorder(tf.keras.callbacks.Callback):
+class RankZeroRecorder(KerasCallback):
     """Rank 0: after every finished epoch, history.csv and a checkpoint to resume from."""
 
     def __init__(self, writer, stopper, rows: list, stateful: list):
@@ -223,7 +244,7 @@ def lr_warmup(lr, warmup_epochs, steps_per_epoch, steps_per_execution):
     return Warmup(initial_lr=lr, warmup_epochs=warmup_epochs, steps_per_epoch=steps_per_epoch, verbose=0)
 
 
-class Watchdog(tf.keras.callbacks.Callback):
+class Watchdog(KerasCallback):
     """Ends this rank when training has made no progress for too long: a rank stuck in a collective.
 
     Open MPI has no collective timeout, and a rank whose peer's node vanished (its link down, no
@@ -247,8 +268,6 @@ class Watchdog(tf.keras.callbacks.Callback):
         self._thread = None
 
     def start(self):
-        import threading
-
         if self.limit > 0 and self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="hpccnn-watchdog", daemon=True)
             self._thread.start()
@@ -276,9 +295,6 @@ class Watchdog(tf.keras.callbacks.Callback):
         return max(self.limit, 10 * self.longest)
 
     def _watch(self):
-        import os
-        import sys
-
         while not self.done:
             time.sleep(self.poll)
             quiet = time.monotonic() - self.last

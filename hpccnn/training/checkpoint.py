@@ -9,6 +9,7 @@ A resumed run (--resume, or a requeued SLURM job) starts from a Resume record re
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +34,6 @@ class Resume:
 
 def save(folder, model, epoch: int, history: list, stateful=()) -> None:
     """Everything needed to resume after this epoch, then latest.json pointing at it; older ones removed."""
-    import shutil
-
     import tensorflow as tf
 
     root = Path(folder) / "checkpoint"

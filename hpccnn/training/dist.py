@@ -5,13 +5,18 @@ Training reads its place in the job from Horovod, whatever launched it (plain
 the training code never cares how it was started.
 """
 
+import ctypes
+import ctypes.util
 import ipaddress
 import os
 import re
 import socket
 import subprocess
-from pathlib import Path
+import time
 from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
 
 from hpccnn.common.errors import UserError
 
@@ -121,8 +126,6 @@ def expand_hostlist(text: str) -> list:
 
 def local_interfaces() -> dict:
     """{interface: [IPv4 networks of its addresses]} on this node, loopback left out."""
-    import psutil
-
     found = {}
     for name, addresses in psutil.net_if_addrs().items():
         for a in addresses:
@@ -252,9 +255,6 @@ MPI_T_VARIABLES = {"mpi_yield_when_idle": int, "btl_tcp_if_include": str, "btl_t
 def mpi_parameters(names=MPI_T_VARIABLES) -> dict:
     """Open MPI's parameters as this running process has them, read back through MPI's tool
     interface (MPI_T) after MPI has started: what took effect, not what was asked for."""
-    import ctypes
-    import ctypes.util
-
     try:
         lib = ctypes.CDLL(ctypes.util.find_library("mpi") or "libmpi.so.40", mode=ctypes.RTLD_GLOBAL)
         provided = ctypes.c_int()
@@ -312,8 +312,6 @@ def keep_freed_memory(environ=os.environ, mallopt=None) -> str:
     if any(k in environ for k in GLIBC_MALLOC_VARIABLES) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
         return "glibc's, as the job's own malloc variables set it"
     if mallopt is None:
-        import ctypes
-
         try:
             mallopt = ctypes.CDLL("libc.so.6").mallopt
         except (OSError, AttributeError):
@@ -351,9 +349,7 @@ def init() -> World:
         refuse_horovodrun_beside_slurm(launcher(), hvd.size(), hvd.local_size())
     except UserError:
         if hvd.rank() != 0:  # one line from rank 0, not one per rank; the launcher ends this rank
-            import time  # once rank 0 has exited, which it does after printing its line
-
-            time.sleep(30)
+            time.sleep(30)  # once rank 0 has exited, which it does after printing its line
             os._exit(2)
         raise
     import tensorflow as tf

@@ -15,24 +15,21 @@ It is meant as an upper bound a real run stays below, not a measurement: README,
 """
 
 import os
-from dataclasses import dataclass
+import resource
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from hpccnn.common.errors import UserError
+from hpccnn.models.layers import Layers
+from hpccnn.models.zoo import Conv, get_model
+from hpccnn.training import dist
 
 GB = 1 << 30
 RUNTIME_BYTES = 1 * GB  # TensorFlow, Horovod and Python before the first step (about 0.8 GB measured)
 SLOTS = {"sgd": 0, "adam": 2, "adadelta": 2, "rmsprop": 1}  # Keras' optimizers, as hpccnn builds them
 PREFETCHED_BATCHES = 4
-
-
-@dataclass(frozen=True)
-class Layers:
-    """What memory a model's layers take: parameters, and the elements they keep per image."""
-
-    parameters: int
-    kept_per_image: int  # the elements of the forward pass kept for the backward pass
-    largest_per_image: int  # the largest layer output
 
 
 _BUILT = {}  # (model, side, channels, classes) -> Layers of a user's model, which only building tells
@@ -41,8 +38,6 @@ _BUILT = {}  # (model, side, channels, classes) -> Layers of a user's model, whi
 def layers(spec, side: int, channels: int, classes: int) -> Layers:
     """Layers of a ModelSpec's network (hpccnn.models.zoo' two builders) on side x side images; of a user's
     model, as it is built (hpccnn.models.usermodel)."""
-    from hpccnn.models.zoo import Conv
-
     if hasattr(spec, "layers"):
         key = (spec.ref, str(spec.args), side, channels, classes)
         if key not in _BUILT:
@@ -99,22 +94,32 @@ class Estimate:
         return self.parameters + self.activations + self.data + self.runtime
 
 
-def estimate(exp, side: int, channels: int, classes: int, batch: int, data_bytes: int,
-             compute_bytes: int = 4, on_gpu: bool = False, spec=None) -> Estimate:
-    """What a rank of exp needs: batch images per step of side x side x channels, holding data_bytes of
-    the data set. On a GPU the weights and activations live in the GPU's memory, not the node's.
-    spec: exp's model where it is not exp.model's (a resumed run's copy of the user's file)."""
-    from hpccnn.models.zoo import get_model
+@dataclass(frozen=True)
+class Step:
+    """What a rank computes each step: batch images of side x side x channels, compute_bytes per element of
+    the activations (4 in float32, 2 under mixed precision), on a GPU or not."""
 
+    batch: int
+    side: int
+    channels: int
+    compute_bytes: int = 4
+    on_gpu: bool = False
+
+
+def estimate(exp, step: Step, classes: int, data_bytes: int, spec=None) -> Estimate:
+    """What a rank of exp needs: step.batch images per step of step.side x step.side x step.channels, holding
+    data_bytes of the data set. On a GPU the weights and activations live in the GPU's memory, not the node's.
+    spec: exp's model where it is not exp.model's (a resumed run's copy of the user's file)."""
+    side, channels, compute_bytes = step.side, step.channels, step.compute_bytes
     model = layers(spec or get_model(exp.model, exp.model_args), side, channels, classes)
     # weights, gradients, the optimizer's slots, Horovod's copy of the gradients, and a checkpoint's
     # copies of the weights and the slots
     parameters = 4 * model.parameters * (4 + 2 * SLOTS[exp.optimizer])
     per_image = compute_bytes * (model.kept_per_image + 2 * model.largest_per_image) \
         + 4 * PREFETCHED_BATCHES * side * side * channels
-    if on_gpu:
+    if step.on_gpu:
         return Estimate(0, 0, data_bytes)
-    return Estimate(parameters, batch * per_image, data_bytes)
+    return Estimate(parameters, step.batch * per_image, data_bytes)
 
 
 def _cgroup_limit(proc_cgroup="/proc/self/cgroup", root="/sys/fs/cgroup") -> int | None:
@@ -148,8 +153,6 @@ def available(local_ranks: int, environ=os.environ) -> tuple:
     """(bytes, where that figure comes from) that one of local_ranks ranks on this node may use: the
     smallest of the cgroup's limit, SLURM's --mem or --mem-per-cpu, and the memory free now (each
     shared between the node's ranks; what this rank holds already counts as its own)."""
-    import psutil
-
     ranks = max(1, local_ranks)
     # what this rank holds: its proportional share (Pss) of pages it shares, such as the node's data window
     held = usage().get("pss_bytes") or psutil.Process().memory_info().rss
@@ -177,28 +180,24 @@ def culprit(exp, need: Estimate, fits, seed_side: int, batch: int) -> tuple:
     return f"--model {exp.model} on {exp.dataset}", "use a node with more memory, or a smaller model"
 
 
-def check(exp, splits, side: int, batch: int, world, data_bytes: int, compute_bytes: int = 4,
-          on_gpu=False, spec=None) -> Estimate:
+def check(exp, step: Step, classes: int, world, data_bytes: int, spec=None) -> Estimate:
     """A UserError on every rank, before anything is built or written, if a rank of exp can't fit in
     the memory it has, holding data_bytes of the data set (hpccnn.training.shared.Held.per_rank_bytes); the
     ranks agree on the smallest memory any of them has, so that all of them stop or none does.
     Returns the estimate."""
-    channels, classes = splits.shape[2], len(splits.classes)
+    side, batch = step.side, step.batch
 
     def need_at(at_side, at_batch):
-        return estimate(exp, at_side or side, channels, classes, at_batch, data_bytes, compute_bytes, on_gpu, spec)
+        return estimate(exp, replace(step, side=at_side or side, batch=at_batch), classes, data_bytes,
+                        spec)
 
     need = need_at(None, batch)
     local_ranks = world.local_size
     have, source = available(local_ranks)
     if world.size > 1:
-        from hpccnn.training import dist
-
         have, source = min(dist.allgather_object((have, source)))
     if need.total <= have:
         return need
-    from hpccnn.models.zoo import get_model
-
     setting, advice = culprit(exp, need, lambda s, b: need_at(s, b).total <= have,
                               (spec or get_model(exp.model, exp.model_args)).input_side, batch)
     raise UserError(f"{setting} needs about {need.total / GB:.1f} GB of memory per rank (weights and optimizer "
@@ -215,8 +214,6 @@ def usage(rollup="/proc/self/smaps_rollup") -> dict:
     """This process's memory now and at its peak, in bytes: peak_rss_bytes (getrusage's ru_maxrss), and
     from Linux's smaps_rollup rss_bytes, pss_bytes (shared pages divided between the processes that map
     them), shared_bytes and private_bytes. Fields Linux doesn't give are left out."""
-    import resource
-
     found = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # kB on Linux
     try:
         lines = Path(rollup).read_text().splitlines()

@@ -7,20 +7,29 @@ The checkpoint is hpccnn.training.checkpoint's.
 
 import dataclasses
 import datetime
+import hashlib
+import importlib.metadata
 import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from hpccnn.training import dist, plots
+from hpccnn.common.errors import UserError
 from hpccnn.common.files import write_atomic, write_bytes, write_json
 from hpccnn.common.runs import FAILED, RUNNING, create_run_folder
+from hpccnn.common.slurm import job_fields
+from hpccnn.data import pack, userdata
+from hpccnn.data.datasets import DATASETS, resolve_data_dir
+from hpccnn.models.usermodel import sha256
+from hpccnn.training import dist, plots
 
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME",
                    "SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
@@ -39,12 +48,18 @@ def git_commit() -> str | None:
         return None
 
 
+def hpccnn_version() -> str | None:
+    """hpccnn's version as installed (pip install .), or None where it runs uninstalled."""
+    try:
+        return importlib.metadata.version("hpccnn")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def versions() -> dict:
     import tensorflow as tf
 
-    from hpccnn import __version__
-
-    found = {"hpccnn": __version__, "python": platform.python_version(), "tensorflow": tf.__version__,
+    found = {"hpccnn": hpccnn_version(), "python": platform.python_version(), "tensorflow": tf.__version__,
              "numpy": np.__version__}
     for name in ("horovod", "mpi4py", "sklearn", "pandas", "submitit"):
         try:
@@ -57,11 +72,6 @@ def versions() -> dict:
 def pack_record(dataset: str, data_dir) -> dict | None:
     """The user's data a run trains on, as a resume checks it: a staged pack by its index.json's SHA-256, a folder
     by its files' names, sizes and times, an .npz or HDF5 file by its size and time; None for a built-in set."""
-    import hashlib
-
-    from hpccnn.data import pack, userdata
-    from hpccnn.data.datasets import DATASETS, resolve_data_dir
-
     if userdata.is_path(dataset):
         path = Path(dataset)
         if not path.exists():
@@ -94,8 +104,6 @@ class RunWriter:
         try:
             folder.mkdir()  # atomic: fails if another run has it
         except FileExistsError:
-            from hpccnn.common.errors import UserError
-
             raise UserError(f"run folder {folder} already exists; hpccnn never writes into an existing run folder") from None
         return cls(folder)
 
@@ -135,8 +143,6 @@ class RunWriter:
         """The model as HDF5 without the optimizer (Horovod's wrapper is not needed to reload it for
         inference). A model Keras can't save whole (a subclassed model, a layer of the user's own without
         get_config) is saved as its weights, model_weights.h5, and metrics.json says why."""
-        import warnings
-
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
             try:
@@ -155,10 +161,6 @@ class RunWriter:
         source = getattr(spec, "source", None)
         if source is None:
             return
-        import shutil
-
-        from hpccnn.models.usermodel import sha256
-
         folder = self.path("model_source")
         folder.mkdir(exist_ok=True)
         write_atomic(folder / source.name, lambda tmp: shutil.copyfile(source, tmp))
@@ -167,11 +169,14 @@ class RunWriter:
                                       "copy": f"model_source/{source.name}", "sha256": sha256(source)}
         self.json("provenance.json", provenance)
 
-    def start(self, exp, world, hosts: list, argv: list, data_dir, speed: dict, read: dict | None = None):
+    def start(self, run, hosts: list):
+        """A new run's config.json and provenance.json, from its context (hpccnn.training.context.Run) and the
+        ranks' hosts; metrics.json says it is running."""
+        exp, world, data_dir = run.exp, run.world, resolve_data_dir(run.options.data_dir)
         self.json("config.json", dataclasses.asdict(exp))
         env = os.environ
         self.json("provenance.json", {
-            "command": shlex.join([sys.executable, *argv]),
+            "command": shlex.join([sys.executable, *run.options.argv]),
             "cwd": os.getcwd(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "git_commit": git_commit(),
@@ -183,8 +188,9 @@ class RunWriter:
             "launcher": dist.launcher(),
             "data_dir": str(data_dir) if data_dir else None,
             "pack": pack_record(exp.dataset, data_dir),  # a staged pack's index, which a resume checks
-            "speed": speed,  # the speed settings as applied on this node (config.json has them as asked)
-            "input": read,  # a pack's: held in memory or streamed from its shards, and why (hpccnn.training.stream.choose)
+            "speed": run.fast,  # the speed settings as applied on this node (config.json has them as asked)
+            # a pack's: held in memory or streamed from its shards, and why (hpccnn.training.stream.choose)
+            "input": run.inputs.read,
         })
         self.status(RUNNING, world_size=world.size)
         self.link_slurm_logs()
@@ -216,8 +222,6 @@ class RunWriter:
         job = os.environ.get("SLURM_JOB_ID")
         if not job:
             return
-        from hpccnn.common.slurm import job_fields
-
         fields = job_fields(job)
         for key, name in (("StdOut", "slurm.out"), ("StdErr", "slurm.err")):
             target = fields.get(key)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hpccnn.data import datasets as data
 from hpccnn.common.errors import UserError
+from hpccnn.data.datasets import Splits, load_split
+from hpccnn.training import dist
 
 ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 ALIGN = 64  # each array starts on a cache line
@@ -68,8 +69,6 @@ def nbytes(splits) -> int:
 
 def mpi():
     """(mpi4py's MPI on the MPI that Horovod started, "") or (None, why it can't be used)."""
-    from hpccnn.training import dist
-
     hvd = dist.hvd()
     if not hvd.mpi_enabled():
         return None, "Horovod runs without MPI (Gloo)"
@@ -93,8 +92,6 @@ def mpi():
 
 def backing_directory() -> str:
     """Where Open MPI keeps shared-memory windows (its osc_sm_backing_directory), as this process has it."""
-    from hpccnn.training import dist
-
     return dist.mpi_parameters({"osc_sm_backing_directory": str}).get("osc_sm_backing_directory") or "/dev/shm"
 
 
@@ -131,7 +128,7 @@ def array_at(buffer, dtype, shape, offset) -> np.ndarray:
     return np.frombuffer(buffer, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=offset).reshape(shape)
 
 
-def views(buffer, entries, splits_meta) -> data.Splits:
+def views(buffer, entries, splits_meta) -> Splits:
     """The splits as read-only NumPy arrays over buffer."""
     arrays, at = {}, {}
     for name, dtype, shape, offset in entries:
@@ -140,12 +137,12 @@ def views(buffer, entries, splits_meta) -> data.Splits:
             continue
         arrays[name] = at[offset] = array_at(buffer, dtype, shape, offset)
         arrays[name].flags.writeable = False
-    return data.Splits(**arrays, **splits_meta)
+    return Splits(**arrays, **splits_meta)
 
 
 def own_copy(exp, data_dir, why="", splits=None) -> tuple:
     """(splits, Held) of a rank that loads (or has loaded) the data set itself."""
-    splits = splits if splits is not None else data.load_split(exp, data_dir)
+    splits = splits if splits is not None else load_split(exp, data_dir)
     return splits, Held(OWN_COPY, own_bytes=nbytes(splits), why_no_window=why)
 
 
@@ -166,19 +163,7 @@ def load(exp, world, data_dir=None) -> tuple:
         node.Free()
         return own_copy(exp, data_dir)
     first = node.Get_rank() == 0
-    splits = plan = None
-    if first:
-        try:
-            splits = data.load_split(exp, data_dir)
-            entries, size = layout(splits)
-            why = window_problem(size, backing_directory())
-            plan = ("fallback", why) if why else ("window", (entries, size, splits.classes, splits.scale))
-        except UserError as err:
-            plan = ("error", str(err))
-        except BaseException as err:  # said to the others, so that none waits for a window that won't come
-            node.bcast(("error", f"the node's first rank failed loading the data ({type(err).__name__}: {err})"))
-            raise
-    kind, detail = node.bcast(plan, root=0)
+    splits, (kind, detail) = plan(exp, data_dir, node)
     if kind == "error":
         node.Free()
         raise UserError(detail)
@@ -188,29 +173,63 @@ def load(exp, world, data_dir=None) -> tuple:
             warn(detail)
         return own_copy(exp, data_dir, why=detail, splits=splits)
     entries, size, classes, scale = detail
-    try:  # ALIGN bytes more, to start the arrays on a cache line wherever Open MPI puts the window's base
-        window = MPI.Win.Allocate_shared(size + ALIGN if first else 0, 1, comm=node)
+    # ALIGN bytes more, to start the arrays on a cache line wherever Open MPI puts the window's base
+    window, why = allocate(MPI, node, size + ALIGN if first else 0)
+    if window is None:
+        if first:
+            warn(why)
+        return own_copy(exp, data_dir, why=why, splits=splits)  # a window made on some ranks only is left alone
+    shared = fill(window, entries, splits, {"classes": list(classes), "scale": scale})
+    return shared, Held(NODE_WINDOW, window_bytes=size + ALIGN, window_ranks=node.Get_size(), window=window,
+                        node=node)
+
+
+def plan(exp, data_dir, node) -> tuple:
+    """(the splits on the node's first rank, None on the others; what the node does, the same on each of its
+    ranks): ("window", (layout's entries, its size, classes, scale)), ("fallback", why) to a copy per rank, or
+    ("error", what). The node's first rank loads the data set and decides; it says so to the others."""
+    splits = decided = None
+    if node.Get_rank() == 0:
+        try:
+            splits = load_split(exp, data_dir)
+            entries, size = layout(splits)
+            why = window_problem(size, backing_directory())
+            decided = ("fallback", why) if why else ("window", (entries, size, splits.classes, splits.scale))
+        except UserError as err:
+            decided = ("error", str(err))
+        except BaseException as err:  # said to the others, so that none waits for a window that won't come
+            node.bcast(("error", f"the node's first rank failed loading the data ({type(err).__name__}: {err})"))
+            raise
+    return splits, node.bcast(decided, root=0)
+
+
+def allocate(MPI, node, size: int) -> tuple:
+    """(the node's window, "") with size bytes on this rank, made by the node's ranks together; or (None, why)
+    where any of them could not make it."""
+    why = ""
+    try:
+        window = MPI.Win.Allocate_shared(size, 1, comm=node)
         made = True
     except MPI.Exception as err:
         window, made, why = None, False, f"Open MPI could not make a shared-memory window ({err.Get_error_string()})"
     if not node.allreduce(made, op=MPI.LAND):
-        why = why if not made else "Open MPI could not make a shared-memory window on another rank of this node"
-        if first:
-            warn(why)
-        return own_copy(exp, data_dir, why=why, splits=splits)  # a window made on some ranks only is left alone
+        return None, why if not made else "Open MPI could not make a shared-memory window on another rank of this node"
+    return window, ""
+
+
+def fill(window, entries, splits, splits_meta) -> Splits:
+    """The splits as every rank of the node reads them from the window: the node's first rank (the one with
+    splits) writes the arrays once; from then on it too reads them from the window, its own copy gone."""
     buffer, _ = window.Shared_query(0)
     shift = -np.frombuffer(buffer, np.uint8).__array_interface__["data"][0] % ALIGN  # the same in every rank's map
     entries = [(name, dtype, shape, offset + shift) for name, dtype, shape, offset in entries]
     window.Fence()
-    if first:  # the node's first rank writes the arrays once; from here on it too reads them from the window
+    if splits is not None:  # the node's first rank writes the arrays once
         for name, dtype, shape, offset in entries:
             if dtype is not None:
                 array_at(buffer, dtype, shape, offset)[...] = getattr(splits, name)
-        splits = None  # its own copy goes
     window.Fence()  # every rank reads what the first one wrote
-    shared = views(buffer, entries, {"classes": list(classes), "scale": scale})
-    return shared, Held(NODE_WINDOW, window_bytes=size + ALIGN, window_ranks=node.Get_size(), window=window,
-                        node=node)
+    return views(buffer, entries, splits_meta)
 
 
 def warn(why: str) -> None:

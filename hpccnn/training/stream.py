@@ -15,7 +15,7 @@ shuffles is a function of (--seed, rank, epoch): a resumed run reads what it wou
 
 Validation and test sets are read in order, each rank its own share; the predictions rank 0 gathers carry
 each image's position in the test set. The split into training, validation and test sets is the one the
-in-memory path makes (hpccnn.data.datasets.split, by position in the pack's order), so both train on the same images.
+in-memory path makes (hpccnn.data.carve.sets, by position in the pack's order), so both train on the same images.
 """
 
 import dataclasses
@@ -23,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn.data import pack, userdata
 from hpccnn.common.errors import UserError
+from hpccnn.data import datasets, pack, userdata
+from hpccnn.data.carve import in_shard, positions, sets
+from hpccnn.training import dist, memory
+from hpccnn.training.inputs import Batches, prepare
 
 SHUFFLE_BYTES = 16 << 20  # a rank shuffles blocks of at most this many bytes of records
 CYCLE = 4  # shards a rank reads at once
@@ -65,15 +68,12 @@ def choose(exp, world, data_dir, resumed_read: str = "") -> dict | None:
     read ("memory" or "stream"), why, and the figures it was decided on: provenance.json's "input". --input
     memory or stream decides; auto streams a pack whose images take more than MEMORY_SHARE of the node's
     memory. A resumed run reads as it started. Every rank calls it; rank 0 decides, and says so in one line."""
-    from hpccnn.data import datasets as data
-    from hpccnn.training import dist, memory
-
-    if userdata.is_path(exp.dataset) or exp.dataset in data.DATASETS:
+    if userdata.is_path(exp.dataset) or exp.dataset in datasets.DATASETS:
         if exp.input == "stream":
             raise UserError(f"--input stream reads a staged pack, and {exp.dataset!r} is not one; stage it first: "
                             f"python -m hpccnn.stage {exp.dataset}")
         return None
-    folder = pack.find(exp.dataset, data.resolve_data_dir(data_dir))
+    folder = pack.find(exp.dataset, datasets.resolve_data_dir(data_dir))
     if folder is None:
         return None  # a folder by that name, or unknown: hpccnn.data.datasets says which
     choice = None
@@ -104,82 +104,6 @@ def reads(shards: list, rank: int, size: int) -> list:
             + [(s["file"], size, rank) for s in shards[whole:]])
 
 
-def kept(split: dict) -> np.ndarray:
-    """The source indices of a split's records, in the pack's order (what pack.load sorts them by)."""
-    total = split["count"] + len(split.get("skipped_index", []))
-    return np.setdiff1d(np.arange(total, dtype=np.int64), np.asarray(split.get("skipped_index", []), np.int64))
-
-
-def in_shard(split: dict, k: int) -> np.ndarray:
-    """The source indices in shard k of a split, in the order they were written (pack.write_shard)."""
-    indices = kept(split)
-    return indices[indices % len(split["shards"]) == k]
-
-
-def carve(train: np.ndarray, positions: np.ndarray, shards: int, fraction: float, seed) -> tuple:
-    """(kept, carved) of positions into the training split's source indices train: fraction carved at random,
-    each shard losing the same share of its images, so that the ranks' shares stay equal (a tiny pack, whose
-    shards are too small to share alike, at random)."""
-    from sklearn.model_selection import train_test_split
-
-    try:
-        return train_test_split(positions, test_size=fraction, random_state=seed, stratify=train[positions] % shards)
-    except ValueError:
-        return train_test_split(positions, test_size=fraction, random_state=seed)
-
-
-def sets(index: dict, exp) -> dict:
-    """The training, validation and test sets as (the pack's split, its source indices in the set's order), the
-    same whether the pack is held in memory or streamed: a test/ split, else val/, else test_fraction of the
-    training images; validation val/ beside test/, else val_fraction of what is left, or the test set (as
-    hpccnn.data.datasets.split makes them of other data sets, but carved alike from every shard: carve)."""
-    splits = index["splits"]
-    train, shards = kept(splits["train"]), len(splits["train"]["shards"])
-    positions = np.arange(len(train))
-    own_test = "test" if "test" in splits else ("val" if "val" in splits else None)
-    if own_test is None:
-        positions, test_positions = carve(train, positions, shards, exp.test_fraction, exp.seed)
-        test = ("train", train[test_positions])
-    else:
-        test = (own_test, kept(splits[own_test]))
-    if exp.validation == "test":
-        val = test
-    elif "test" in splits and "val" in splits:
-        val = ("val", kept(splits["val"]))
-    else:
-        positions, val_positions = carve(train, positions, shards, exp.val_fraction, exp.seed)
-        val = ("train", train[val_positions])
-    return {"train": ("train", train[positions]), "val": val, "test": test}
-
-
-def in_memory(raw, index: dict, exp):
-    """A pack's hpccnn.data.datasets.Splits from its arrays (pack.load: each split's images in the pack's order): the
-    sets a streamed pack reads (sets)."""
-    from hpccnn.data.datasets import Splits
-
-    own = {"train": (raw.x_train, raw.y_train)}
-    own_test = "test" if "test" in index["splits"] else ("val" if "val" in index["splits"] else None)
-    if own_test:
-        own[own_test] = (raw.x_test, raw.y_test)
-    if own_test == "test" and "val" in index["splits"]:
-        own["val"] = (raw.x_val, raw.y_val)
-    chosen = {}
-    for name, (split, order) in sets(index, exp).items():
-        x, y = own[split]
-        at = np.searchsorted(kept(index["splits"][split]), order)
-        chosen[name] = (x[at], y[at])
-    return Splits(*chosen["train"], *chosen["val"], *chosen["test"], list(raw.classes), raw.scale)
-
-
-def positions(index: dict, which) -> np.ndarray:
-    """For each source index of which's split: its position in the set, or -1 where it is not in it."""
-    split, order = which
-    split = index["splits"][split]
-    found = np.full(split["count"] + len(split.get("skipped_index", [])), -1, np.int64)
-    found[order] = np.arange(len(order))
-    return found
-
-
 def share(index: dict, which, rank: int, size: int) -> np.ndarray:
     """The source indices of a set that rank reads, shard by shard in reads() order: of a shard read whole, every
     image of the set in it; of a shard every rank reads, every size-th of them from rank on."""
@@ -196,9 +120,7 @@ def share(index: dict, which, rank: int, size: int) -> np.ndarray:
 def open_pack(exp, data_dir) -> Streamed:
     """A staged pack checked for streaming: verified (each shard's SHA-256), staged by this hpccnn's format,
     its channels and sizes settled, its float pixels checked and scaled as hpccnn.data.userdata.pixels does."""
-    from hpccnn.data import datasets as data
-
-    folder = pack.find(exp.dataset, data.resolve_data_dir(data_dir))
+    folder = pack.find(exp.dataset, datasets.resolve_data_dir(data_dir))
     index = pack.read_index(folder)
     again = f"{index.get('staged_by', 'python -m hpccnn.stage ' + index['source'])} --force"
     if index.get("format", 1) < 2:
@@ -308,7 +230,8 @@ def _records(streamed: Streamed, which, rank: int, size: int, seed=None):
 
 def _decoder(streamed: Streamed):
     """A record to (image, label): pixels as packed, converted to the chosen channels, resized where the pack's
-    sizes differ, non-finite pixels replaced; the batch's scale and --image-size come after (hpccnn.data.datasets)."""
+    sizes differ, non-finite pixels replaced; the batch's scale and --image-size come after
+    (hpccnn.training.inputs.prepare)."""
     import tensorflow as tf
 
     dtype = tf.float32 if streamed.float_pixels else tf.uint8
@@ -381,15 +304,15 @@ def epoch_seed(seed, rank: int) -> int:
     return int(np.random.default_rng([*np.atleast_1d(seed), rank]).integers(1, 2 ** 40))
 
 
-def train_records(streamed: Streamed, rank: int, size: int, batch: int, steps: int, seed, first_epoch: int,
-                  epochs: int):
-    """The training records rank reads in epochs first_epoch..epochs-1, parsed, in steps batches of batch per
-    epoch, each epoch's order a function of (seed, rank, epoch) alone."""
+def train_records(streamed: Streamed, rank: int, size: int, batches: Batches):
+    """The training records rank reads in epochs batches.first_epoch..batches.epochs-1, parsed, in batches.steps
+    batches of batches.batch per epoch, each epoch's order a function of (batches.seed, rank, epoch) alone."""
     import tensorflow as tf
 
+    batch = batches.batch
     count = len(share(streamed.index, streamed.sets["train"], rank, size))
     block = shuffle_buffer(streamed, count, batch)
-    base = epoch_seed(seed, rank)
+    base = epoch_seed(batches.seed, rank)
 
     def shuffled(k, records, e):
         order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(records["index"])[0]),
@@ -399,21 +322,18 @@ def train_records(streamed: Streamed, rank: int, size: int, batch: int, steps: i
     def epoch(e):  # tf.data's own shuffle takes no seed computed in the graph: blocks shuffled statelessly
         records = _records(streamed, streamed.sets["train"], rank, size, seed=tf.stack([base, 2 * e]))
         blocks = records.rebatch(block).enumerate().map(lambda k, records: shuffled(k, records, e))
-        return blocks.rebatch(batch).take(steps)  # whole batches: the rank's share holds steps of them
+        return blocks.rebatch(batch).take(batches.steps)  # whole batches: the rank's share holds steps of them
 
-    return tf.data.Dataset.range(first_epoch, max(first_epoch, epochs)).flat_map(epoch)
+    return tf.data.Dataset.range(batches.first_epoch, max(batches.first_epoch, batches.epochs)).flat_map(epoch)
 
 
-def train_pipeline(streamed: Streamed, rank: int, size: int, batch: int, steps: int, image_size: int, seed,
-                   first_epoch: int, epochs: int):
+def train_pipeline(streamed: Streamed, rank: int, size: int, batches: Batches, image_size: int):
     """Training batches of train_records: decoded in parallel, scaled and resized to image_size, prefetched."""
     import tensorflow as tf
 
-    from hpccnn.data.datasets import _prepare
-
-    ds = _batched(streamed, train_records(streamed, rank, size, batch, steps, seed, first_epoch, epochs), batch,
+    ds = _batched(streamed, train_records(streamed, rank, size, batches), batches.batch,
                   drop_remainder=False, rebatch=False)  # whole batches already
-    return ds.map(_prepare(streamed.scale, image_size), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+    return ds.map(prepare(streamed.scale, image_size), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE)
 
 
@@ -421,13 +341,11 @@ def eval_pipeline(streamed: Streamed, name: str, rank: int, size: int, batch: in
     """A rank's share of the validation or test set, in order, batched (the last batch may be short)."""
     import tensorflow as tf
 
-    from hpccnn.data.datasets import _prepare
-
     count = len(share(streamed.index, streamed.sets[name], rank, size))
     ds = _batched(streamed, _records(streamed, streamed.sets[name], rank, size), batch, drop_remainder=False)
     # its length known, as Keras needs it for steps_per_execution > 1 (and checked: a wrong count is an error)
     ds = ds.apply(tf.data.experimental.assert_cardinality(-(-count // batch)))
-    return ds.map(_prepare(streamed.scale, image_size), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+    return ds.map(prepare(streamed.scale, image_size), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE)
 
 

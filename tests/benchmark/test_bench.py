@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, assert_namespace_nodes_gone, refusal, run_module
 from hpccnn.launching.launch import mpi_env
 
-from hpccnn.benchmark.bench import PLANS, SECONDS, Plan, plan
+from hpccnn.benchmark.plans import PLANS, SECONDS, Plan, plan
 
 
 def test_options_override_each_models_own_batch_and_warmup_and_time_the_rest():
@@ -92,7 +92,7 @@ def test_the_runners_compute_the_same_training_from_the_same_weights_and_batches
     16 images each. Averaged gradients make them one computation up to float32 rounding: the update's norm
     agrees to 1e-4 relative and the held-out loss to 1e-4, while a runner that summed instead of averaging
     (twice the step) or trained both workers on the same images would differ by far more."""
-    from hpccnn.benchmark.runners import Plan, measure
+    from hpccnn.benchmark.measure import measure
 
     got = {(kind, n): measure(kind, "cnn_v3", n, Plan(32, 2), extra=["--losses", "4", "--set", "learning_rate=0.5"])
            for kind, n in (("keras", 1), ("hpccnn", 2), ("horovod", 2), ("mwms", 2))}
@@ -175,7 +175,7 @@ def test_inputs_train_the_same_images_from_memory_a_streamed_pack_and_jpeg_files
 
 
 def test_the_inputs_images_are_crops_of_photographs_of_each_models_shape():
-    from hpccnn.benchmark.bench import photo_crops
+    from hpccnn.benchmark.inputs import photo_crops
 
     for shape in ((28, 28, 1), (32, 32, 3)):
         x, y = photo_crops(40, shape)

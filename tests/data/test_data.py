@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from conftest import write_cifar10, write_galaxy10, write_mnist
+from hpccnn.data import builtin
 from hpccnn.data import datasets as data
+from hpccnn.data.base import Raw
 from hpccnn.common.errors import UserError
 
 
@@ -54,7 +56,7 @@ def test_digits_are_the_real_scikit_learn_data():
 @pytest.mark.parametrize("name,missing", [("cifar10", "data_batch_1"), ("mnist", "mnist.npz"),
                                           ("galaxy10", "Galaxy10.h5")])
 def test_missing_data_names_the_file_and_the_staging_command(tmp_path, name, missing, monkeypatch):
-    monkeypatch.setattr(data, "astronn_galaxy10_file", lambda: tmp_path / "no-astronn" / "Galaxy10.h5")
+    monkeypatch.setattr(builtin, "astronn_galaxy10_file", lambda: tmp_path / "no-astronn" / "Galaxy10.h5")
     with pytest.raises(UserError) as err:
         data.load(name, tmp_path)
     message = str(err.value)
@@ -63,80 +65,49 @@ def test_missing_data_names_the_file_and_the_staging_command(tmp_path, name, mis
 
 
 def test_galaxy10_split_matches_seed_000_proportions():
-    raw = data.Raw(np.zeros((21785, 1, 1, 1), np.uint8), np.arange(21785) % 10, None, None, list(range(10)))
-    s = data.split(raw, "split", 0.2, 0.2, seed=0)
+    raw = Raw(np.zeros((21785, 1, 1, 1), np.uint8), np.arange(21785) % 10, None, None, list(range(10)))
+    s = builtin.split(raw, "split", 0.2, 0.2, seed=0)
     assert (len(s.x_train), len(s.x_val), len(s.x_test)) == (13942, 3486, 4357)
 
 
 def test_splits_are_seeded_so_every_rank_agrees_and_disjoint():
     raw = data.load("digits")
-    a, b = data.split(raw, seed=3), data.split(data.load("digits"), seed=3)
+    a, b = builtin.split(raw, seed=3), builtin.split(data.load("digits"), seed=3)
     np.testing.assert_array_equal(a.y_train, b.y_train)
     np.testing.assert_array_equal(a.x_test, b.x_test)
     assert len(a.x_train) + len(a.x_val) + len(a.x_test) == 1797
-    c = data.split(raw, seed=4)
+    c = builtin.split(raw, seed=4)
     assert not np.array_equal(a.y_train, c.y_train)
 
 
 def test_validation_on_the_test_set_for_seeds_that_did_so(tmp_path):
     write_mnist(tmp_path / "mnist" / "mnist.npz", train=12, test=5)
-    s = data.split(data.load("mnist", tmp_path), validation="test")
+    s = builtin.split(data.load("mnist", tmp_path), validation="test")
     assert len(s.x_train) == 12 and s.x_val is s.x_test
 
 
 def test_labels_outside_the_class_range_are_refused(tmp_path):
-    raw = data.Raw(np.zeros((20, 2, 2, 1), np.uint8), np.array([0] * 19 + [10]), None, None, list(range(10)))
+    raw = Raw(np.zeros((20, 2, 2, 1), np.uint8), np.array([0] * 19 + [10]), None, None, list(range(10)))
     with pytest.raises(UserError, match="labels outside 0..9"):
-        data.check(raw, "digits", "/cache")
-
-
-def test_shards_are_disjoint_and_cover_everything():
-    x = np.arange(11)
-    shards = [data.shard(x, r, 3) for r in range(3)]
-    assert sorted(np.concatenate(shards)) == list(range(11))
-    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
-
-
-def test_pipeline_scales_resizes_and_batches():
-    x = np.full((10, 8, 8, 1), 16, np.uint8)
-    y = np.arange(10)
-    batches = list(data.pipeline(x, y, 4, 1 / 16, image_size=32))
-    assert [b[0].shape[0] for b in batches] == [4, 4, 2]
-    images = batches[0][0].numpy()
-    assert images.shape == (4, 32, 32, 1) and images.dtype == np.float32
-    np.testing.assert_allclose(images, 1.0, atol=1e-6)
-
-
-def test_training_pipeline_gives_full_batches_in_an_order_fixed_by_seed_and_epoch():
-    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
-    y = np.arange(10)
-    labels = [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 4, 2, 1.0, seed=3, first_epoch=0, epochs=3)]
-    assert [len(b) for b in labels] == [4] * 6  # 3 epochs x 2 steps, full batches only
-    epochs = [sum(labels[2 * e:2 * e + 2], []) for e in range(3)]
-    assert all(len(set(e)) == 8 for e in epochs)  # no image twice within an epoch
-    assert epochs[0] != epochs[1]  # reshuffled every epoch
-    # a run resumed at epoch 2 sees exactly the batches the uninterrupted run saw in epoch 2
-    resumed = [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 4, 2, 1.0, seed=3, first_epoch=2, epochs=3)]
-    assert sum(resumed, []) == epochs[2]
-    other = [b[1].numpy().tolist() for b in data.train_pipeline(x, y, 4, 2, 1.0, seed=4, first_epoch=2, epochs=3)]
-    assert sum(other, []) != epochs[2]
+        builtin.check(raw, "digits", "/cache")
 
 
 def test_synthetic_data_has_the_size_and_shape_asked_for():
-    from hpccnn.models.experiments import get_experiment, with_overrides
+    from hpccnn.models.catalog import get_experiment
+    from hpccnn.models.experiments import with_overrides
 
     exp = with_overrides(get_experiment("galaxy10_alexnet"), {"dataset": "synthetic", "synthetic_size": 500,
                                                               "synthetic_shape": "69x69x3"})
     s = data.load_split(exp)
     assert s.x_train.shape[1:] == (69, 69, 3) and s.x_train.dtype == np.uint8
     assert len(s.x_train) + len(s.x_val) + len(s.x_test) == 500 and len(s.x_test) == 100
-    assert data.parse_shape("227X227x1") == (227, 227, 1)
+    assert builtin.parse_shape("227X227x1") == (227, 227, 1)
 
 
 def test_the_node_windows_layout_gives_back_every_split_aligned_and_read_only():
     from hpccnn.training import shared
 
-    write = data.split(data.load("digits"), validation="test")  # x_val is x_test: stored once
+    write = builtin.split(data.load("digits"), validation="test")  # x_val is x_test: stored once
     entries, size = shared.layout(write)
     assert all(offset % shared.ALIGN == 0 for _, dtype, _, offset in entries if dtype is not None)
     assert size < shared.nbytes(write) + 6 * shared.ALIGN and shared.nbytes(write) < 1.1 * size
@@ -168,7 +139,7 @@ def test_a_process_alone_loads_its_own_copy_without_mpi():
     from conftest import ROOT
 
     script = ("import sys\nfrom hpccnn.training import shared\nfrom hpccnn.training.dist import World\n"
-              "from hpccnn.models.experiments import get_experiment\n"
+              "from hpccnn.models.catalog import get_experiment\n"
               "splits, held = shared.load(get_experiment('digits_cnn'), World(0, 0, 1, 1, 1))\n"
               "assert 'mpi4py.MPI' not in sys.modules and 'horovod' not in sys.modules, sorted(sys.modules)\n"
               "print(held.mode, held.own_bytes, held.per_rank_bytes, len(splits.x_train), sep='|')\n")

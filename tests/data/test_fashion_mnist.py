@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from conftest import read_json, run_folders, run_module, write_idx, write_mnist
+from hpccnn.data import builtin
 from hpccnn.data import datasets as data
 from hpccnn.data import stage
 from hpccnn.common.errors import UserError
+from hpccnn.training import inputs
 
 DEBIAN = stage.DEBIAN_FASHION_MNIST
 
@@ -31,7 +33,7 @@ def test_mnist_stages_from_its_four_idx_files(tmp_path, gz):
     assert "9 training images" in proc.stdout and "4 test images" in proc.stdout
     raw = data.load("mnist", tmp_path / "cache")
     assert np.array_equal(raw.x_train[..., 0], arrays["x_train"]) and np.array_equal(raw.y_test, arrays["y_test"])
-    assert raw.classes == data.DIGIT_CLASSES
+    assert raw.classes == builtin.DIGIT_CLASSES
 
 
 def _damage(folder, how):
@@ -147,7 +149,7 @@ def test_fashion_mnist_cnn_learns_the_real_classes(fashion_cache, tmp_path):
 def test_fashion_mnist_reaches_the_model_scaled_to_0_1(fashion_cache):
     """Training can't tell 0..255 from 0..1 here (0.867 either way after one epoch), so look at the batches."""
     raw = data.load("fashion_mnist", fashion_cache)
-    x, y = next(iter(data.pipeline(raw.x_test[:500], raw.y_test[:500], 500, raw.scale)))
+    x, y = next(iter(inputs.pipeline(raw.x_test[:500], raw.y_test[:500], 500, raw.scale)))
     x = x.numpy()
     assert x.dtype == np.float32 and x.min() == 0.0 and x.max() == 1.0
     assert np.array_equal(y.numpy(), raw.y_test[:500])

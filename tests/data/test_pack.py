@@ -27,7 +27,7 @@ def loaded(dataset, data_dir, *settings):
 
 
 def test_a_folder_is_packed_with_its_index_and_trains_as_the_folder_does(tmp_path, capsys):
-    from hpccnn.data import pack
+    from hpccnn.data.base import sha256
 
     photos = write_photo_folder(tmp_path / "photos", count=40)
     cache = tmp_path / "cache"
@@ -42,7 +42,7 @@ def test_a_folder_is_packed_with_its_index_and_trains_as_the_folder_does(tmp_pat
     assert index["channels"] == {"3": 64, "1": 16} and index["distinct_sizes"] > 1 and index["skipped"] == []
     for split in index["splits"].values():
         for shard in split["shards"]:
-            assert pack.sha256(folder / shard["file"]) == shard["sha256"]
+            assert sha256(folder / shard["file"]) == shard["sha256"]
     assert not list((cache / "packs").glob(".*"))  # no partial pack left
     from_pack = loaded("snaps", cache, "--image-size", "24")
     from_folder = loaded(photos, cache, "--image-size", "24")
@@ -248,6 +248,6 @@ def test_a_resumed_run_refuses_a_folder_of_its_own_that_changed_since_it_started
 
 
 def read_index_sha(cache):
-    from hpccnn.data import pack
+    from hpccnn.data.base import sha256
 
-    return pack.sha256(cache / "packs" / "photos" / "index.json")
+    return sha256(cache / "packs" / "photos" / "index.json")

@@ -5,6 +5,7 @@ import tarfile
 import pytest
 
 from conftest import run_module, write_cifar10, write_galaxy10, write_mnist
+from hpccnn.data import builtin
 from hpccnn.data import datasets as data
 
 
@@ -37,10 +38,10 @@ def test_staging_never_overwrites_without_force(tmp_path):
     write_mnist(tmp_path / "other.npz", train=5, test=3, seed=1)
     cache = tmp_path / "cache"
     run_module("hpccnn.stage", "mnist", "--data-dir", cache, "--source", tmp_path / "mnist.npz")
-    before = data.mnist_file(cache).read_bytes()
+    before = builtin.mnist_file(cache).read_bytes()
     proc = run_module("hpccnn.stage", "mnist", "--data-dir", cache, "--source", tmp_path / "other.npz")
     assert proc.returncode == 2 and "already exists; pass --force" in proc.stderr
-    assert data.mnist_file(cache).read_bytes() == before
+    assert builtin.mnist_file(cache).read_bytes() == before
     proc = run_module("hpccnn.stage", "mnist", "--data-dir", cache, "--source", tmp_path / "other.npz", "--force")
     assert proc.returncode == 0 and data.load("mnist", cache).x_train.shape[0] == 5
 

@@ -144,7 +144,7 @@ def test_each_kind_of_bad_folder_or_file_is_one_line(tmp_path):
 
 
 def test_a_dataset_path_is_absolute_in_the_run_and_relative_to_the_users_file(tmp_path, monkeypatch):
-    from hpccnn.models.experiments import get_experiment
+    from hpccnn.models.catalog import get_experiment
 
     root = write_photo_folder(tmp_path / "project" / "photos", count=6)
     monkeypatch.chdir(tmp_path / "project")

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, job_field, read_json, refusal, run_module, sbatch, wait_for
 
 from hpccnn.common import slurm
-from hpccnn.launching.submit import point_row
+from hpccnn.launching.status import point_row
 
 SMALL = ["--cpus-per-task", "1", "--mem-gb", "3", "--time-min", "15"]  # the 2-core local node, not a real one
 
@@ -162,9 +162,10 @@ def test_without_wait_a_collector_job_writes_grid_csv_after_the_array(slurm_env,
 @pytest.mark.slow
 def test_status_shows_a_running_grid_and_resubmit_resumes_the_point_that_was_cancelled(slurm_env, tmp_path,
                                                                                      monkeypatch):
-    from hpccnn.launching import submit
+    from hpccnn.launching import status
+    from hpccnn.launching.record import read_record
 
-    for key, value in slurm_env.items():  # this process reads SLURM's states too (submit.point_rows)
+    for key, value in slurm_env.items():  # this process reads SLURM's states too (status.point_rows)
         monkeypatch.setenv(key, value)
     results = tmp_path / "results"
     proc = run_module("hpccnn.submit", "--experiment", "digits_cnn", "--sweep", "seed=0,1", "--epochs", "20",
@@ -173,13 +174,13 @@ def test_status_shows_a_running_grid_and_resubmit_resumes_the_point_that_was_can
     folder = grid_folder(results)
     seen, shown, cancelled_after, deadline = set(), None, None, time.time() + 300
     while time.time() < deadline and cancelled_after is None:
-        rows = {p["point"]: p for p in map(submit.progress, submit.point_rows(submit.read_record(folder)))}
+        rows = {p["point"]: p for p in map(status.progress, status.point_rows(read_record(folder)))}
         first, second = rows["00_0"], rows["01_1"]
         seen.add((first["status"], second["status"]))
         if first["status"] == "running" and 1 <= first["epoch"] < 15 and shown is None:
             shown = run_module("hpccnn.submit", "--status", folder, env=slurm_env, timeout=120)
         if second["status"] == "running" and second["epoch"] >= 2:  # it has a checkpoint: cancel it now
-            job = submit.read_record(folder)["points"][1]["job_id"]
+            job = read_record(folder)["points"][1]["job_id"]
             subprocess.run(["scancel", job], env=slurm_env, check=True, timeout=30)
             cancelled_after = second["epoch"]
         time.sleep(0.5)
@@ -287,7 +288,7 @@ def test_ranks_per_node_default_by_the_models_gradient(tmp_path, grid, given, la
 
 
 def test_cifar_hparams_learning_rate_follows_the_optimizer_unless_swept(tmp_path):
-    from hpccnn.models.grids import get_grid
+    from hpccnn.models.catalog import get_grid
     from hpccnn.launching.submit import build_parser, plan
 
     points = get_grid("cifar_hparams").points()
@@ -482,7 +483,7 @@ def test_status_of_a_debug_grid_while_it_runs_shows_running_and_pending_never_fa
 
 
 def test_a_local_grid_whose_submitting_process_died_shows_its_points_failed_and_not_run(tmp_path):
-    from hpccnn.launching.submit import driver, point_rows
+    from hpccnn.launching.status import driver, point_rows
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -508,14 +509,14 @@ def test_a_later_rung_that_fails_to_start_keeps_the_earlier_rungs_results(tmp_pa
     results = tmp_path / "results"
     code = textwrap.dedent(f"""
         import sys
-        from hpccnn.launching import submit
-        real, calls = submit._run_points, []
+        from hpccnn.launching import halving, submit
+        real, calls = halving.run_points, []
         def run_points(*args):
             calls.append(args)
             if len(calls) == 2:
                 raise RuntimeError("sbatch: error: Batch job submission failed")
             return real(*args)
-        submit._run_points = run_points
+        halving.run_points = run_points  # the rungs' submissions
         submit.main(["--experiment", "digits_cnn", "--sweep", "seed=0,1", "--epochs", "3", "--halving", "2",
                      "--cluster", "debug", "--results-dir", {str(results)!r}, "--no-save-model"])
         """)

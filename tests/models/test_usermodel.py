@@ -151,14 +151,13 @@ def write_toml(folder: Path, text=TOML) -> Path:
 
 
 def test_experiments_and_grids_of_the_users_file_are_read_like_the_seeds(mynets):
-    from hpccnn.models import grids
-    from hpccnn.models.experiments import get_experiment
+    from hpccnn.models.catalog import get_experiment, get_grid, resolve
 
     write_toml(mynets.parent)
     exp = get_experiment("resnet_digits")
     assert exp.model == f"{mynets}:small_resnet"  # relative to the file's folder, made absolute
     assert (exp.epochs, exp.learning_rate, exp.model_args, exp.description) == (2, 3e-3, "width=4", "my residual net")
-    points = grids.resolve(grids.get_grid("resnet_widths"), {})
+    points = resolve(get_grid("resnet_widths"), {})
     assert [(p[1]["model_args"], p[1]["optimizer"], p[2].learning_rate, p[2].epochs) for p in points] == [
         ("width=4", "sgd", 0.05, 1), ("width=4", "adam", 3e-3, 1), ("width=6", "sgd", 0.05, 1),
         ("width=6", "adam", 3e-3, 1)]
@@ -223,10 +222,10 @@ def test_each_mistake_in_the_users_file_is_one_line_naming_it(mynets, text, mess
 
 
 def test_submit_and_grids_take_the_users_grid_and_the_jobs_read_the_same_file(mynets, capsys):
-    from hpccnn.models import grids
+    from hpccnn.launching.grid_task import array_point
 
     toml = write_toml(mynets.parent)
-    grids._array_point(["resnet_widths", "--task", "3", "--results-dir", str(mynets.parent / "results")])
+    array_point(["resnet_widths", "--task", "3", "--results-dir", str(mynets.parent / "results")])
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == ["--experiment", "resnet_digits"]
     assert lines[lines.index("--config") + 1] == str(toml)
@@ -240,13 +239,13 @@ def test_submit_and_grids_take_the_users_grid_and_the_jobs_read_the_same_file(my
 def test_a_compiled_user_model_keeps_its_loss_and_metrics_and_gets_horovods_optimizer(mynets):
     import horovod.tensorflow as hvd
 
-    from hpccnn.training import dist, train
+    from hpccnn.training import compute, dist
     from hpccnn.models.experiments import Experiment
     from hpccnn.models.zoo import get_model
 
     hvd.init()  # one rank (not dist.init: TensorFlow may be running already in this process)
     exp = Experiment("c", "mynets.py:compiled", "digits", steps_per_execution=1)
-    model, lr = train.compile_model(exp, dist.World(0, 0, 1, 1, 1), get_model(exp.model), (8, 8, 1), 10)
+    model, lr = compute.compile_model(exp, dist.World(0, 0, 1, 1, 1), get_model(exp.model), (8, 8, 1), 10)
     assert model.loss == "sparse_categorical_crossentropy" and lr == pytest.approx(3e-3)
     names = [m if isinstance(m, str) else m.name for m in model.compiled_metrics._user_metrics]
     assert names == ["sparse_top_k_categorical_accuracy", "accuracy"]
@@ -259,7 +258,7 @@ def test_a_requeued_job_goes_on_with_its_run_folders_settings_not_the_edited_fil
     import json
 
     from hpccnn.training import train
-    from hpccnn.models.experiments import get_experiment
+    from hpccnn.models.catalog import get_experiment
 
     write_toml(mynets.parent)
     run = mynets.parent / "results" / "point"
@@ -280,7 +279,7 @@ def test_non_square_images_and_a_users_schedule_are_built_as_they_are(mynets):
     import tensorflow as tf
 
     from hpccnn.data import datasets as data
-    from hpccnn.training import dist, train
+    from hpccnn.training import compute, dist
     from hpccnn.models.experiments import Experiment
     from hpccnn.models.zoo import get_model
 
@@ -288,7 +287,7 @@ def test_non_square_images_and_a_users_schedule_are_built_as_they_are(mynets):
     world = dist.World(0, 0, 1, 1, 1)
     splits = data.Splits(*(np.zeros((4, 6, 10, 3), np.uint8), np.zeros(4, np.int64)) * 3, ["a", "b"], 1 / 255)
     exp = Experiment("n", "mynets.py:sequential", "x.npz")
-    model, _ = train.build_model(exp, get_model(exp.model), world, splits, None)
+    model, _ = compute.build_model(exp, get_model(exp.model), world, splits, None)
     assert model.input_shape == (None, 6, 10, 3)  # height 6, width 10: not a square of either
     (mynets.parent / "sched.py").write_text(
         "from tensorflow import keras\n"
@@ -298,7 +297,7 @@ def test_non_square_images_and_a_users_schedule_are_built_as_they_are(mynets):
         "              'sparse_categorical_crossentropy', metrics=['acc'])\n"
         "    return m\n")
     exp = Experiment("s", "sched.py:build", "x.npz", scale_lr=True)
-    model, lr = train.compile_model(exp, dist.World(0, 0, 2, 2, 1), get_model(exp.model), (6, 10, 3), 2)
+    model, lr = compute.compile_model(exp, dist.World(0, 0, 2, 2, 1), get_model(exp.model), (6, 10, 3), 2)
     inner = model.optimizer
     assert isinstance(inner._get_hyper("learning_rate"), tf.keras.optimizers.schedules.ExponentialDecay)
     assert lr == pytest.approx(1e-3) and inner.clipnorm == 1.0  # the schedule as it is; clipping kept

@@ -183,7 +183,7 @@ def test_top_confusions_commonest_first_with_their_counts_and_first_images():
 def test_run_report_names_the_commonest_confusions_from_the_files_a_run_writes(tmp_path):
     """Fashion-MNIST's report: 10 long class names, the confusions that matter first (table and figure)."""
     from hpccnn.reports import report
-    from hpccnn.data.datasets import FASHION_MNIST_CLASSES as names
+    from hpccnn.data.builtin import FASHION_MNIST_CLASSES as names
     from hpccnn.common.files import write_json
     from hpccnn.training.results import RunWriter
 

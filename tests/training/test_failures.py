@@ -19,7 +19,8 @@ def test_every_float_setting_must_be_finite_wherever_the_experiment_comes_from()
     import dataclasses
 
     from hpccnn.common.errors import UserError
-    from hpccnn.models.experiments import SETTABLE, get_experiment, parse_value, validate
+    from hpccnn.models.catalog import get_experiment
+    from hpccnn.models.experiments import SETTABLE, parse_value, validate
 
     floats = [name for name, field in SETTABLE.items() if field.type in (float, "float")]
     assert {"learning_rate", "val_fraction", "reduce_lr_factor"} <= set(floats)
@@ -260,7 +261,7 @@ def test_the_estimate_fits_every_seed_experiment_on_the_seeds_nodes():
     from hpccnn.training import memory
     from hpccnn.models.experiments import EXPERIMENTS
     from hpccnn.models.zoo import get_model
-    from hpccnn.launching.submit import default_layout
+    from hpccnn.launching.resources import default_layout
 
     per_rank = 56 * memory.GB / 2
     for exp in EXPERIMENTS.values():
@@ -271,10 +272,10 @@ def test_the_estimate_fits_every_seed_experiment_on_the_seeds_nodes():
         spec = get_model(exp.model)
         side = exp.image_size or (side if spec.output_side(side) > 0 else spec.input_side)
         data_bytes = 2 * images * (SEED_DATA[exp.dataset][1] ** 2 * channels + 8)
-        need = memory.estimate(exp, side, channels, 10, exp.batch_size // 2, data_bytes)
+        need = memory.estimate(exp, memory.Step(exp.batch_size // 2, side, channels), 10, data_bytes)
         assert need.total < per_rank, (exp.name, need)
         assert need.total > memory.RUNTIME_BYTES + data_bytes  # the model counts for something
-    alexnet227 = memory.estimate(EXPERIMENTS["cifar_alexnet227"], 227, 3, 10, 32, 0)
+    alexnet227 = memory.estimate(EXPERIMENTS["cifar_alexnet227"], memory.Step(32, 227, 3), 10, 0)
     assert 1 * memory.GB < alexnet227.parameters + alexnet227.activations < 4 * memory.GB
 
 

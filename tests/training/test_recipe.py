@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, read_json, run_folders, run_to_end, write_galaxy10
+from hpccnn.data import builtin
 from hpccnn.data import datasets as data
+from hpccnn.data.base import sha256
 from hpccnn.common.errors import UserError
 from hpccnn.launching.launch import horovodrun_command, mpi_env
 
@@ -70,7 +72,7 @@ def test_galaxy10_in_astronn_cache_with_a_wrong_checksum_is_not_trusted(tmp_path
     # (which would try to download it again from inside the job).
     fake = tmp_path / "astronn" / "datasets" / "Galaxy10.h5"
     write_galaxy10(fake, n=4)
-    monkeypatch.setattr(data, "astronn_galaxy10_file", lambda: fake)
+    monkeypatch.setattr(builtin, "astronn_galaxy10_file", lambda: fake)
     calls = astronn_loaders(monkeypatch)
     with pytest.raises(UserError, match="python -m hpccnn.stage galaxy10"):
         data.load("galaxy10", tmp_path / "cache")
@@ -82,8 +84,8 @@ def test_galaxy10_in_astronn_cache_with_the_right_checksum_is_read_by_astronn(tm
     the real one's (here the fake's own hash stands in for it) goes to astroNN's loader, once."""
     fake = tmp_path / "astronn" / "datasets" / "Galaxy10.h5"
     images, labels = write_galaxy10(fake, n=4)
-    monkeypatch.setattr(data, "astronn_galaxy10_file", lambda: fake)
-    monkeypatch.setattr(data, "GALAXY10_SHA256", data.sha256(fake))
+    monkeypatch.setattr(builtin, "astronn_galaxy10_file", lambda: fake)
+    monkeypatch.setattr(builtin, "GALAXY10_SHA256", sha256(fake))
     calls = astronn_loaders(monkeypatch, images, labels)
     raw = data.load("galaxy10", tmp_path / "cache")
     assert calls == [None] and (raw.x_train == images).all() and list(raw.y_train) == list(labels)

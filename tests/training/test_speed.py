@@ -11,8 +11,9 @@ import pytest
 
 from conftest import ROOT, read_json, run_folders, run_module, run_to_end
 from hpccnn.launching.launch import horovodrun_command, horovodrun_prefix, mpi_env
-from hpccnn.training.train import XLA_CPU_FLAGS, cpu_xla, speed_settings, use_xla
-from hpccnn.models.experiments import EXPERIMENTS, get_experiment, with_overrides
+from hpccnn.training.compute import XLA_CPU_FLAGS, cpu_xla, speed_settings, use_xla
+from hpccnn.models.catalog import get_experiment
+from hpccnn.models.experiments import EXPERIMENTS, with_overrides
 
 
 def test_auto_turns_xla_and_mixed_precision_on_with_a_gpu_and_off_on_cpus():
@@ -30,7 +31,7 @@ def test_auto_turns_xla_and_mixed_precision_on_with_a_gpu_and_off_on_cpus():
 
 
 def test_bfloat16_hardware_is_read_from_the_cpus_flags(tmp_path):
-    from hpccnn.training.train import cpu_has_bfloat16
+    from hpccnn.training.compute import cpu_has_bfloat16
 
     def cpuinfo(flags):
         path = tmp_path / f"cpuinfo-{len(flags)}"

@@ -10,13 +10,16 @@ import pytest
 
 from userdata_files import write_photo_folder
 
+from hpccnn.common.errors import UserError
+from hpccnn.data import datasets
+from hpccnn.data import stage as command
+from hpccnn.training import stream, train
 from hpccnn.training.dist import World
+from hpccnn.training.inputs import Batches
 
 
 def refusal(function, *args) -> str:
     """The one line of the UserError function(*args) raises."""
-    from hpccnn.common.errors import UserError
-
     with pytest.raises(UserError) as err:
         function(*args)
     assert "\n" not in str(err.value), str(err.value)
@@ -24,14 +27,10 @@ def refusal(function, *args) -> str:
 
 
 def stage(*argv):
-    from hpccnn.data import stage as command
-
     return command.main.__wrapped__([str(a) for a in argv])
 
 
 def experiment(dataset, *settings):
-    from hpccnn.training import train
-
     return train.parse(["--dataset", str(dataset), "--model", "mnist_cnn", *map(str, settings)])[1]
 
 
@@ -49,15 +48,11 @@ def digits_pack(tmp_path_factory):
 
 
 def opened(cache, *settings):
-    from hpccnn.training import stream
-
     return stream.open_pack(experiment("dig", *settings), cache)
 
 
 def epoch_indices(streamed, rank, size, batch, steps, seed=0, first=0, epochs=1):
-    from hpccnn.training import stream
-
-    records = stream.train_records(streamed, rank, size, batch, steps, seed, first, epochs)
+    records = stream.train_records(streamed, rank, size, Batches(batch, steps, seed, first, epochs))
     found = [r["index"] for r in records.as_numpy_iterator()]
     assert all(len(f) == batch for f in found)  # whole batches
     return np.concatenate(found).reshape(epochs - first, -1)
@@ -65,8 +60,6 @@ def epoch_indices(streamed, rank, size, batch, steps, seed=0, first=0, epochs=1)
 
 @pytest.mark.parametrize("size", [1, 2, 3])
 def test_every_rank_reads_its_own_shards_the_same_steps_and_every_image_once_per_epoch(digits_pack, size):
-    from hpccnn.training import stream
-
     streamed, batch = opened(digits_pack), 16
     shards = streamed.index["splits"]["train"]["shards"]
     assert len(shards) == 8
@@ -86,8 +79,6 @@ def test_every_rank_reads_its_own_shards_the_same_steps_and_every_image_once_per
 
 
 def test_the_order_is_a_function_of_the_seed_the_rank_and_the_epoch(digits_pack):
-    from hpccnn.training import stream
-
     streamed, batch = opened(digits_pack), 16
     steps = stream.steps_per_epoch(streamed, 2, batch)[0]
     three = epoch_indices(streamed, 1, 2, batch, steps, seed=5, epochs=3)
@@ -101,11 +92,8 @@ def test_the_order_is_a_function_of_the_seed_the_rank_and_the_epoch(digits_pack)
 
 
 def test_the_streamed_sets_are_the_in_memory_splits_and_the_test_set_is_predicted_once(digits_pack):
-    from hpccnn.data import datasets as data
-    from hpccnn.training import stream
-
     exp = experiment("dig", "--input", "memory")
-    splits = data.load_split(exp, digits_pack)
+    splits = datasets.load_split(exp, digits_pack)
     streamed = opened(digits_pack)
     assert streamed.count("train") == len(splits.x_train) and streamed.shape == splits.shape
     assert streamed.scale == splits.scale and streamed.classes == splits.classes
@@ -127,8 +115,6 @@ def test_the_streamed_sets_are_the_in_memory_splits_and_the_test_set_is_predicte
 
 
 def test_auto_holds_a_pack_in_memory_unless_its_images_take_over_half_the_node(digits_pack, monkeypatch, capsys):
-    from hpccnn.training import stream
-
     world = World(0, 0, 1, 1, 1)
     assert stream.choose(experiment("dig"), world, digits_pack)["read"] == "memory"
     assert "pack dig: 0 MB of images" in capsys.readouterr().out
@@ -146,8 +132,6 @@ def test_auto_holds_a_pack_in_memory_unless_its_images_take_over_half_the_node(d
 
 
 def test_nan_pixels_are_refused_with_their_count_or_replaced_when_streamed(tmp_path):
-    from hpccnn.training import stream
-
     rng = np.random.default_rng(0)
     x = rng.random((60, 6, 6, 1), dtype=np.float32)
     x[7, 2, 2, 0] = np.nan
@@ -159,7 +143,7 @@ def test_nan_pixels_are_refused_with_their_count_or_replaced_when_streamed(tmp_p
     streamed = stream.open_pack(experiment("sky", "--nonfinite", "0.5"), tmp_path / "cache")
     assert streamed.scale == 1.0 and streamed.nonfinite == 0.5
     steps = stream.steps_per_epoch(streamed, 1, 4)[0]
-    batches = list(stream.train_pipeline(streamed, 0, 1, 4, steps, 0, 0, 0, 1).as_numpy_iterator())
+    batches = list(stream.train_pipeline(streamed, 0, 1, Batches(4, steps, 0, 0, 1), 0).as_numpy_iterator())
     assert all(np.isfinite(b[0]).all() for b in batches)
     np.savez(tmp_path / "far.npz", x_train=x * 1000, y_train=np.arange(60) % 2)
     stage(tmp_path / "far.npz", "--data-dir", tmp_path / "cache", "--name", "far")
@@ -168,14 +152,11 @@ def test_nan_pixels_are_refused_with_their_count_or_replaced_when_streamed(tmp_p
 
 
 def test_photographs_of_mixed_sizes_and_modes_stream_at_one_size_and_channel_count(tmp_path):
-    from hpccnn.data import datasets as data
-    from hpccnn.training import stream
-
     stage(write_photo_folder(tmp_path / "photos", count=30), "--data-dir", tmp_path / "cache", "--name", "snaps")
     assert "--image-size" in refusal(stream.open_pack, experiment("snaps"), tmp_path / "cache")
     streamed = stream.open_pack(experiment("snaps", "--image-size", "24"), tmp_path / "cache")
     assert streamed.shape == (24, 24, 3)
-    splits = data.load_split(experiment("snaps", "--image-size", "24", "--input", "memory"), tmp_path / "cache")
+    splits = datasets.load_split(experiment("snaps", "--image-size", "24", "--input", "memory"), tmp_path / "cache")
     batches = list(stream.eval_pipeline(streamed, "test", 0, 1, 8, 0).as_numpy_iterator())
     got = np.concatenate([b[0] for b in batches])[np.argsort(stream.test_labels(streamed, 0, 1)[0])]
     assert got.shape == splits.x_test.shape
@@ -185,8 +166,6 @@ def test_photographs_of_mixed_sizes_and_modes_stream_at_one_size_and_channel_cou
 
 def test_a_pack_staged_before_streaming_existed_is_refused_for_streaming_only(digits_pack, tmp_path):
     import shutil
-
-    from hpccnn.training import stream
 
     old = tmp_path / "cache"
     shutil.copytree(digits_pack, old)

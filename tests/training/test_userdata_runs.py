@@ -36,7 +36,7 @@ def write_fashion_folder(root: Path, per_class=(60, 20)):
     and the same images, in the order a folder is read (class, then file name), as arrays."""
     from PIL import Image
 
-    from hpccnn.data.datasets import FASHION_MNIST_CLASSES, read_idx_folder
+    from hpccnn.data.builtin import FASHION_MNIST_CLASSES, read_idx_folder
 
     arrays, ordered = read_idx_folder(DEBIAN), {}
     names = sorted(name.replace("/", "-") for name in FASHION_MNIST_CLASSES)  # a folder's classes, sorted
