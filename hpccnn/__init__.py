@@ -11,6 +11,11 @@ From a script or a notebook (the same under python, horovodrun, mpirun, srun and
     print(result.folder, result.test_accuracy)  # on rank 0; None on the others
 """
 
+# Imports sit at the top of every module, except these, imported inside the functions that use them: TensorFlow
+# (with Keras), Horovod and mpi4py take seconds to start and mpi4py starts MPI, and scikit-learn, pandas,
+# matplotlib, h5py, PIL, astroNN and submitit are heavy; so python -m hpccnn.submit --status, stage, report and
+# --help start in a fraction of a second, and only a rank that trains starts TensorFlow and MPI
+# (tests/test_architecture.py holds the list).
 from hpccnn.common import quiet
 
 __version__ = "0.1.0"
