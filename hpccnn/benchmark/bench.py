@@ -23,6 +23,7 @@ a process of its own (hpccnn.benchmark.measure starts it, hpccnn.benchmark.worke
 runner's way (hpccnn.benchmark.runners).
 """
 
+import argparse
 import datetime
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ from hpccnn.benchmark.memory_check import MEMORY_STEPS, run_memory_check
 from hpccnn.benchmark.plans import PLANS, SECONDS, Options, Plan, plan
 from hpccnn.benchmark.runners import PEERS
 from hpccnn.benchmark.variants import VARIANTS, run_variants
-from hpccnn.common.errors import Parser, UserError, cli
+from hpccnn.common.errors import Parser, UserError, cli, command_prog
 from hpccnn.models import usermodel
 from hpccnn.models.zoo import get_model
 
@@ -41,8 +42,10 @@ from hpccnn.models.zoo import get_model
 REPEATS = {"variants": 2, "inputs": 3}
 
 
-def parser() -> Parser:
-    p = Parser(prog="python -m hpccnn.bench", description=__doc__.split("\n\n")[0])
+def build_parser() -> Parser:
+    p = Parser(prog=command_prog("bench"), description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="example: python -m hpccnn.bench --repeats 2\ndocs: docs/performance.md")
     p.add_argument("--models", default=None,
                    help=f"comma-separated, from: {', '.join(PLANS)}; or your own, path/to/file.py:function or "
                         f"package.module:function (32x32x3 images, batch 32 unless --batch) (default: all; with "
@@ -147,7 +150,7 @@ def measurement(args) -> str:
 
 @cli
 def main(argv=None):
-    args = parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.models = args.models or ",".join(INPUT_MODELS if args.inputs else PLANS)
     models, ranks = checked(args)
     peers = checked_peers(args.peers)

@@ -1,9 +1,20 @@
 """Errors a user can cause, reported as one line and exit status 2."""
 
 import argparse
+import contextvars
 import functools
 import os
 import sys
+
+
+# how a command is named in its usage line and errors: python -m hpccnn.train, or hpccnn train when the console
+# command (hpccnn.cli) runs it
+COMMAND_FORM = contextvars.ContextVar("COMMAND_FORM", default="python -m hpccnn.{}")
+
+
+def command_prog(command: str) -> str:
+    """The command as the user typed it, for its parser's prog."""
+    return COMMAND_FORM.get().format(command)
 
 
 class UserError(Exception):

@@ -4,6 +4,7 @@ Run it where there is internet (a login node), or give --source, a copy you alre
 have; compute nodes then train from the cache without ever downloading.
 """
 
+import argparse
 import dataclasses
 import re
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn.common.errors import Parser, UserError, cli
+from hpccnn.common.errors import Parser, UserError, cli, command_prog
 from hpccnn.data import builtin, datasets, pack, userdata
 from hpccnn.data.base import default_data_dir
 
@@ -213,9 +214,10 @@ def stage_path(path: Path, args) -> Path:
     return folder
 
 
-@cli
-def main(argv=None):
-    p = Parser(prog="python -m hpccnn.stage", description=__doc__.split("\n\n")[0])
+def build_parser() -> Parser:
+    p = Parser(prog=command_prog("stage"), description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="example: python -m hpccnn.stage mnist\ndocs: docs/data.md")
     p.add_argument("dataset", help=f"{', '.join(TARGETS)}, imagenette, or your own: a folder of images in class "
                                    f"subfolders, an .npz or HDF5 file, checked and packed")
     p.add_argument("--data-dir", type=Path, default=default_data_dir())
@@ -229,7 +231,12 @@ def main(argv=None):
                                                                    "in index.json, instead of stopping")
     p.add_argument("--hdf5-images", default=None, help="an HDF5 file's images dataset (default: images, or x)")
     p.add_argument("--hdf5-labels", default=None, help="an HDF5 file's labels dataset (default: ans or labels, or y)")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     if args.dataset == "imagenette" or (args.dataset not in TARGETS and args.dataset not in ("digits", "synthetic")
                                         and (userdata.is_path(args.dataset) or Path(args.dataset).exists())):
         stage_path(Path(args.dataset), args)

@@ -16,6 +16,7 @@ their resources .resources, the halving's rungs .halving, grid.csv and --status 
 .resubmit.
 """
 
+import argparse
 import dataclasses
 import datetime
 import os
@@ -25,7 +26,7 @@ import sys
 from pathlib import Path
 
 from hpccnn.common import slurm
-from hpccnn.common.errors import Parser, UserError, cli
+from hpccnn.common.errors import Parser, UserError, cli, command_prog
 from hpccnn.common.files import read_json
 from hpccnn.common.runs import COMPLETED, create_run_folder, run_folder
 from hpccnn.data import datasets
@@ -43,7 +44,9 @@ from hpccnn.models.zoo import get_model
 
 
 def build_parser():
-    p = Parser(prog="python -m hpccnn.submit", description=__doc__.split("\n\n")[0])
+    p = Parser(prog=command_prog("submit"), description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="example: python -m hpccnn.submit --grid cifar_hparams --dry-run\ndocs: docs/slurm.md")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--grid", help=f"a named grid: {', '.join(grids.GRIDS)}, or one of yours (--list)")
     what.add_argument("--experiment", help="one experiment (see python -m hpccnn.train --list)")

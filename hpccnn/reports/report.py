@@ -9,6 +9,7 @@ For a grid: every point in one table (best first, best marked), the points' vali
 in one plot, and the best point's model reloaded from disk and evaluated again.
 """
 
+import argparse
 import base64
 import html
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpccnn.common.errors import Parser, UserError, cli
+from hpccnn.common.errors import Parser, UserError, cli, command_prog
 from hpccnn.common.files import read_json, write_bytes, write_text
 from hpccnn.common.runs import COMPLETED
 from hpccnn.common.tables import markdown, number
@@ -330,14 +331,21 @@ def build(path: Path, data_dir, check_best: bool) -> Report:
     return report
 
 
-@cli
-def main(argv=None):
-    p = Parser(prog="python -m hpccnn.report", description=__doc__.split("\n\n")[0])
+def build_parser() -> Parser:
+    p = Parser(prog=command_prog("report"), description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog='example: python -m hpccnn.report "$(ls -d results/*/digits_cnn-* | tail -1)"\n'
+                      'docs: docs/results.md')
     p.add_argument("path", type=Path, help="a run folder, a grid folder or a date folder under results/")
     p.add_argument("--data-dir", default=None, help="data cache for re-evaluating a grid's best model "
                                                     "(default: the one the run used)")
     p.add_argument("--no-reevaluate", action="store_true", help="don't reload and re-evaluate the best model")
-    args = p.parse_args(argv)
+    return p
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     path = args.path.resolve()
     if not path.is_dir():
         raise UserError(f"{args.path} is not a folder; give a run, grid or date folder under results/")

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hpccnn.common.errors import Parser, UserError, cli
+from hpccnn.common.errors import Parser, UserError, cli, command_prog
 from hpccnn.data.datasets import DATASETS, resolve
 from hpccnn.models import userconfig, usermodel
 from hpccnn.models.catalog import get_experiment
@@ -28,9 +28,13 @@ from hpccnn.training.fitting import (EXIT_DIVERGED, EXIT_INTERRUPTED, Diverged, 
 from hpccnn.training.resuming import check_run_dir, requeued_experiment, resumed_experiment
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The options' defaults shown, and the epilog's lines (the example, the docs file) kept as written."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m hpccnn.train", description=__doc__.split("\n\n")[0],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog=command_prog("train"), description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
+               epilog="example: python -m hpccnn.train --experiment digits_cnn --epochs 5\ndocs: docs/running.md")
     p.add_argument("--experiment", default=None,
                    help="a named experiment (see --list); without it, --model of your own with --dataset, "
                         "or else digits_cnn")
