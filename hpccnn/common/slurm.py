@@ -98,6 +98,16 @@ def job_fields(job_id: str, env=None) -> dict:
     return dict(f.split("=", 1) for f in proc.stdout.splitlines()[0].split() if "=" in f)
 
 
+def requeued_by_slurm(job_id, started_restarts) -> bool:
+    """Whether SLURM itself is requeueing this running job (scontrol requeue, or preemption with
+    PreemptMode=REQUEUE): its restart count has already moved past the one the job started with
+    (SLURM_RESTART_COUNT), or it is preempted and requeueable. scancel leaves the count as it was."""
+    fields = job_fields(job_id) if job_id else {}
+    restarts = fields.get("Restarts", "0")
+    moved = restarts.isdigit() and int(restarts) > int(started_restarts or 0)
+    return moved or (fields.get("JobState") == "PREEMPTED" and fields.get("Requeue") == "1")
+
+
 def submit_date(job_id):
     """The day a job was submitted: an array's tasks all share it, whenever each one starts."""
     if not job_id:

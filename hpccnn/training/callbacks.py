@@ -12,7 +12,8 @@ from hpccnn.common.tables import clock
 from hpccnn.training import checkpoint
 
 # SIGUSR2: SLURM's warning before a time limit or preemption (submitit's and the templates'
-# --signal=USR2@...), so the job is requeued; SIGTERM: scancel or preemption, the job just stops.
+# --signal=USR2@...), so hpccnn requeues the job; SIGTERM: scancel (the job ends), or scontrol requeue or a
+# preemption that requeues (SLURM starts the job again; hpccnn.common.slurm.requeued_by_slurm tells which).
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 

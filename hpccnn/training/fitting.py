@@ -16,6 +16,7 @@ import numpy as np
 
 from hpccnn.common.errors import UserError
 from hpccnn.common.runs import COMPLETED, FAILED, INTERRUPTED
+from hpccnn.common.slurm import requeued_by_slurm
 from hpccnn.training import checkpoint, dist, memory, stream
 from hpccnn.training.callbacks import EpochStats, Progress, RankZeroRecorder, ReseedRandomLayers, Watchdog, lr_warmup
 from hpccnn.training.inputs import pipeline, shard
@@ -156,7 +157,8 @@ class Interrupted(Exception):
 
     def __init__(self, signal_name, folder, last_epoch, requeued):
         self.folder, self.last_epoch, self.requeued = folder, last_epoch, requeued
-        then = "the job was requeued and will resume" if requeued else f"resume with --resume {folder}"
+        then = ("SLURM will start the job again and it resumes from there by itself (a --resume by hand would "
+                "train a second copy beside it)" if requeued else f"resume with --resume {folder}")
         super().__init__(f"stopped by {signal_name} after epoch {last_epoch}; {then}")
 
 
@@ -204,13 +206,20 @@ def stopped(stopper, writer, started) -> Interrupted:
     requeues the job; the other ranks wait for rank 0 before leaving, because a rank that exits
     first makes srun (--kill-on-bad-exit) or mpirun kill rank 0 before it has done either."""
     name = signal.Signals(stopper.signal).name
-    requeue = stopper.signal == signal.SIGUSR2 and "SLURM_JOB_ID" in os.environ
+    job = os.environ.get("SLURM_JOB_ID")
+    requeue = stopper.signal == signal.SIGUSR2 and job is not None
     outcome = None
     if writer is not None:
         last = writer.metrics.get("last_epoch", 0)
-        writer.status(INTERRUPTED, reason=f"stopped by {name}", last_epoch=last, requeued=requeue,
+        # SIGTERM from scontrol requeue or a preemption that requeues: SLURM starts the job again itself
+        by_slurm = not requeue and requeued_by_slurm(job, os.environ.get("SLURM_RESTART_COUNT"))
+        writer.status(INTERRUPTED, reason=f"stopped by {name}", last_epoch=last, requeued=requeue or by_slurm,
                       wall_seconds=writer.wall_seconds(started))
-        if requeue:  # SLURM stops every rank now; the requeued job finds this folder and resumes it
+        if by_slurm:
+            print(f"hpccnn: stopped by {name} after epoch {last}; SLURM is requeueing job {job}, which resumes "
+                  f"from {writer.folder}", file=sys.stderr, flush=True)
+            requeue = True
+        elif requeue:  # SLURM stops every rank now; the requeued job finds this folder and resumes it
             # said first: once requeued, SLURM may end this process before it says anything more
             print(f"hpccnn: stopped by {name} after epoch {last}; requeueing job {os.environ['SLURM_JOB_ID']}, "
                   f"which resumes from {writer.folder}", file=sys.stderr, flush=True)

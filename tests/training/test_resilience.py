@@ -176,6 +176,45 @@ def test_sigterm_stops_after_a_finished_epoch_and_says_how_to_resume(tmp_path):
     assert read_json(folder / "checkpoint" / "latest.json")["epoch"] == state["last_epoch"]
 
 
+def test_a_job_slurm_requeues_says_slurm_resumes_it_and_one_it_wont_says_how_to_resume(slurm_env, tmp_path):
+    """scontrol requeue (as a preemption that requeues does) sends the job's ranks SIGTERM and starts the job
+    again: the run says SLURM resumes it (a --resume by hand would train a second copy beside it), and the
+    requeued job does, every epoch once. The same SIGTERM sent to a job SLURM won't start again (scancel
+    --signal=TERM): that run says how to resume it by hand."""
+    common = ["--export=ALL", "--cpus-per-task=1", "--mem=3G", "--time=20", "--ntasks-per-node=2"]
+    env = dict(slurm_env, EXPERIMENT="digits_cnn", EPOCHS="5")
+    outcome = {}
+    for how in ("requeue", "terminate"):
+        results = tmp_path / how
+        job = sbatch(dict(env, RESULTS_DIR=str(results)), "slurm/alexnet_cpu.sbatch", *common,
+                     f"--output={tmp_path}/{how}-%j.out", args=SLOW[2:])
+        folder = wait_until(lambda: (run_folders(results) or [None])[0], 300, "the run folder")
+        wait_until(lambda: metrics(folder).get("last_epoch", 0) >= 2 and metrics(folder)["status"] == "running",
+                   300, "epoch 2")
+        if how == "requeue":
+            subprocess.run(["scontrol", "requeue", job], check=True, env=slurm_env)
+            wait_until(lambda: job_field(slurm_env, job, "Restarts") == "1", 120, "the requeue")
+        else:  # the ranks get SIGTERM; the job is not cancelled, and ends when they do
+            subprocess.run(["scancel", "--signal=TERM", job], check=True, env=slurm_env)
+        state = wait_for(slurm_env, job)
+        outcome[how] = (state, folder, (tmp_path / f"{how}-{job}.out").read_text(), job)
+
+    state, folder, log, job = outcome["requeue"]
+    assert state == "COMPLETED", log[-3000:]
+    assert f"hpccnn: stopped by SIGTERM after epoch " in log and \
+        f"; SLURM is requeueing job {job}, which resumes from {folder}" in log, log[-3000:]
+    assert "SLURM will start the job again and it resumes from there by itself" in log and "resume with --resume" not in log
+    done = metrics(folder)
+    assert done["status"] == "completed" and done["resumes"] == 1, done
+    assert pd.read_csv(folder / "history.csv")["epoch"].tolist() == [1, 2, 3, 4, 5]
+
+    state, folder, log, job = outcome["terminate"]
+    assert state == "FAILED" and job_field(slurm_env, job, "Restarts") == "0", state  # exit status 3
+    stopped = metrics(folder)
+    assert stopped["status"] == "interrupted" and stopped["requeued"] is False, stopped
+    assert f"--resume {folder}" in log and "SLURM is requeueing" not in log, log[-3000:]
+
+
 @pytest.mark.parametrize("steps_per_execution", [1, 4])
 def test_a_stop_signal_is_acted_on_within_one_check_whatever_the_steps_per_execution(steps_per_execution):
     """Keras calls batch-end callbacks once per execution; the stop check must still come round."""
