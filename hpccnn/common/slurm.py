@@ -90,9 +90,10 @@ def max_array_size() -> int | None:
     return int(match.group(1)) if match else None
 
 
-def job_fields(job_id: str, env=None) -> dict:
-    """scontrol show job's fields for one job (or array task), {} if SLURM no longer knows it."""
-    proc = _run(["scontrol", "show", "job", "-o", str(job_id)], env=env)
+def job_fields(job_id: str, env=None, timeout=60) -> dict:
+    """scontrol show job's fields for one job (or array task), {} if SLURM no longer knows it (or doesn't say
+    within timeout seconds)."""
+    proc = _run(["scontrol", "show", "job", "-o", str(job_id)], timeout=timeout, env=env)
     if proc is None or proc.returncode != 0 or not proc.stdout.strip():
         return {}
     return dict(f.split("=", 1) for f in proc.stdout.splitlines()[0].split() if "=" in f)
@@ -102,7 +103,7 @@ def requeued_by_slurm(job_id, started_restarts) -> bool:
     """Whether SLURM itself is requeueing this running job (scontrol requeue, or preemption with
     PreemptMode=REQUEUE): its restart count has already moved past the one the job started with
     (SLURM_RESTART_COUNT), or it is preempted and requeueable. scancel leaves the count as it was."""
-    fields = job_fields(job_id) if job_id else {}
+    fields = job_fields(job_id, timeout=3) if job_id else {}  # asked in the seconds before SLURM's SIGKILL
     restarts = fields.get("Restarts", "0")
     moved = restarts.isdigit() and int(restarts) > int(started_restarts or 0)
     return moved or (fields.get("JobState") == "PREEMPTED" and fields.get("Requeue") == "1")

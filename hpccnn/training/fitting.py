@@ -211,13 +211,13 @@ def stopped(stopper, writer, started) -> Interrupted:
     outcome = None
     if writer is not None:
         last = writer.metrics.get("last_epoch", 0)
-        # SIGTERM from scontrol requeue or a preemption that requeues: SLURM starts the job again itself
-        by_slurm = not requeue and requeued_by_slurm(job, os.environ.get("SLURM_RESTART_COUNT"))
-        writer.status(INTERRUPTED, reason=f"stopped by {name}", last_epoch=last, requeued=requeue or by_slurm,
-                      wall_seconds=writer.wall_seconds(started))
-        if by_slurm:
+        writer.status(INTERRUPTED, reason=f"stopped by {name}", last_epoch=last, requeued=requeue,
+                      wall_seconds=writer.wall_seconds(started))  # first: SLURM may end this process any moment
+        if not requeue and requeued_by_slurm(job, os.environ.get("SLURM_RESTART_COUNT")):
+            # SIGTERM from scontrol requeue or a preemption that requeues: SLURM starts the job again itself
             print(f"hpccnn: stopped by {name} after epoch {last}; SLURM is requeueing job {job}, which resumes "
                   f"from {writer.folder}", file=sys.stderr, flush=True)
+            writer.status(INTERRUPTED, requeued=True)
             requeue = True
         elif requeue:  # SLURM stops every rank now; the requeued job finds this folder and resumes it
             # said first: once requeued, SLURM may end this process before it says anything more

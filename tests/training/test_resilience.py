@@ -176,6 +176,7 @@ def test_sigterm_stops_after_a_finished_epoch_and_says_how_to_resume(tmp_path):
     assert read_json(folder / "checkpoint" / "latest.json")["epoch"] == state["last_epoch"]
 
 
+@pytest.mark.exclusive  # the ranks have SLURM's KillWait (5 s on the local cluster) to say it before SIGKILL
 def test_a_job_slurm_requeues_says_slurm_resumes_it_and_one_it_wont_says_how_to_resume(slurm_env, tmp_path):
     """scontrol requeue (as a preemption that requeues does) sends the job's ranks SIGTERM and starts the job
     again: the run says SLURM resumes it (a --resume by hand would train a second copy beside it), and the
