@@ -15,10 +15,21 @@ def kept(split: dict) -> np.ndarray:
     return np.setdiff1d(np.arange(total, dtype=np.int64), np.asarray(split.get("skipped_index", []), np.int64))
 
 
+def shard_order(k: int, n: int, total: int) -> np.ndarray:
+    """The source indices shard k of n holds, in the order it holds them: every n-th image from k on, so every
+    shard has every class alike, in an order seeded by k. A folder's images come class by class, and a rank
+    streams its shards through a bounded shuffle: written in the folder's order, a rank's batches would hold a
+    few classes at a time."""
+    stride = np.arange(k, total, n, dtype=np.int64)
+    return stride[np.random.default_rng(k).permutation(len(stride))]
+
+
 def in_shard(split: dict, k: int) -> np.ndarray:
-    """The source indices in shard k of a split, in the order they were written (pack.write_shard)."""
-    indices = kept(split)
-    return indices[indices % len(split["shards"]) == k]
+    """The source indices in shard k of a split, in the order they were written (pack.write_shard), less those
+    that could not be read."""
+    total = split["count"] + len(split.get("skipped_index", []))
+    order = shard_order(k, len(split["shards"]), total)
+    return order[~np.isin(order, np.asarray(split.get("skipped_index", []), np.int64))]
 
 
 def carve(train: np.ndarray, positions: np.ndarray, shards: int, fraction: float, seed) -> tuple:

@@ -25,8 +25,11 @@ import numpy as np
 from hpccnn.common.errors import UserError
 from hpccnn.data import userdata
 from hpccnn.data.base import sha256
+from hpccnn.data.carve import shard_order
 
-FORMAT = 2  # 2: each split says the indices it skipped and a float split its range (hpccnn.training.stream)
+# 2: each split says the indices it skipped and a float split its range (hpccnn.training.stream); 3: each shard's
+# images in a seeded order, not the source's (hpccnn.data.carve.shard_order)
+FORMAT = 3
 SHARD_BYTES = 128 << 20  # about this much per shard
 MIN_SHARDS = 8  # of the training split, so that up to 8 readers each read their own
 
@@ -136,7 +139,7 @@ def pixel_range(facts: dict, image, i: int) -> None:
     finite = np.isfinite(image)
     if not finite.all():
         facts["nonfinite"] += 1
-        facts["first_nonfinite"] = i if facts["first_nonfinite"] is None else facts["first_nonfinite"]
+        facts["first_nonfinite"] = i if facts["first_nonfinite"] is None else min(facts["first_nonfinite"], i)
     if finite.any():
         low, high = float(image[finite].min()), float(image[finite].max())
         facts["min"] = low if facts["min"] is None else min(facts["min"], low)
@@ -144,14 +147,15 @@ def pixel_range(facts: dict, image, i: int) -> None:
 
 
 def write_shard(source: Source, split: str, k: int, n: int, target: Path) -> dict:
-    """Shard k of n of split (images k, k+n, ...) written whole to target; its facts."""
+    """Shard k of n of split (images k, k+n, ..., in carve.shard_order's order) written whole to target; its
+    facts."""
     import tensorflow as tf
 
     tmp = target.with_name(f".{target.name}.tmp")
     facts = {"file": target.name, "count": 0, "bad": [], "skipped_index": [], "channels": {}, "sizes": {},
              "per_class": {}, "dtype": set(), "nonfinite": 0, "first_nonfinite": None, "min": None, "max": None}
     with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for i in range(k, source.count(split), n):
+        for i in map(int, shard_order(k, n, source.count(split))):
             image, label, bad = source.get(split, i)
             if image is None:
                 facts["bad"].append(bad)

@@ -123,7 +123,7 @@ def open_pack(exp, data_dir) -> Streamed:
     folder = pack.find(exp.dataset, datasets.resolve_data_dir(data_dir))
     index = pack.read_index(folder)
     again = f"{index.get('staged_by', 'python -m hpccnn.stage ' + index['source'])} --force"
-    if index.get("format", 1) < 2:
+    if index.get("format", 1) < 3:  # 3: each shard's images in a seeded order, not a folder's class by class
         raise UserError(f"pack {exp.dataset} was staged by an older hpccnn that streaming can't read; stage it "
                         f"again with {again}, or give --input memory")
     pack.verify(folder, index)

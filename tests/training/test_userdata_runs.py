@@ -80,15 +80,18 @@ def test_fashion_mnist_as_a_folder_of_pngs_trains_under_horovodrun_as_its_arrays
 @pytest.mark.mpi
 @pytest.mark.slow
 def test_fashion_mnist_pngs_staged_as_a_pack_train_streamed_as_they_do_from_memory(tmp_path):
-    """12,000 of Fashion-MNIST's training images and 2,000 of its test images as PNGs, staged, trained under
-    horovodrun -np 2 from memory and streamed from the pack's shards: the same steps per epoch, each rank reading
-    its own shards, the test set predicted once, and nearly the same accuracy (the order of the images differs)."""
-    write_fashion_folder(tmp_path / "fashion", per_class=(1200, 200))
+    """All of Fashion-MNIST (60,000 training and 10,000 test images) as PNGs, staged, trained under horovodrun
+    -np 2 from memory and streamed from the pack's shards: the same steps per epoch, each rank reading its own
+    shards, the test set predicted once, and a test accuracy within 0.01 of memory's. The two read the images in
+    different orders, so their accuracies differ as two seeds' do: in 4 seeds of this run (2-core AMD EPYC,
+    2026-12-07) by 0.0010 to 0.0032, with memory's own spread over the seeds 0.0047; at 12,000 images, 4 epochs
+    of batch 64, two orders differed by up to 0.0105 (docs/data.md, Memory or streamed)."""
+    write_fashion_folder(tmp_path / "fashion", per_class=(6000, 1000))
     proc = run_module("hpccnn.stage", tmp_path / "fashion", "--data-dir", tmp_path / "cache", cwd=tmp_path,
                       timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    common = ["--dataset", "fashion", "--data-dir", str(tmp_path / "cache"), "--model", "mnist_cnn", "--epochs", "4",
-              "--batch-size", "64", "--validation", "test", "--no-save-model"]
+    common = ["--dataset", "fashion", "--data-dir", str(tmp_path / "cache"), "--model", "mnist_cnn", "--epochs", "3",
+              "--batch-size", "256", "--validation", "test", "--no-save-model"]
     folders, steps = {}, {}
     for read in ("memory", "stream"):
         proc = run_to_end([*horovodrun_prefix(2), sys.executable, "-m", "hpccnn.train", *common, "--input", read,
@@ -96,11 +99,11 @@ def test_fashion_mnist_pngs_staged_as_a_pack_train_streamed_as_they_do_from_memo
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         (folders[read],) = run_folders(tmp_path / read)
         steps[read] = re.findall(r"(\d+) steps per epoch", proc.stdout)
-    assert steps["memory"] == steps["stream"] == ["187"]  # 6,000 images per rank, 32 per step
+    assert steps["memory"] == steps["stream"] == ["234"]  # 30,000 images per rank, 128 per step
     memory, streamed = (read_json(folders[k] / "metrics.json") for k in ("memory", "stream"))
-    assert memory["status"] == streamed["status"] == "completed" and streamed["test_images"] == 2000
-    assert streamed["test_accuracy"] > 0.8
-    assert abs(streamed["test_accuracy"] - memory["test_accuracy"]) <= 0.02, (streamed, memory)
+    assert memory["status"] == streamed["status"] == "completed" and streamed["test_images"] == 10000
+    assert streamed["test_accuracy"] > 0.85
+    assert abs(streamed["test_accuracy"] - memory["test_accuracy"]) <= 0.01, (streamed, memory)
     prov = read_json(folders["stream"] / "provenance.json")
     assert prov["input"]["read"] == "stream" and prov["input"]["why"] == "--input stream"
     reads = [set(r["memory"]["data"]["reads"]) for r in prov["ranks"]]
@@ -108,4 +111,4 @@ def test_fashion_mnist_pngs_staged_as_a_pack_train_streamed_as_they_do_from_memo
     assert all(len(t) == 4 for t in train) and not train[0] & train[1]  # 8 training shards, 4 each, none shared
     assert read_json(folders["memory"] / "provenance.json")["input"]["read"] == "memory"
     predictions = (folders["stream"] / "predictions.csv").read_text().splitlines()
-    assert len(predictions) == 2001  # a header and every test image once
+    assert len(predictions) == 10001  # a header and every test image once
