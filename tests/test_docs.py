@@ -30,13 +30,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from hpccnn.cli import COMMANDS
 from hpccnn.common.errors import UserError
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 SHELL_FENCES = {"sh", "bash", "shell"}
-# the five commands (python -m hpccnn.X, hpccnn X) and where their parsers live
-PARSERS = {"train": "hpccnn.training.train", "submit": "hpccnn.launching.submit", "stage": "hpccnn.data.stage",
-           "report": "hpccnn.reports.report", "bench": "hpccnn.benchmark.bench"}
 LAUNCHERS = {"horovodrun", "mpirun", "mpiexec", "srun", "env", "time", "nohup", "exec", "sudo"}
 PLACEHOLDER = "PLACEHOLDER"  # what a $(...) or `...` substitution stands for when parsed
 # inline commands in the text left unparsed, each for its reason (keyed by the command as written)
@@ -223,12 +221,12 @@ def hpccnn_command(words: list):
 
 
 def parser_for(module: str):
-    """The command's build_parser (None for a module that has no command line of its own)."""
+    """The command's build_parser: each of the hpccnn command's five must have one ("missing" if it hasn't);
+    another module's, its main's module's (None for a module that has no command line of its own)."""
     short = module.removeprefix("hpccnn.")
-    if short in PARSERS:
-        return getattr(importlib.import_module(PARSERS[short]), "build_parser", "missing")
-    wrapper = importlib.import_module(module)
-    main = getattr(wrapper, "main", None)
+    if short in COMMANDS:
+        return getattr(COMMANDS[short], "build_parser", "missing")
+    main = getattr(importlib.import_module(module), "main", None)
     return getattr(sys.modules[main.__module__], "build_parser", None) if main else None
 
 
@@ -236,7 +234,7 @@ def parsed(module: str, args: list):
     """(namespace, None) if the command's parser takes args, else (None, what it said)."""
     build = parser_for(module)
     if build == "missing":
-        return None, f"{PARSERS[module.removeprefix('hpccnn.')]} has no build_parser()"
+        return None, f"{COMMANDS[module.removeprefix('hpccnn.')].__name__} has no build_parser()"
     if build is None:
         return None, None
     out = io.StringIO()

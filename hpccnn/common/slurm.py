@@ -99,13 +99,13 @@ def job_fields(job_id: str, env=None, timeout=60) -> dict:
     return dict(f.split("=", 1) for f in proc.stdout.splitlines()[0].split() if "=" in f)
 
 
-def requeued_by_slurm(job_id, started_restarts) -> bool:
+def requeued_by_slurm(job_id, started_restarts: int) -> bool:
     """Whether SLURM itself is requeueing this running job (scontrol requeue, or preemption with
-    PreemptMode=REQUEUE): its restart count has already moved past the one the job started with
-    (SLURM_RESTART_COUNT), or it is preempted and requeueable. scancel leaves the count as it was."""
+    PreemptMode=REQUEUE): its restart count has already moved past started_restarts, the one the job started
+    with (SLURM_RESTART_COUNT), or it is preempted and requeueable. scancel leaves the count as it was."""
     fields = job_fields(job_id, timeout=3) if job_id else {}  # asked in the seconds before SLURM's SIGKILL
     restarts = fields.get("Restarts", "0")
-    moved = restarts.isdigit() and int(restarts) > int(started_restarts or 0)
+    moved = restarts.isdigit() and int(restarts) > started_restarts
     return moved or (fields.get("JobState") == "PREEMPTED" and fields.get("Requeue") == "1")
 
 

@@ -213,7 +213,7 @@ def stopped(stopper, writer, started) -> Interrupted:
         last = writer.metrics.get("last_epoch", 0)
         writer.status(INTERRUPTED, reason=f"stopped by {name}", last_epoch=last, requeued=requeue,
                       wall_seconds=writer.wall_seconds(started))  # first: SLURM may end this process any moment
-        if not requeue and requeued_by_slurm(job, os.environ.get("SLURM_RESTART_COUNT")):
+        if not requeue and requeued_by_slurm(job, checkpoint.restart_count()):
             # SIGTERM from scontrol requeue or a preemption that requeues: SLURM starts the job again itself
             print(f"hpccnn: stopped by {name} after epoch {last}; SLURM is requeueing job {job}, which resumes "
                   f"from {writer.folder}", file=sys.stderr, flush=True)

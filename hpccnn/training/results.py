@@ -27,8 +27,8 @@ from hpccnn.common.files import write_atomic, write_bytes, write_json
 from hpccnn.common.runs import FAILED, RUNNING, create_run_folder
 from hpccnn.common.slurm import job_fields
 from hpccnn.data import pack, userdata
-from hpccnn.data.datasets import DATASETS, resolve_data_dir
-from hpccnn.models.usermodel import sha256
+from hpccnn.data.base import resolve_data_dir, sha256
+from hpccnn.data.builtin import DATASETS
 from hpccnn.training import dist, plots
 
 SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NAME",
@@ -81,7 +81,7 @@ def pack_record(dataset: str, data_dir) -> dict | None:
         listing = "\n".join(f"{f} {stat.st_size} {stat.st_mtime_ns}" for f, stat in stats)
         return {"path": str(path), "files": len(files), "listing_sha256": hashlib.sha256(listing.encode()).hexdigest()}
     folder = pack.find(dataset, resolve_data_dir(data_dir)) if dataset not in DATASETS else None
-    return None if folder is None else {"name": dataset, "index_sha256": pack.sha256(folder / "index.json")}
+    return None if folder is None else {"name": dataset, "index_sha256": sha256(folder / "index.json")}
 
 
 class RunWriter:
